@@ -1,0 +1,35 @@
+"""Errors raised by `limits/`.
+
+    LimitsError
+     ├── StoreUnavailable      Redis did not answer (connection, timeout, cluster down):
+     │                          the caller applies `store.on_unavailable` (closed | open)
+     ├── UnknownKey            an API key that does not exist or was revoked
+     ├── UnknownPrice          a metered model with no price in the table
+     └── CreditError           a credit operation refused (bad amount, identity already used)
+
+Refusals of a request by a limit are not exceptions: they are returned as a `Decision`.
+"""
+
+from __future__ import annotations
+
+
+class LimitsError(Exception):
+    pass
+
+
+class StoreUnavailable(LimitsError):
+    """The Redis-compatible store could not be reached or did not answer in time."""
+
+
+class UnknownKey(LimitsError):
+    pass
+
+
+class UnknownPrice(LimitsError):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"no price is configured for model {model!r}")
+        self.model = model
+
+
+class CreditError(LimitsError):
+    pass

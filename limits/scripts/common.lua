@@ -1,0 +1,141 @@
+--[[ common.lua: helpers prepended to every Tollway script when it is registered.
+
+Units used by every script:
+  * money: integer micro-USD;
+  * time: integer milliseconds since the Unix epoch (the caller's injected clock);
+  * buckets: a bucket's level is stored in "units". A bucket with a limit of L per minute
+    refills at `rate` units per millisecond and holds at most `rate * 60000` units, where
+    token buckets use rate = L and unit = 60000 units per token, and request buckets
+    use rate = L * 1000 (L may have 3 decimals) and unit = 60,000,000 units per request.
+    Every quantity stays an integer, exactly representable in a Lua double.
+
+A bucket is a hash {l = level, t = time of level}; a missing bucket is full.
+]]
+
+local function num(v)
+  return tonumber(v) or 0
+end
+
+-- Every number handed to Redis goes through here: newer servers format Lua numbers in the
+-- shortest form ("1e+09"), which HINCRBY and friends refuse as "not an integer".
+local function int(n)
+  return string.format('%d', n)
+end
+
+-- Reservations of a hold, encoded as "key amount key amount ..." (cjson keeps 14 digits).
+local function encode_reserved(reserved)
+  local parts = {}
+  for key, amount in pairs(reserved) do
+    parts[#parts + 1] = key .. ' ' .. int(amount)
+  end
+  return table.concat(parts, ' ')
+end
+
+local function decode_reserved(text)
+  local reserved = {}
+  for key, amount in string.gmatch(text or '', '(%S+) (%S+)') do
+    reserved[key] = tonumber(amount)
+  end
+  return reserved
+end
+
+-- Level of a bucket refilled up to `now` (writes nothing). Time never runs backwards: a
+-- replica whose clock is behind sees no refill rather than a double one.
+local function bucket_level(key, rate, now)
+  local v = redis.call('HMGET', key, 'l', 't')
+  local cap = rate * 60000
+  if not v[1] then
+    return cap, now
+  end
+  local level, t = tonumber(v[1]), tonumber(v[2])
+  if now > t then
+    level = level + (now - t) * rate
+    t = now
+  end
+  if level > cap then
+    level = cap
+  end
+  return level, t
+end
+
+-- Store a bucket level; the key expires once the bucket would be full again anyway.
+local function bucket_store(key, level, t, rate)
+  redis.call('HSET', key, 'l', int(level), 't', int(t))
+  local cap = rate * 60000
+  local full_in = 1000
+  if rate > 0 and level < cap then
+    full_in = math.ceil((cap - level) / rate) + 1000
+  end
+  redis.call('PEXPIRE', key, int(full_in))
+end
+
+-- Milliseconds until a bucket at `level` is above zero again (-1: never, a zero limit).
+local function wait_ms(level, rate)
+  if level > 0 then
+    return 0
+  end
+  if rate <= 0 then
+    return -1
+  end
+  return math.floor(-level / rate) + 1
+end
+
+-- Milliseconds until a bucket at `level` is full again.
+local function reset_ms(level, rate)
+  local cap = rate * 60000
+  if rate <= 0 or level >= cap then
+    return 0
+  end
+  return math.ceil((cap - level) / rate)
+end
+
+-- Give back what expired holds reserved: their held cost leaves the account's `held`
+-- total and their token reservations return to their buckets. A proxy that died
+-- mid-request therefore keeps nothing beyond the hold's time-to-live.
+local function purge_holds(holds_key, acct_key, hold_prefix, now)
+  local expired = redis.call('ZRANGEBYSCORE', holds_key, '-inf', int(now))
+  for _, rid in ipairs(expired) do
+    local hk = hold_prefix .. rid
+    local h = redis.call('HMGET', hk, 'c', 'b')
+    if h[1] and tonumber(h[1]) ~= 0 then
+      redis.call('HINCRBY', acct_key, 'held', int(-tonumber(h[1])))
+    end
+    if h[2] then
+      for bkey, amount in pairs(decode_reserved(h[2])) do
+        if amount ~= 0 and redis.call('EXISTS', bkey) == 1 then
+          redis.call('HINCRBY', bkey, 'l', int(amount))
+        end
+      end
+    end
+    redis.call('DEL', hk)
+  end
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', holds_key, '-inf', int(now))
+  end
+end
+
+-- Expire the credit lots whose expiry is at or before `now`: their remainder stops
+-- counting at that instant and is recorded as an `expiry` ledger event.
+local function expire_lots(acct_key, lots_key, lotexp_key, ledger_key, lot_prefix, now)
+  local due = redis.call('ZRANGEBYSCORE', lotexp_key, '-inf', int(now), 'WITHSCORES')
+  for i = 1, #due, 2 do
+    local id, expires = due[i], due[i + 1]
+    local lk = lot_prefix .. id
+    local rem = num(redis.call('HGET', lk, 'remaining'))
+    redis.call('HSET', lk, 'remaining', 0, 'expired', int(rem))
+    redis.call('ZREM', lots_key, id)
+    redis.call('ZREM', lotexp_key, id)
+    if rem > 0 then
+      redis.call('HINCRBY', acct_key, 'balance', int(-rem))
+      redis.call('XADD', ledger_key, '*', 'type', 'expiry', 'ts', expires, 'lot', id,
+        'amount', int(rem))
+    end
+  end
+end
+
+-- What the organization can still spend: lots' remainders, less any debt left by an
+-- overshooting request, less the holds of requests in flight.
+local function available(acct_key)
+  local a = redis.call('HMGET', acct_key, 'balance', 'debt', 'held')
+  return num(a[1]) - num(a[2]) - num(a[3])
+end

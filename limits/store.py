@@ -1,0 +1,122 @@
+"""The Redis-compatible store: one client, the registered Lua scripts, one error type.
+
+Every Redis error that means "the store is not there" (connection refused or reset,
+timeout, cluster down, loading) is raised as `StoreUnavailable`, so callers apply one
+named policy (`store.on_unavailable`). Scripts are loaded once and run with EVALSHA; a
+server that lost its script cache (restart, failover) gets them loaded again on the spot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis import exceptions as rexc
+
+from limits.errors import StoreUnavailable
+from limits.rkeys import Keys
+
+SCRIPT_NAMES = ("admit", "settle", "add_lot")
+
+_UNAVAILABLE = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.BusyLoadingError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    rexc.MasterDownError,
+    asyncio.TimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+
+def load_script(name: str) -> str:
+    """The source of a script: common.lua followed by ``<name>.lua``."""
+    folder = resources.files("limits") / "scripts"
+    common = (folder / "common.lua").read_text(encoding="utf-8")
+    return common + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Script:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.source = load_script(name)
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+# Observer of every store call: (operation, seconds, failed). Metrics plug in here.
+Observer = Callable[[str, float, bool], None]
+
+
+class Store:
+    """A client and the scripts. `client` may be a Redis or a RedisCluster client."""
+
+    def __init__(self, client: Any, keys: Keys | None = None) -> None:
+        self.client = client
+        self.keys = keys or Keys()
+        self.scripts = {name: Script(name) for name in SCRIPT_NAMES}
+        self.observers: list[Observer] = []
+
+    @classmethod
+    def from_url(cls, url: str, keys: Keys | None = None, timeout: float = 0.5) -> Store:
+        client = aioredis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            decode_responses=True,
+            max_connections=256,
+        )
+        return cls(client, keys)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def _observe(self, op: str, started: float, failed: bool) -> None:
+        elapsed = time.perf_counter() - started
+        for observe in self.observers:
+            observe(op, elapsed, failed)
+
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run a registered script (one round trip; two only after a script-cache miss)."""
+        script = self.scripts[name]
+        started = time.perf_counter()
+        try:
+            try:
+                result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
+            except rexc.NoScriptError:
+                result = await self.client.eval(script.source, len(keys), *keys, *args)
+        except _UNAVAILABLE as e:
+            self._observe(name, started, True)
+            raise StoreUnavailable(f"store unavailable during {name}: {e}") from e
+        self._observe(name, started, False)
+        return result
+
+    async def call(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one plain client call, with the same error wrapping and timing as `run`."""
+        started = time.perf_counter()
+        try:
+            result = await fn(*args, **kwargs)
+        except _UNAVAILABLE as e:
+            self._observe(op, started, True)
+            raise StoreUnavailable(f"store unavailable during {op}: {e}") from e
+        self._observe(op, started, False)
+        return result
+
+    async def load_scripts(self) -> None:
+        """Load every script into the server's cache (start-up; failures are not fatal)."""
+        for script in self.scripts.values():
+            await self.call("script_load", self.client.script_load, script.source)
+
+    async def ping(self) -> bool:
+        try:
+            await self.call("ping", self.client.ping)
+        except StoreUnavailable:
+            return False
+        return True
