@@ -17,9 +17,11 @@ Rules the tests can rely on:
   lists and into the ``content``, ``text`` and ``input`` keys of objects (so ``role`` and
   ``type`` are not counted). E.g. one user message "Say hello" gives 5.
   ``input_tokens`` is the *uncached* part (``limits.usage.Usage`` semantics); OpenAI formats
-  report ``prompt_tokens = input + cache_read + cache_write`` with
-  ``prompt_tokens_details.cached_tokens = cache_read`` (``cache_write_tokens`` is added to
-  the details only when non-zero; the Responses API always carries it).
+  report ``prompt_tokens`` (Responses: ``input_tokens``) ``= input + cache_read`` with
+  ``cached_tokens = cache_read``. OpenAI has no cache-write charge: OpenAI routes ignore
+  ``cache_write_tokens`` (the Responses API's ``cache_write_tokens`` detail is always 0).
+  count_tokens answers ``input + cache_read + cache_write``.
+  Embeddings report no output and no cache tokens.
 * **Chunks**: ``text`` is cut into ``chunks`` pieces of near-equal character length, one
   content delta each. A request ``max_tokens`` / ``max_completion_tokens`` /
   ``max_output_tokens`` below ``chunks`` keeps only that many pieces, finishing with
@@ -172,6 +174,7 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []
         self.responses: list[dict[str, Any]] = []
         self.resume = asyncio.Event()
+        self.record = True  # False: keep no requests/responses (long benchmark runs)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def reset(self) -> None:
@@ -204,11 +207,12 @@ class FakeUpstream:
         except orjson.JSONDecodeError:
             parsed = None
         path = request.path
-        self.requests.append(
-            RecordedRequest(
-                request.method, path, CIMultiDict(request.headers), raw, parsed, dict(request.query)
+        if self.record:
+            headers_copy = CIMultiDict(request.headers)
+            rr = RecordedRequest(
+                request.method, path, headers_copy, raw, parsed, dict(request.query)
             )
-        )
+            self.requests.append(rr)
         b = dataclasses.replace(self.behavior)
         anthropic = path.startswith("/v1/messages") or (
             path.startswith("/v1/models") and "anthropic-version" in request.headers
@@ -333,7 +337,8 @@ class FakeUpstream:
         rec = {"path": path, "status": b.status, "stream": stream, "input_tokens": 0,
                "output_tokens": 0, "cache_write_tokens": 0, "cache_read_tokens": 0,
                "completed": False, "text_sent": ""}  # fmt: skip
-        self.responses.append(rec)
+        if self.record:
+            self.responses.append(rec)
         required = {"/v1/messages": ("model", "messages", "max_tokens"),
                     "/v1/chat/completions": ("model", "messages"),
                     "/v1/embeddings": ("model", "input")}.get(path, ("model",))  # fmt: skip
@@ -370,8 +375,10 @@ class FakeUpstream:
             "cache_write_tokens": b.cache_write_tokens,
             "cache_read_tokens": b.cache_read_tokens,
         }
+        if not anthropic:
+            u["cache_write_tokens"] = 0
         if path == "/v1/embeddings":
-            u["output_tokens"] = 0
+            u["output_tokens"] = u["cache_read_tokens"] = 0
         gen = _Gen(self, request, body, b, headers, rec, pieces, u, truncated)
         if not stream:
             return await gen.json_response()
@@ -396,24 +403,18 @@ class _Gen:
 
     # -- usage objects ----------------------------------------------------------------------
 
-    def _prompt_tokens(self) -> int:
-        u = self.u
-        return u["input_tokens"] + u["cache_read_tokens"] + u["cache_write_tokens"]
-
     def openai_usage(self) -> dict:
-        u, p = self.u, self._prompt_tokens()
+        u = self.u
+        p = u["input_tokens"] + u["cache_read_tokens"]
         if self.path == "/v1/embeddings":
             return {"prompt_tokens": p, "total_tokens": p}
         if self.path == "/v1/responses":
-            details = {"cached_tokens": u["cache_read_tokens"],
-                       "cache_write_tokens": u["cache_write_tokens"]}  # fmt: skip
+            details = {"cached_tokens": u["cache_read_tokens"], "cache_write_tokens": 0}
             return {"input_tokens": p, "input_tokens_details": details,
                     "output_tokens": u["output_tokens"],
                     "output_tokens_details": {"reasoning_tokens": 0},
                     "total_tokens": p + u["output_tokens"]}  # fmt: skip
         details = {"cached_tokens": u["cache_read_tokens"], "audio_tokens": 0}
-        if u["cache_write_tokens"]:
-            details["cache_write_tokens"] = u["cache_write_tokens"]
         return {"prompt_tokens": p, "completion_tokens": u["output_tokens"],
                 "total_tokens": p + u["output_tokens"], "prompt_tokens_details": details,
                 "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,

@@ -65,6 +65,7 @@ async def afake():
 def test_chat_create(oai, sync_fake):
     fake = sync_fake[0]
     fake.behavior.cache_read_tokens = 7
+    fake.behavior.cache_write_tokens = 100  # ignored on OpenAI routes
     raw = oai.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
     assert raw.headers["x-request-id"].startswith("req_")
     assert raw.headers["x-ratelimit-remaining-tokens"]
@@ -215,6 +216,10 @@ def test_malformed_json_and_bad_requests(oai, sync_fake):
     h = {"authorization": f"Bearer {OPENAI_KEY}", "content-type": "application/json"}
     r = httpx2.post(url + "/v1/chat/completions", content=b"{nope", headers=h)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+    r = httpx2.post(url + "/v1/chat/completions", json={"model": "m"}, headers=h)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    r = httpx2.post(url + "/v1/nope", json={}, headers=h)
+    assert r.status_code == 404 and r.json()["error"]["message"] == "Invalid URL (POST /v1/nope)"
     h = {"x-api-key": ANTHROPIC_KEY, "anthropic-version": "2023-06-01"}
     r = httpx2.post(url + "/v1/messages", content=b"{nope", headers=h)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
