@@ -167,7 +167,15 @@ _ANTHROPIC_STATUS = {
 
 
 class FakeUpstream:
-    """The fake model API: build the app with :meth:`app`, steer it with :attr:`behavior`."""
+    """The fake model API: build the app with :meth:`app`, steer it with :attr:`behavior`.
+
+    ``requests``: every request received. ``responses``: one dict per authorized request to a
+    generation route (chat, completions, embeddings, responses, messages), updated live while
+    it streams: ``path``, ``status``, ``stream``, the usage that actually went on the wire
+    (``input_tokens``, ``output_tokens``, ``cache_write_tokens``, ``cache_read_tokens``, in
+    ``Usage`` semantics, 0 when not sent), ``completed`` (False when cut, errored, malformed or
+    refused) and ``text_sent`` (content text written so far).
+    """
 
     def __init__(self) -> None:
         self.behavior = Behavior()
