@@ -1,0 +1,516 @@
+"""The typed, immutable shape of a Tollway config (pydantic v2 models) and its JSON Schema.
+
+Every model forbids unknown keys and is frozen; mappings are read-only
+(``types.MappingProxyType``) and lists are tuples, so a ``Config`` can be shared between
+tasks and swapped whole on reload without anyone mutating it.
+
+Units, once and for all:
+
+- money (prices, caps, included usage, auto-reload) is integer micro-USD, written in YAML as
+  USD with at most 6 decimals and parsed exactly by ``limits.money.parse_usd``;
+- prices are micro-USD per million tokens;
+- limits are per minute: ``tpm``/``input_tpm``/``output_tpm`` are integers, ``rpm`` is a
+  ``Decimal`` with at most 3 decimals (per-user shares such as 0.37 are fractional);
+- caps: ``null`` or ``"unlimited"`` means no cap.
+
+Validation needs a context ``{"env": Mapping[str, str], "source": str | None}`` (given by
+``config.loader``): upstream keys and payment secrets are read from ``env`` at load time and
+are never written in the YAML; without a context ``os.environ`` is used.
+
+Run ``python -m config.schema > config/tollway.schema.json`` to regenerate the schema file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import unicodedata
+import zoneinfo
+from collections.abc import Mapping
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    SecretStr,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    WrapSerializer,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from limits.money import format_usd, parse_usd
+
+V = TypeVar("V")
+
+# ---- value types -------------------------------------------------------------------------
+
+
+def show(value: Any) -> str:
+    """How a bad input value is quoted in an error message (never a whole mapping)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, int | Decimal | float):
+        return str(value)
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    return type(value).__name__
+
+
+def _check_name(value: str) -> str:
+    if not value:
+        raise ValueError("name must not be empty")
+    if any(c in "{}:" or c.isspace() or unicodedata.category(c)[0] == "C" for c in value):
+        raise ValueError(
+            f"invalid name {value!r}: must not contain '{{', '}}', ':', whitespace or "
+            "control characters"
+        )
+    return value
+
+
+# Organization, workspace, user, tier and model names become parts of Redis keys.
+Name = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_check_name),
+    WithJsonSchema({"type": "string", "pattern": r"^[^{}:\s\x00-\x1f\x7f]+$"}),
+]
+FrozenMap = Annotated[
+    Mapping[Name, V],
+    AfterValidator(MappingProxyType),
+    WrapSerializer(lambda value, handler: handler(dict(value))),
+]
+
+
+def _empty_map() -> Mapping[str, Any]:
+    return MappingProxyType({})
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Any:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {show(value)}")
+        if maximum is not None and not minimum <= value <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum}")
+        if value < minimum:
+            raise ValueError("must not be negative" if minimum == 0 else f"must be >= {minimum}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | float):
+        raise ValueError(f"expected a number, got {show(value)}")
+    if not value > 0:
+        raise ValueError("must be greater than 0")
+    return float(value)
+
+
+def _money(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise ValueError(f"expected an amount in USD, got {show(value)}")
+    return parse_usd(value)
+
+
+def _cap(value: Any) -> int | None:
+    if value is None or value == "unlimited":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
+        raise ValueError(f"expected an amount in USD or 'unlimited', got {show(value)}")
+    return parse_usd(value)
+
+
+def _rate(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        raise ValueError(f"expected a number, got {show(value)}")
+    value = Decimal(value)
+    if not value.is_finite() or value < 0:
+        raise ValueError("must not be negative")
+    if value.as_tuple().exponent < -3:  # type: ignore[operator]  # finite: int exponent
+        raise ValueError("more than 3 decimal places")
+    try:
+        return value.quantize(Decimal("0.001"))
+    except InvalidOperation:
+        raise ValueError("too large") from None
+
+
+_USD_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^[0-9][0-9_]*(\.[0-9]{1,6})?$"},
+    ],
+    "description": "USD, at most 6 decimals",
+}
+Count = Annotated[int, _integer(0), Field(ge=0)]
+PositiveInt = Annotated[int, _integer(1), Field(gt=0)]
+Seconds = Annotated[float, BeforeValidator(_positive_number), Field(gt=0)]
+Money = Annotated[int, PlainValidator(_money), WithJsonSchema(_USD_SCHEMA)]
+Cap = Annotated[
+    int | None,
+    PlainValidator(_cap),
+    WithJsonSchema({"anyOf": [*_USD_SCHEMA["anyOf"], {"const": "unlimited"}, {"type": "null"}]}),
+]
+Rate = Annotated[Decimal, PlainValidator(_rate), WithJsonSchema({"type": "number", "minimum": 0})]
+StrictBool = Annotated[bool, Strict()]
+EnvName = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+def fail(title: str, *errors: tuple[tuple[str | int, ...], str, Any]) -> NoReturn:
+    """Raise errors located *inside* the model being validated: each is (relative loc,
+    message, input). pydantic prefixes the model's own location, so the loader can name
+    the exact key and line."""
+    raise ValidationError.from_exception_data(
+        title,
+        [
+            {"type": PydanticCustomError("tollway", message), "loc": loc, "input": value}
+            for loc, message, value in errors
+        ],
+    )
+
+
+def _env(info: ValidationInfo) -> Mapping[str, str]:
+    context = info.context or {}
+    return context.get("env") if context.get("env") is not None else os.environ
+
+
+def _resolve_secret(info: ValidationInfo, title: str, key: str, name: str) -> SecretStr:
+    value = _env(info).get(name)
+    if value is None:
+        fail(title, ((key,), f"environment variable {name} is not set", name))
+    if not value:
+        fail(title, ((key,), f"environment variable {name} is empty", name))
+    return SecretStr(value)
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, Strict(), AfterValidator(_http_url)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+# ---- models ------------------------------------------------------------------------------
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
+
+
+class StoreConfig(_Model):
+    redis_url: str | None = None
+    """Redis/Valkey URL; null: the caller decides ($REDIS_URL, else the embedded Valkey)."""
+    on_unavailable: Literal["closed", "open"] = "closed"
+    """What happens to requests while the store is unreachable: refuse (closed) or serve."""
+    key_prefix: Name = "tw"
+    timeout_seconds: Seconds = 0.5
+    hold_ttl_seconds: PositiveInt = 900
+    """Lifetime of a reservation a dead proxy never settled."""
+
+    @field_validator("redis_url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in _REDIS_SCHEMES:
+            raise ValueError(f"URL scheme must be one of: {', '.join(_REDIS_SCHEMES)}")
+        return value
+
+
+class ServerConfig(_Model):
+    host: str = "127.0.0.1"
+    port: Annotated[int, _integer(1, 65535), Field(ge=1, le=65535)] = 8080
+    max_body_bytes: PositiveInt = 33554432
+    upstream_connect_timeout: Seconds = 10.0
+    upstream_read_timeout: Seconds = 600.0
+    """Seconds allowed between two bytes of an upstream response."""
+    admin_token_env: EnvName | None = "TOLLWAY_ADMIN_TOKEN"
+    timezone: str = "UTC"
+    """IANA time zone whose month boundaries reset spend caps."""
+    session_headers: tuple[Annotated[str, Strict()], ...] = (
+        "x-tollway-session",
+        "x-claude-code-session-id",
+    )
+    """Request headers carrying a session id (matched case-insensitively)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("session_headers")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(h.lower() for h in value)
+
+    @property
+    def tzinfo(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+class Upstream(_Model):
+    base_url: HttpUrl
+    """http:// or https:// URL, optionally with a path prefix; a trailing "/" is dropped."""
+    api_key_env: EnvName
+    """Environment variable holding the upstream API key (read at load time)."""
+    timeout: Seconds | None = None
+    _api_key: SecretStr = PrivateAttr(default=SecretStr(""))
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> Upstream:
+        self._api_key = _resolve_secret(info, "Upstream", "api_key_env", self.api_key_env)
+        return self
+
+    @property
+    def api_key(self) -> SecretStr:
+        """The key read from ``api_key_env``; ``.get_secret_value()`` to use it."""
+        return self._api_key
+
+
+class Price(_Model):
+    """USD per million tokens in YAML; integer micro-USD per million tokens once loaded.
+    ``cache_write`` and ``cache_read`` default to ``input`` when absent (never free)."""
+
+    input: Money
+    output: Money
+    cache_write: Money = Field(default_factory=lambda data: data.get("input", 0))
+    cache_read: Money = Field(default_factory=lambda data: data.get("input", 0))
+
+
+class MeteringConfig(_Model):
+    count_cache_reads_in_tpm: StrictBool = False
+    tiktoken_encoding: str | None = None
+
+
+LimitKind = Literal["rpm", "tpm", "input_tpm", "output_tpm"]
+LIMIT_KINDS: tuple[LimitKind, ...] = ("rpm", "tpm", "input_tpm", "output_tpm")
+
+
+class Limits(_Model):
+    """Per-minute limits; an absent or null limit does not apply."""
+
+    rpm: Rate | None = None
+    tpm: Count | None = None
+    input_tpm: Count | None = None
+    output_tpm: Count | None = None
+
+    def per_minute(self, kind: LimitKind) -> Decimal | None:
+        value = getattr(self, kind)
+        return None if value is None else Decimal(value)
+
+    def milli_per_minute(self, kind: LimitKind) -> int | None:
+        """The limit times 1000 as an integer (exact: rpm has at most 3 decimals)."""
+        value = self.per_minute(kind)
+        return None if value is None else int(value * 1000)
+
+    @property
+    def empty(self) -> bool:
+        return all(getattr(self, kind) is None for kind in LIMIT_KINDS)
+
+
+class AutoReload(_Model):
+    threshold: Money
+    """Buy when a settle leaves the balance below this."""
+    target: Money
+    """Buy (target - balance); must be greater than threshold."""
+
+    @model_validator(mode="after")
+    def _order(self) -> AutoReload:
+        if self.target <= self.threshold:
+            message = f"must be greater than threshold ({format_usd(self.threshold)})"
+            fail("AutoReload", (("target",), message, format_usd(self.target)))
+        return self
+
+
+class Payment(_Model):
+    provider: Literal["none", "webhook"] = "none"
+    webhook_url: HttpUrl | None = None
+    """Required when provider is webhook."""
+    secret_env: EnvName | None = None
+    """Environment variable with the webhook's signing secret (read at load time)."""
+    _secret: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Payment:
+        if self.provider == "webhook" and self.webhook_url is None:
+            fail("Payment", (("webhook_url",), "required when provider is 'webhook'", None))
+        if self.secret_env is not None:
+            self._secret = _resolve_secret(info, "Payment", "secret_env", self.secret_env)
+        return self
+
+    @property
+    def secret(self) -> SecretStr | None:
+        return self._secret
+
+
+class Billing(_Model):
+    mode: Literal["prepaid", "postpaid"] = "postpaid"
+    auto_reload: AutoReload | None = None
+    payment: Payment = Payment()
+    promo_expiry_days: PositiveInt = 90
+
+
+class SpendCaps(_Model):
+    monthly: Cap = None
+    """Monthly cap on extra usage; null or "unlimited": no cap."""
+
+
+class ExtraUsage(_Model):
+    enabled: StrictBool = False
+    users: tuple[Name, ...] | None = None
+    """null: every user when enabled; a list: only these users of the organization."""
+
+
+class SeatTier(_Model):
+    included: Money = 0
+    """Usage included per user per month."""
+    monthly_cap: Cap = None
+    """Extra-usage cap of each user of the tier; null or "unlimited": no cap."""
+
+
+class Workspace(_Model):
+    limits: Limits = Limits()
+    spend_caps: SpendCaps = SpendCaps()
+
+
+CapMode = Literal["inherit", "unlimited", "amount"]
+
+
+class User(_Model):
+    seat: Name | None = None
+    """A seat tier of the organization."""
+    workspace: Name | None = None
+    limits: Limits = Limits()
+    monthly_cap: Cap = Field(None, json_schema_extra=lambda schema: schema.pop("default"))
+    """Absent: the tier's cap; null or "unlimited": no cap of the user's own; an amount."""
+
+    @property
+    def cap_mode(self) -> CapMode:
+        if "monthly_cap" not in self.model_fields_set:
+            return "inherit"
+        return "unlimited" if self.monthly_cap is None else "amount"
+
+
+def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:
+    names = ", ".join(sorted(known)) or "none defined"
+    return f"unknown {what} {name!r} (known: {names})"
+
+
+class Organization(_Model):
+    limits: Limits = Limits()
+    model_limits: FrozenMap[Limits] = Field(default_factory=_empty_map)
+    """Per-model limits at organization level, by model name."""
+    billing: Billing = Billing()
+    spend_caps: SpendCaps = SpendCaps()
+    extra_usage: ExtraUsage = ExtraUsage()
+    seat_tiers: FrozenMap[SeatTier] = Field(default_factory=_empty_map)
+    workspaces: FrozenMap[Workspace] = Field(default_factory=_empty_map)
+    users: FrozenMap[User] = Field(default_factory=_empty_map)
+
+    @model_validator(mode="after")
+    def _references(self) -> Organization:
+        errors: list[tuple[tuple[str | int, ...], str, Any]] = []
+        for name, user in self.users.items():
+            if user.seat is not None and user.seat not in self.seat_tiers:
+                message = _unknown("seat tier", user.seat, self.seat_tiers)
+                errors.append((("users", name, "seat"), message, user.seat))
+            if user.workspace is not None and user.workspace not in self.workspaces:
+                message = _unknown("workspace", user.workspace, self.workspaces)
+                errors.append((("users", name, "workspace"), message, user.workspace))
+        for i, name in enumerate(self.extra_usage.users or ()):
+            if name not in self.users:
+                message = _unknown("user", name, self.users)
+                errors.append((("extra_usage", "users", i), message, name))
+        if errors:
+            fail("Organization", *errors)
+        return self
+
+    def user_cap(self, user_name: str) -> int | None:
+        """The user's effective own extra-usage cap in micro-USD (None: no per-user cap;
+        organization and workspace caps still apply). KeyError for an unknown user."""
+        user = self.users[user_name]
+        if user.cap_mode != "inherit":
+            return user.monthly_cap
+        return None if user.seat is None else self.seat_tiers[user.seat].monthly_cap
+
+    def user_included(self, user_name: str) -> int:
+        """Monthly usage included by the user's seat tier, micro-USD (0 without a seat)."""
+        seat = self.users[user_name].seat
+        return 0 if seat is None else self.seat_tiers[seat].included
+
+
+class Config(_Model):
+    store: StoreConfig = StoreConfig()
+    server: ServerConfig = ServerConfig()
+    upstreams: FrozenMap[Upstream] = Field(default_factory=_empty_map)
+    prices: FrozenMap[Price] = Field(default_factory=_empty_map)
+    """Price per model, in USD per million tokens."""
+    metering: MeteringConfig = MeteringConfig()
+    organizations: FrozenMap[Organization] = Field(default_factory=_empty_map)
+    _source: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _remember_source(self, info: ValidationInfo) -> Config:
+        self._source = (info.context or {}).get("source")
+        return self
+
+    @property
+    def source(self) -> str | None:
+        """The file this config was read from (None when it came from a string)."""
+        return self._source
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of the YAML file, for editors; secrets and ``source`` are
+    not part of it (they are never written in the file)."""
+    schema = Config.model_json_schema(mode="validation")
+    _close_name_maps(schema)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **schema,
+        "title": "Tollway configuration",
+    }
+
+
+def _close_name_maps(node: Any) -> None:
+    """Mappings keyed by names list the allowed names as a pattern; make other keys
+    invalid too, so that editors flag a name Tollway would refuse."""
+    if isinstance(node, dict):
+        if "patternProperties" in node:
+            node["additionalProperties"] = False
+        for value in node.values():
+            _close_name_maps(value)
+    elif isinstance(node, list):
+        for value in node:
+            _close_name_maps(value)
+
+
+if __name__ == "__main__":
+    print(json.dumps(json_schema(), indent=2))
