@@ -134,8 +134,8 @@ def cap_plans(org_cfg: Any, principal: Principal) -> list[list[Any]]:
     if u:
         user = org_cfg.users.get(u)
         field = f"extra:user={u}"
-        if user is not None and user.has_own_cap:
-            caps.append([field, _cap(user.own_cap), [f"cap:user={u}"], f"user '{u}'"])
+        if user is not None and user.cap_mode != "inherit":
+            caps.append([field, _cap(user.monthly_cap), [f"cap:user={u}"], f"user '{u}'"])
         elif user is not None and user.seat is not None:
             tier_cap = org_cfg.seat_tiers[user.seat].monthly_cap
             label = f"seat tier '{user.seat}'"

@@ -1,0 +1,118 @@
+"""The aiohttp application: `create_app` wires routes, and resources open and close in
+`cleanup_ctx`. State lives under typed `web.AppKey`s; there are no module globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from limits.apikeys import ApiKeys
+from limits.clock import Clock, SystemClock
+from limits.meter import Meter
+from limits.store import Store
+from proxy.handler import ROUTES, ProxyHandler
+from proxy.metrics import CONTENT_TYPE, Metrics
+from proxy.tokens import TokenCounter
+
+log = logging.getLogger("tollway")
+
+HOLDER = web.AppKey("holder", Any)
+STORE = web.AppKey("store", Store)
+METRICS = web.AppKey("metrics", Metrics)
+CLOCK = web.AppKey("clock", Clock)
+APIKEYS = web.AppKey("apikeys", ApiKeys)
+METER = web.AppKey("meter", Meter)
+HANDLER = web.AppKey("handler", ProxyHandler)
+COUNTER = web.AppKey("counter", TokenCounter)
+
+
+def create_app(
+    holder: Any,
+    store: Store,
+    clock: Clock | None = None,
+    metrics: Metrics | None = None,
+    *,
+    close_store: bool = True,
+) -> web.Application:
+    """The proxy app. `holder.current` is the live `Config`; `store` is connected lazily."""
+    cfg = holder.current
+    app = web.Application(client_max_size=cfg.server.max_body_bytes + 1)
+    app[HOLDER] = holder
+    app[STORE] = store
+    app[CLOCK] = clock or SystemClock()
+    app[METRICS] = metrics or Metrics()
+    app[APIKEYS] = ApiKeys(store)
+    app[METER] = Meter(store, app[CLOCK], lambda: holder.current)
+    app[COUNTER] = TokenCounter(cfg.metering.tiktoken_encoding)
+    store.observers.append(app[METRICS].observe_store)
+    listen = getattr(holder, "add_listener", None)
+    if listen is not None:
+        listen(lambda _cfg: app[METRICS].config_reloads.labels("success").inc())
+    app.cleanup_ctx.append(_upstream_client)
+    app.cleanup_ctx.append(_store_lifecycle(close_store))
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    for path in ROUTES:
+        app.router.add_route("*", path, _proxy_view)
+    app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
+    return app
+
+
+async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+    client = aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    )
+    app[HANDLER] = ProxyHandler(
+        app[HOLDER], app[METER], app[APIKEYS], client, app[COUNTER], app[METRICS], app[CLOCK]
+    )
+    yield
+    # Settlements still running (streams that ended during shutdown) finish first.
+    pending = list(app[HANDLER].settling)
+    if pending:
+        await asyncio.wait(pending, timeout=10)
+    await client.close()
+
+
+def _store_lifecycle(close_store: bool):
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        with contextlib.suppress(Exception):
+            await app[STORE].load_scripts()
+        yield
+        if close_store:
+            await app[STORE].close()
+
+    return lifecycle
+
+
+async def _proxy_view(request: web.Request) -> web.StreamResponse:
+    return await request.app[HANDLER].handle(request)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: fails while the store is unreachable in fail-closed mode."""
+    app = request.app
+    cfg = app[HOLDER].current
+    store_ok = await app[STORE].ping()
+    ready = store_ok or cfg.store.on_unavailable == "open"
+    body = {"status": "ready" if ready else "unavailable", "store": store_ok}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].exposition(), headers={"content-type": CONTENT_TYPE}
+    )

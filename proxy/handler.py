@@ -1,0 +1,427 @@
+"""The request pipeline: identify → admit → forward → meter → settle.
+
+Every request gets an id (``x-request-id``; ``request-id`` on Anthropic routes) that names
+it in logs, ledger events and settlement. A request refused before forwarding changes
+nothing; a forwarded one is settled exactly once, even when the client goes away or the
+server shuts down mid-stream (settlement is shielded from cancellation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from limits.apikeys import ApiKeys
+from limits.clock import Clock
+from limits.errors import StoreUnavailable, UnknownKey
+from limits.meter import Decision, Meter, Settlement
+from limits.plans import Principal
+from limits.prices import cost_micro
+from limits.usage import ZERO, Usage
+from proxy import providers
+from proxy.forward import relay, upstream_headers
+from proxy.metrics import Metrics
+from proxy.providers import ANTHROPIC, OPENAI, Problem
+from proxy.tokens import TokenCounter
+from proxy.usage import TapResult, make_tap
+
+log = logging.getLogger("tollway.request")
+
+# path → (provider or None to choose by header, metered)
+ROUTES: dict[str, tuple[str | None, bool]] = {
+    "/v1/chat/completions": (OPENAI, True),
+    "/v1/completions": (OPENAI, True),
+    "/v1/embeddings": (OPENAI, True),
+    "/v1/responses": (OPENAI, True),
+    "/v1/messages": (ANTHROPIC, True),
+    "/v1/messages/count_tokens": (ANTHROPIC, False),
+    "/v1/models": (None, False),
+}
+# Routes whose streams take stream_options.include_usage.
+STREAM_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+UNMETERED_KEY_MAX_AGE = 1.0
+
+
+class Reject(Exception):
+    """Answer the client with a problem, before anything was forwarded."""
+
+    def __init__(self, problem: Problem, headers: dict[str, str] | None = None) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+        self.headers = headers or {}
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as it moves through the pipeline."""
+
+    rid: str
+    route: str
+    provider: str
+    started: float
+    org: str = "-"
+    model: str | None = None
+    outcome: str = "ok"
+
+
+def _secret(headers: Any) -> str | None:
+    auth = headers.get("authorization")
+    if auth:
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    key = headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+class ProxyHandler:
+    def __init__(
+        self,
+        holder: Any,
+        meter: Meter,
+        apikeys: ApiKeys,
+        client: aiohttp.ClientSession,
+        counter: TokenCounter,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.holder = holder
+        self.meter = meter
+        self.apikeys = apikeys
+        self.client = client
+        self.counter = counter
+        self.metrics = metrics
+        self.clock = clock
+        self.settling: set[asyncio.Task[Any]] = set()
+        self.on_settled: list[Any] = []  # callbacks (principal, Settlement)
+
+    # --- entry point ------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        provider, metered = ROUTES.get(path, (None, False))
+        if provider is None:
+            provider = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
+        call = Call("req_" + secrets.token_hex(12), path, provider, time.perf_counter())
+        self.metrics.in_flight.inc()
+        try:
+            return await self._serve(request, call, metered)
+        except Reject as r:
+            return self._problem(call, r.problem, r.headers)
+        finally:
+            self.metrics.in_flight.dec()
+            self.metrics.requests.labels(call.route, call.outcome, call.org).inc()
+
+    def _problem(self, call: Call, problem: Problem, headers: dict[str, str]) -> web.Response:
+        if call.outcome == "ok":
+            call.outcome = {
+                "key": "unauthorized",
+                "unavailable": "unavailable",
+                "upstream": "upstream_error",
+                "timeout": "upstream_error",
+            }.get(problem.kind, "refused" if problem.status == 429 else "bad_request")
+        status, body = providers.error_body(call.provider, problem, call.rid)
+        h = {**headers, **providers.error_headers(call.provider, problem)}
+        h[providers.request_id_header(call.provider)] = call.rid
+        log.info(
+            "refused",
+            extra={
+                "rid": call.rid,
+                "org": call.org,
+                "route": call.route,
+                "status": status,
+                "kind": problem.kind,
+            },
+        )
+        return web.Response(status=status, body=body, headers=h)
+
+    # --- pipeline -----------------------------------------------------------------------
+    async def _serve(self, request: web.Request, call: Call, metered: bool) -> web.StreamResponse:
+        cfg = self.holder.current
+        secret = _secret(request.headers)
+        if secret is None:
+            raise Reject(Problem(401, "key", "Missing API key: send it as a Bearer token."))
+        try:
+            principal = await self.apikeys.resolve(
+                secret, None if metered else UNMETERED_KEY_MAX_AGE
+            )
+        except UnknownKey:
+            raise Reject(Problem(401, "key", "Invalid API key.")) from None
+        except StoreUnavailable:
+            raise Reject(self._store_down(cfg)) from None
+        if principal.org not in cfg.organizations:
+            raise Reject(Problem(401, "key", "Invalid API key: its organization is gone."))
+        call.org = principal.org
+        body = await self._read_body(request, cfg.server.max_body_bytes)
+        if not metered:
+            return await self._forward_unmetered(request, call, cfg, body)
+
+        payload = self._parse(body)
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise Reject(Problem(400, "bad_request", "The request has no 'model'."))
+        call.model = model
+        price = cfg.prices.get(model)
+        if price is None:
+            raise Reject(
+                Problem(
+                    400,
+                    "bad_request",
+                    f"The model '{model}' has no price configured in Tollway, so it cannot "
+                    "be metered. Ask your administrator to add it to the price table.",
+                )
+            )
+        est = self.counter.estimate_request(payload, call.route)
+        body, strip = self._with_stream_usage(call, payload, body)
+        try:
+            decision = await self.meter.admit(
+                principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
+            )
+        except StoreUnavailable:
+            raise Reject(self._store_down(cfg)) from None
+        headers = providers.ratelimit_headers(call.provider, decision, self.clock.now_ms())
+        self._observe_buckets(principal.org, decision)
+        if not decision.admitted:
+            self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
+            if decision.reason == "key":
+                self.apikeys.forget(secret)
+            raise Reject(providers.refusal(call.provider, decision, self.clock.now_ms()), headers)
+        self.metrics.added_latency.observe(time.perf_counter() - call.started)
+        session = self._session_id(request, cfg)
+        return await self._forward_metered(
+            request, call, cfg, principal, price, body, strip, est, headers, session
+        )
+
+    def _parse(self, body: bytes) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            problem = Problem(400, "bad_request", f"The request body is not valid JSON: {e}")
+            raise Reject(problem) from None
+        if not isinstance(payload, dict):
+            raise Reject(Problem(400, "bad_request", "The request body must be a JSON object."))
+        return payload
+
+    def _with_stream_usage(
+        self, call: Call, payload: dict[str, Any], body: bytes
+    ) -> tuple[bytes, bool]:
+        """Ask an OpenAI stream for its usage chunk when the client did not; the tap then
+        removes that chunk, so the client sees exactly what it asked for."""
+        if call.provider != OPENAI or call.route not in STREAM_USAGE_ROUTES:
+            return body, False
+        if payload.get("stream") is not True:
+            return body, False
+        options = payload.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return body, False
+        payload["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
+        return orjson.dumps(payload), True
+
+    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+        declared = request.content_length
+        too_large = Problem(
+            413, "too_large", f"The request body is larger than the limit of {limit} bytes."
+        )
+        if declared is not None and declared > limit:
+            raise Reject(too_large)
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise Reject(too_large)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _session_id(self, request: web.Request, cfg: Any) -> str | None:
+        for name in cfg.server.session_headers:
+            value = request.headers.get(name)
+            if value:
+                return value[:128]
+        return None
+
+    def _store_down(self, cfg: Any) -> Problem:
+        self.metrics.store_unavailable.labels("closed").inc()
+        return Problem(
+            503, "unavailable", "Tollway cannot reach its store right now; please retry."
+        )
+
+    def _observe_buckets(self, org: str, decision: Decision) -> None:
+        for b in decision.buckets:
+            if b.spec.scope == "org":
+                self.metrics.bucket_remaining.labels(org, b.spec.limit).set(b.remaining)
+
+    # --- forwarding -------------------------------------------------------------------------
+    def _upstream(self, cfg: Any, call: Call) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
+        up = cfg.upstreams[call.provider]
+        auth = providers.upstream_auth(call.provider, up.api_key.get_secret_value())
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=cfg.server.upstream_connect_timeout,
+            sock_read=up.timeout or cfg.server.upstream_read_timeout,
+        )
+        return up.base_url, auth, timeout
+
+    async def _open(
+        self, request: web.Request, call: Call, cfg: Any, body: bytes
+    ) -> aiohttp.ClientResponse:
+        base, auth, timeout = self._upstream(cfg, call)
+        drop = frozenset(h.lower() for h in cfg.server.session_headers)
+        try:
+            return await self.client.request(
+                request.method,
+                base + request.rel_url.raw_path_qs,
+                data=body or None,
+                headers=upstream_headers(request.headers, auth, drop),
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            raise Reject(Problem(504, "timeout", "The model API did not answer in time.")) from None
+        except aiohttp.ClientError as e:
+            log.warning("upstream unreachable", extra={"rid": call.rid, "error": str(e)})
+            raise Reject(Problem(502, "upstream", "The model API could not be reached.")) from None
+
+    async def _forward_unmetered(
+        self, request: web.Request, call: Call, cfg: Any, body: bytes
+    ) -> web.StreamResponse:
+        ours = {providers.request_id_header(call.provider): call.rid}
+        started = time.perf_counter()
+        upstream = await self._open(request, call, cfg, body)
+        async with upstream:
+            resp, info = await relay(request, upstream, ours, None, started)
+        call.outcome = "ok" if info.status < 400 else "upstream_error"
+        return resp
+
+    async def _forward_metered(
+        self,
+        request: web.Request,
+        call: Call,
+        cfg: Any,
+        principal: Principal,
+        price: Any,
+        body: bytes,
+        strip: bool,
+        est: int,
+        headers: dict[str, str],
+        session: str | None,
+    ) -> web.StreamResponse:
+        ours = {**headers, providers.request_id_header(call.provider): call.rid}
+        started = time.perf_counter()
+        usage: Usage | None = None
+        upstream_s = 0.0
+        try:
+            upstream = await self._open(request, call, cfg, body)
+            async with upstream:
+                ok_status = 200 <= upstream.status < 300
+                streaming = upstream.content_type == "text/event-stream"
+                tap = make_tap(call.provider, call.route, streaming, strip) if ok_status else None
+                resp, info = await relay(request, upstream, ours, tap, started)
+            upstream_s = info.upstream_s
+            self.metrics.upstream_ttfb.labels(call.provider).observe(info.first_byte_s)
+            self.metrics.upstream_latency.labels(call.provider).observe(info.upstream_s)
+            usage = await self._charged_usage(info.result, info.streaming, est)
+            if usage is None:
+                call.outcome = "upstream_error" if not ok_status else "failed"
+            return resp
+        finally:
+            # Runs on success, on failure, on a client that left and on cancellation alike.
+            task = asyncio.ensure_future(
+                self._settle(call, principal, price, usage, session, int(upstream_s * 1000))
+            )
+            self.settling.add(task)
+            task.add_done_callback(self.settling.discard)
+            # Cancelled or not, the settlement runs to its end (shutdown waits for it).
+            await asyncio.shield(task)
+
+    async def _charged_usage(
+        self, result: TapResult | None, streaming: bool, est: int
+    ) -> Usage | None:
+        """What a relayed answer is charged for; None when it is a failure (free).
+
+        A complete answer is charged its reported usage. A stream that ended early (cut
+        off, client gone) is charged its input (as reported at its start, else the
+        estimate) and the output tokens counted in the text relayed, provided it relayed
+        some; a stream that relayed nothing, a body with no usage and an answer that
+        ended in an error event are failures."""
+        if result is None or result.failed:
+            return None
+        if result.complete and result.usage is not None:
+            return result.usage
+        if not streaming:
+            return None
+        text = result.generated_text()
+        if not text:
+            return None
+        partial = result.usage or Usage(input_tokens=est)
+        output = await self.counter.count_async(text)
+        return Usage(
+            input_tokens=partial.input_tokens,
+            output_tokens=max(output, partial.output_tokens),
+            cache_write_tokens=partial.cache_write_tokens,
+            cache_read_tokens=partial.cache_read_tokens,
+        )
+
+    async def _settle(
+        self,
+        call: Call,
+        principal: Principal,
+        price: Any,
+        usage: Usage | None,
+        session: str | None,
+        upstream_ms: int,
+    ) -> Settlement | None:
+        ok = usage is not None
+        used = usage if usage is not None else ZERO
+        cost = cost_micro(price, used) if ok else 0
+        try:
+            settlement = await self.meter.settle(
+                principal, call.rid, call.model, used, cost, ok, session, upstream_ms
+            )
+        except StoreUnavailable as e:
+            self.metrics.settle_failures.inc()
+            log.error(
+                "settlement failed", extra={"rid": call.rid, "org": call.org, "error": str(e)}
+            )
+            return None
+        except Exception:
+            self.metrics.settle_failures.inc()
+            log.exception("settlement failed", extra={"rid": call.rid, "org": call.org})
+            return None
+        org, model = call.org, call.model or "-"
+        if ok and not settlement.duplicate:
+            m = self.metrics
+            m.tokens.labels("input", org, model).inc(used.input_tokens)
+            m.tokens.labels("output", org, model).inc(used.output_tokens)
+            m.tokens.labels("cache_write", org, model).inc(used.cache_write_tokens)
+            m.tokens.labels("cache_read", org, model).inc(used.cache_read_tokens)
+            m.spend.labels(org, model).inc(settlement.cost / 1_000_000)
+        if self.holder.current.organizations.get(org) is not None:
+            billing = self.holder.current.organizations[org].billing
+            if billing.mode == "prepaid":
+                self.metrics.balance.labels(org).set(settlement.available / 1_000_000)
+        log.info(
+            "settled",
+            extra={
+                "rid": call.rid,
+                "org": org,
+                "route": call.route,
+                "model": model,
+                "ok": ok,
+                "input_tokens": used.input_tokens,
+                "output_tokens": used.output_tokens,
+                "cost_micro": settlement.cost,
+            },
+        )
+        for callback in self.on_settled:
+            callback(principal, settlement)
+        return settlement

@@ -1,0 +1,125 @@
+"""Prometheus metrics, one registry per app (no module globals).
+
+Label cardinality is bounded: organizations come from the config, models from the price
+table (an unpriced model is refused before it is counted), routes from the route table.
+No user or key labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "tollway_requests",
+            "Requests by route and outcome (ok, upstream_error, failed, refused, "
+            "bad_request, unauthorized, unavailable, fail_open).",
+            ["route", "outcome", "org"],
+            registry=r,
+        )
+        self.refusals = Counter(
+            "tollway_refusals",
+            "Admissions refused, by reason (rate, credit, cap, included, key).",
+            ["reason", "org"],
+            registry=r,
+        )
+        self.tokens = Counter(
+            "tollway_tokens",
+            "Tokens settled, by kind (input, output, cache_write, cache_read).",
+            ["kind", "org", "model"],
+            registry=r,
+        )
+        self.spend = Counter(
+            "tollway_spend_usd",
+            "Spend settled at API prices, in USD.",
+            ["org", "model"],
+            registry=r,
+        )
+        self.balance = Gauge(
+            "tollway_credit_balance_usd",
+            "Available credit of prepaid organizations after the last settlement, in USD.",
+            ["org"],
+            registry=r,
+        )
+        self.bucket_remaining = Gauge(
+            "tollway_bucket_remaining",
+            "What is left in an organization-level bucket after the last admission "
+            "(requests or tokens).",
+            ["org", "limit"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "tollway_upstream_latency_seconds",
+            "Upstream time of metered requests, from sending the request to the last byte.",
+            ["provider"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.upstream_ttfb = Histogram(
+            "tollway_upstream_first_byte_seconds",
+            "Upstream time to response headers.",
+            ["provider"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.added_latency = Histogram(
+            "tollway_added_latency_seconds",
+            "Time Tollway adds before a request reaches the upstream (auth, body, "
+            "estimate, admission).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_latency = Histogram(
+            "tollway_store_latency_seconds",
+            "Latency of store (Redis) operations.",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "tollway_store_errors",
+            "Store operations that failed because the store was unavailable.",
+            ["op"],
+            registry=r,
+        )
+        self.store_unavailable = Counter(
+            "tollway_store_unavailable_requests",
+            "Requests that met an unavailable store, by the policy applied (closed, open).",
+            ["policy"],
+            registry=r,
+        )
+        self.settle_failures = Counter(
+            "tollway_settle_failures",
+            "Settlements that could not be written to the store.",
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "tollway_config_reloads",
+            "Config reloads by result (success, failure).",
+            ["result"],
+            registry=r,
+        )
+        self.auto_reloads = Counter(
+            "tollway_auto_reloads",
+            "Auto-reload purchases by result (paid, failed, skipped).",
+            ["org", "result"],
+            registry=r,
+        )
+        self.in_flight = Gauge("tollway_requests_in_flight", "Requests being served.", registry=r)
+
+    def observe_store(self, op: str, seconds: float, failed: bool) -> None:
+        self.store_latency.labels(op).observe(seconds)
+        if failed:
+            self.store_errors.labels(op).inc()
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

