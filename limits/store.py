@@ -21,7 +21,7 @@ from redis import exceptions as rexc
 from limits.errors import StoreUnavailable
 from limits.rkeys import Keys
 
-SCRIPT_NAMES = ("admit", "settle", "add_lot")
+SCRIPT_NAMES = ("admit", "settle", "add_lot", "expire", "reload_lock")
 
 _UNAVAILABLE = (
     rexc.ConnectionError,
