@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis import exceptions as rexc
 
+from limits.connect import connect
 from limits.errors import StoreUnavailable
 from limits.rkeys import Keys
 
@@ -65,15 +65,9 @@ class Store:
 
     @classmethod
     def from_url(cls, url: str, keys: Keys | None = None, timeout: float = 0.5) -> Store:
-        client = aioredis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
-            decode_responses=True,
-            max_connections=256,
-        )
-        return cls(client, keys)
+        """A store on `url`: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://
+        (see `limits.connect`)."""
+        return cls(connect(url, timeout), keys)
 
     async def close(self) -> None:
         await self.client.aclose()
