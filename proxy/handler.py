@@ -359,7 +359,8 @@ class ProxyHandler:
             return result.usage
         if not streaming:
             return None
-        text = result.generated_text()
+        # Extracting the text walks every relayed event: off the loop (rare, can be long).
+        text = await asyncio.get_running_loop().run_in_executor(None, result.generated_text)
         if not text:
             return None
         partial = result.usage or Usage(input_tokens=est)

@@ -33,6 +33,7 @@ prices:
   gpt-4o: {input: 2.50, output: 10.00, cache_read: 1.25}
   text-embedding-3-small: {input: 0.02, output: 0}
   claude-sonnet-4-5: {input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}
+  claude-sonnet-4-6: {input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}
   claude-haiku-4-5: {input: 1.00, output: 5.00, cache_write: 1.25, cache_read: 0.10}
 """
 
@@ -69,23 +70,50 @@ class Stack:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self._extra_runners: list[web.AppRunner] = []
 
     async def _store(self) -> Store:
         return Store.from_url(self.redis_url, Keys(self.prefix), timeout=2.0)
 
-    def config_text(self, orgs_yaml: str, extra_yaml: str = "") -> str:
+    def config_text(self, orgs_yaml: str, extra_yaml: str = "", upstream: str = "") -> str:
+        upstream = upstream or self.fake_url
         return (
             f"store:\n  key_prefix: {self.prefix}\n"
             "upstreams:\n"
-            f"  openai: {{base_url: '{self.fake_url}', api_key_env: OPENAI_API_KEY}}\n"
-            f"  anthropic: {{base_url: '{self.fake_url}', api_key_env: ANTHROPIC_API_KEY}}\n"
+            f"  openai: {{base_url: '{upstream}', api_key_env: OPENAI_API_KEY}}\n"
+            f"  anthropic: {{base_url: '{upstream}', api_key_env: ANTHROPIC_API_KEY}}\n"
             + PRICES
             + extra_yaml
             + orgs_yaml
         )
 
-    def write_config(self, orgs_yaml: str, extra_yaml: str = "") -> None:
-        self.config_path.write_text(self.config_text(orgs_yaml, extra_yaml))
+    def write_config(self, orgs_yaml: str, extra_yaml: str = "", upstream: str = "") -> None:
+        self.orgs_yaml, self.extra_yaml = orgs_yaml, extra_yaml
+        self.config_path.write_text(self.config_text(orgs_yaml, extra_yaml, upstream))
+
+    def point_upstreams_to(self, url: str) -> None:
+        """Send both upstreams to another address (a closed port, say) and apply it."""
+        self.write_config(self.orgs_yaml, self.extra_yaml, url)
+        assert self.holder.reload(), self.holder.last_error
+
+    def day(self, org: str = "acme", day: str | None = None) -> dict[str, int]:
+        """The day's report counters of an organization, as integers."""
+        from limits.meter import periods
+
+        day = day or periods(self.clock.now_ms(), self.holder.current.server.tzinfo)[1]
+        raw = self.redis.hgetall(self.keys.day(org, day))
+        return {k: int(v) for k, v in raw.items()}
+
+    def second_proxy(self) -> str:
+        """Another proxy replica on the same store (its own process state): its URL."""
+        store = self.run(self._store())
+        app = create_app(self.holder, store, self.clock)
+        runner = web.AppRunner(app, handler_cancellation=False)
+        self.run(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self.run(site.start())
+        self._extra_runners.append(runner)
+        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
     def reconfigure(self, orgs_yaml: str, extra_yaml: str = "") -> None:
         """Write a new config and apply it now (what the file watcher does)."""
@@ -175,6 +203,8 @@ class Stack:
         return out
 
     def close(self) -> None:
+        for runner in self._extra_runners:
+            self.run(runner.cleanup())
         self.run(self.runner.cleanup())
         self.run(self._fake_runner.cleanup())
         self.loop.call_soon_threadsafe(self.loop.stop)

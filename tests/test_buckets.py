@@ -47,7 +47,8 @@ async def test_tpm_overshoot_blocks_then_recovers(store, clock):
     d = await meter.admit(p, "r2", "m", 1, 0)
     assert not d.admitted and d.reason == "rate"
     assert d.detail == "tpm of organization 'acme'"
-    # 600 - 800 = -200 tokens, refilled at 10 tokens/s: above zero after 20.001 s.
+    # 600 - 800 = -200 tokens, refilled at 10 tokens/s: above zero after 20.0001 s (one
+    # bucket unit, 1/60000 token, above zero), so retry after 20.001 s.
     assert d.retry_after_ms == 20_001
     clock.advance(ms=20_000)
     assert not (await meter.admit(p, "r3", "m", 1, 0)).admitted
@@ -91,9 +92,10 @@ organizations:
     clock.advance(seconds=60)
     assert (await meter.admit(slow, "s1", "m", 1, 0)).admitted
     d = await meter.admit(slow, "s2", "m", 1, 0)
-    # 0.5 request left, one taken: -0.5 request at 0.5/min refills in 60 s.
+    # A limit below one per minute admits when its bucket is full (0.5 request): one
+    # taken leaves -0.5, full again after 1 request at 0.5/min = 120 s.
     assert not d.admitted and d.detail == "rpm of user 'slow'"
-    assert d.retry_after_ms == 60_001
+    assert d.retry_after_ms == 120_000
 
 
 async def test_levels_nest_and_organization_limit_is_shared(store, clock):

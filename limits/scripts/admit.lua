@@ -28,7 +28,7 @@ ARGV
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
   reason: '' | key | rate | included | cap | credit. detail: index (1-based) of the refusing
-  bucket, or the label of the refusing cap. retry_ms: when a refused bucket is above zero
+  bucket, or the label of the refusing cap. retry_ms: when the refused bucket can admit
   again (-1: never). remaining_i: whole tokens/requests left in bucket i after this request;
   reset_ms_i: ms until bucket i is full.
 ]]
@@ -45,7 +45,8 @@ end
 
 purge_holds(K_HOLDS, K_ACCT, plan.hp, now)
 
--- 1. Buckets: every one must be above zero. Amounts are taken only if all of them are.
+-- 1. Buckets: every one must hold what it needs (common.lua need_units). Amounts are taken
+--    only if all of them do.
 local levels, times, takes = {}, {}, {}
 local refused, retry = nil, 0
 for i, b in ipairs(plan.b) do
@@ -59,8 +60,9 @@ for i, b in ipairs(plan.b) do
   else
     takes[i] = 0
   end
-  if level <= 0 then
-    local w = wait_ms(level, rate)
+  local need = need_units(kind, rate, unit)
+  if need == nil or level < need then
+    local w = wait_ms(level, rate, need)
     if refused == nil or w < 0 or (retry >= 0 and w > retry) then
       refused, retry = i, w
     end

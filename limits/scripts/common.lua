@@ -69,15 +69,28 @@ local function bucket_store(key, level, t, rate)
   redis.call('PEXPIRE', key, int(full_in))
 end
 
--- Milliseconds until a bucket at `level` is above zero again (-1: never, a zero limit).
-local function wait_ms(level, rate)
-  if level > 0 then
-    return 0
-  end
+-- What a bucket must hold to admit a request: a token bucket must be above zero (one unit);
+-- a request bucket must hold a whole request, or its whole capacity when the limit is
+-- below one request per minute. A zero limit admits nothing.
+local function need_units(kind, rate, unit)
   if rate <= 0 then
+    return nil
+  end
+  if kind == 'req' then
+    return math.min(unit, rate * 60000)
+  end
+  return 1
+end
+
+-- Milliseconds until a bucket at `level` holds `need` units (-1: never, a zero limit).
+local function wait_ms(level, rate, need)
+  if need == nil then
     return -1
   end
-  return math.floor(-level / rate) + 1
+  if level >= need then
+    return 0
+  end
+  return math.ceil((need - level) / rate)
 end
 
 -- Milliseconds until a bucket at `level` is full again.
