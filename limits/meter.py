@@ -155,14 +155,17 @@ class Meter:
         ok: bool,
         session_id: str | None = None,
         upstream_ms: int = 0,
+        now_ms: int | None = None,
     ) -> Settlement:
         """Replace the reservation by actual usage; exactly once per request id.
 
-        A failed request (ok False) is charged nothing and gives its reservation back."""
+        A failed request (ok False) is charged nothing and gives its reservation back.
+        `now_ms` (default: the clock) is when the request ended: a journal replay passes
+        it so the settlement lands in the request's own day and month."""
         cfg = self.config()
         org = principal.org
         org_cfg = cfg.organizations.get(org)
-        now = self.clock.now_ms()
+        now = self.clock.now_ms() if now_ms is None else now_ms
         month, day, _ = periods(now, self._zone(cfg.server.timezone))
         specs = plans.bucket_specs(org_cfg, principal, model) if org_cfg is not None else []
         k = self.keys
