@@ -7,7 +7,8 @@ KEYS
   8 settled   tw:{org}:settled:<rid>   marker holding this script's earlier answer
   9 day       tw:{org}:day:<YYYY-MM-DD> usage report counters, fields "<dim>|<metric>"
   10 session  tw:{org}:sess:<id>       session counters (any name when plan.sess is false)
-  11 overrides tw:{org}:cfg            run-time overrides (the seat's included amount)
+  11 overrides tw:{org}:cfg            run-time overrides (the seat's included amount,
+                                       reload:off, reload:threshold, reload:target)
   12..        buckets, as in admit.lua
 
 ARGV
@@ -25,7 +26,7 @@ ARGV
     b        [[kind, rate, unit], ...] as in admit.lua
     hp, lp   key prefixes of holds and lots
     keep     ms to keep the settled marker, month and day counters
-    reload   {threshold, target} in micro-USD, or absent
+    reload   {threshold, target} in micro-USD from the config, or absent (see step 5)
     ev       extra ledger fields: [name, value, ...]
 
 RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if none),
@@ -182,10 +183,21 @@ if cost > 0 then
 end
 
 -- 5. Auto-reload: report how much to buy when the balance fell below the threshold.
+--    Run-time overrides in the cfg hash win over the config: reload:off = '1' disables it,
+--    reload:threshold and reload:target (both present) replace the configured pair.
 local avail = available(K_ACCT)
 local reload = 0
-if plan.prepaid and plan.reload and avail < plan.reload.threshold then
-  reload = plan.reload.target - avail
+if plan.prepaid then
+  local rl = plan.reload
+  local ov = redis.call('HMGET', K_CFG, 'reload:off', 'reload:threshold', 'reload:target')
+  if ov[1] == '1' then
+    rl = false
+  elseif ov[2] and ov[3] then
+    rl = {threshold = tonumber(ov[2]), target = tonumber(ov[3])}
+  end
+  if rl and avail < rl.threshold then
+    reload = rl.target - avail
+  end
 end
 
 local r = {cost = cost, included = included, extra = extra, available = avail,
