@@ -16,6 +16,7 @@ from limits.apikeys import ApiKeys
 from limits.clock import Clock, SystemClock
 from limits.meter import Meter
 from limits.store import Store
+from proxy.autoreload import AutoReloader
 from proxy.handler import ROUTES, ProxyHandler
 from proxy.metrics import CONTENT_TYPE, Metrics
 from proxy.tokens import TokenCounter
@@ -30,6 +31,7 @@ APIKEYS = web.AppKey("apikeys", ApiKeys)
 METER = web.AppKey("meter", Meter)
 HANDLER = web.AppKey("handler", ProxyHandler)
 COUNTER = web.AppKey("counter", TokenCounter)
+RELOADER = web.AppKey("reloader", AutoReloader)
 
 
 def create_app(
@@ -56,6 +58,7 @@ def create_app(
         listen(lambda _cfg: app[METRICS].config_reloads.labels("success").inc())
     app.cleanup_ctx.append(_upstream_client)
     app.cleanup_ctx.append(_store_lifecycle(close_store))
+    app.cleanup_ctx.append(_auto_reload)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -80,6 +83,16 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     if pending:
         await asyncio.wait(pending, timeout=10)
     await client.close()
+
+
+async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
+    """Auto-reload purchases, started by settlements; stopped before the store closes."""
+    handler = app[HANDLER]
+    reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], handler.client)
+    app[RELOADER] = reloader
+    handler.on_settled.append(reloader.on_settled)
+    yield
+    await reloader.stop()
 
 
 def _store_lifecycle(close_store: bool):
