@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_check_config)
 
-    from proxy import cli_keys
+    from proxy import cli_credits, cli_keys
 
     cli_keys.register(sub)
+    cli_credits.register(sub)
     for register in COMMANDS:
         register(sub)
     return parser
