@@ -86,7 +86,7 @@ def _check_name(value: str) -> str:
     return value
 
 
-# Organization, workspace, user, tier and model names become parts of Redis keys.
+# Organization, workspace, user and tier names become parts of Redis keys.
 Name = Annotated[
     str,
     Strict(),
@@ -95,6 +95,32 @@ Name = Annotated[
 ]
 FrozenMap = Annotated[
     Mapping[Name, V],
+    AfterValidator(MappingProxyType),
+    WrapSerializer(lambda value, handler: handler(dict(value))),
+]
+
+
+def _check_model(value: str) -> str:
+    if not value:
+        raise ValueError("name must not be empty")
+    if any(c in "{}|" or c.isspace() or unicodedata.category(c)[0] == "C" for c in value):
+        raise ValueError(
+            f"invalid model name {value!r}: must not contain '{{', '}}', '|', whitespace or "
+            "control characters"
+        )
+    return value
+
+
+# Model names may contain ':' (fine-tuned "ft:gpt-4o-mini:org::id", Bedrock "...-v1:0"):
+# they never sit inside a key's {org} hash tag, and report fields split on '|'.
+ModelName = Annotated[
+    str,
+    Strict(),
+    AfterValidator(_check_model),
+    WithJsonSchema({"type": "string", "pattern": r"^[^{}|\s\x00-\x1f\x7f]+$"}),
+]
+ModelMap = Annotated[
+    Mapping[ModelName, V],
     AfterValidator(MappingProxyType),
     WrapSerializer(lambda value, handler: handler(dict(value))),
 ]
@@ -425,7 +451,7 @@ def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:
 
 class Organization(_Model):
     limits: Limits = Limits()
-    model_limits: FrozenMap[Limits] = Field(default_factory=_empty_map)
+    model_limits: ModelMap[Limits] = Field(default_factory=_empty_map)
     """Per-model limits at organization level, by model name."""
     billing: Billing = Billing()
     spend_caps: SpendCaps = SpendCaps()
@@ -470,7 +496,7 @@ class Config(_Model):
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
     upstreams: FrozenMap[Upstream] = Field(default_factory=_empty_map)
-    prices: FrozenMap[Price] = Field(default_factory=_empty_map)
+    prices: ModelMap[Price] = Field(default_factory=_empty_map)
     """Price per model, in USD per million tokens."""
     metering: MeteringConfig = MeteringConfig()
     organizations: FrozenMap[Organization] = Field(default_factory=_empty_map)

@@ -401,3 +401,19 @@ async def test_watch_picks_up_changes(tmp_path: Path) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def test_model_names_may_contain_colons_but_not_pipes():
+    text = """
+upstreams:
+  openai: {base_url: "http://127.0.0.1:9", api_key_env: OPENAI_API_KEY}
+prices:
+  "ft:gpt-4o-mini:acme::abc123": {input: 0.30, output: 1.20}
+organizations:
+  a: {model_limits: {"ft:gpt-4o-mini:acme::abc123": {rpm: 3}}}
+"""
+    cfg = parse_config_text(text, "models.yaml", {"OPENAI_API_KEY": "x"})
+    assert cfg.prices["ft:gpt-4o-mini:acme::abc123"].input == 300_000
+    with pytest.raises(ConfigError) as e:
+        parse_config_text(text.replace("::abc123", "|x"), "models.yaml", {"OPENAI_API_KEY": "x"})
+    assert "must not contain '{', '}', '|'" in str(e.value)
