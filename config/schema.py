@@ -257,6 +257,9 @@ class StoreConfig(_Model):
     timeout_seconds: Seconds = 0.5
     hold_ttl_seconds: PositiveInt = 900
     """Lifetime of a reservation a dead proxy never settled."""
+    journal_max_bytes: PositiveInt = 67108864
+    """Size bound of the local journal of settlements made while the store was
+    unavailable (data directory, journal/); entries beyond it are dropped and counted."""
 
     @field_validator("redis_url")
     @classmethod
@@ -273,6 +276,11 @@ class ServerConfig(_Model):
     upstream_connect_timeout: Seconds = 10.0
     upstream_read_timeout: Seconds = 600.0
     """Seconds allowed between two bytes of an upstream response."""
+    client_header_timeout: Seconds = 60.0
+    """Seconds a client connection may stay open without a complete request line and
+    headers (from its start, or from its previous response: also the keep-alive idle time)."""
+    client_body_timeout: Seconds = 60.0
+    """Seconds a client has to send the whole request body."""
     admin_token_env: EnvName | None = "TOLLWAY_ADMIN_TOKEN"
     timezone: str = "UTC"
     """IANA time zone whose month boundaries reset spend caps."""

@@ -164,3 +164,9 @@ class ApiKeys:
     def forget(self, secret: str) -> None:
         """Drop a cached principal (the admit script found the key revoked)."""
         self._cache.pop(digest(secret), None)
+
+    def cached(self, secret: str) -> Principal | None:
+        """The principal this process resolved for `secret` earlier, if any, whatever its
+        age (fail-open serves known keys while the store is unavailable)."""
+        hit = self._cache.get(digest(secret))
+        return hit[0] if hit is not None else None

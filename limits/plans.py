@@ -117,29 +117,37 @@ def _cap(value: int | None) -> int:
 
 
 def cap_plans(org_cfg: Any, principal: Principal) -> list[list[Any]]:
-    """[month field, cap (-1 unlimited), override fields, label] for every cap that applies.
+    """[month field, cap (-1 unlimited), override fields, label, label of each override
+    field] for every cap that applies.
 
     Precedence: a run-time override of the user's cap, the user's own cap in the config,
-    a run-time override of the tier's cap, the tier's cap in the config.
+    a run-time override of the tier's cap, the tier's cap in the config. A refusal names
+    the source that set the cap: a user override is "user 'U'" even on a tier's user.
     """
+    org_label = "organization monthly"
     caps: list[list[Any]] = [
-        ["extra:org", _cap(org_cfg.spend_caps.monthly), ["cap:org"], "organization monthly"]
+        ["extra:org", _cap(org_cfg.spend_caps.monthly), ["cap:org"], org_label, [org_label]]
     ]
     ws = user_workspace(org_cfg, principal)
     if ws:
         ws_cfg = org_cfg.workspaces.get(ws)
         value = ws_cfg.spend_caps.monthly if ws_cfg is not None else None
-        caps.append([f"extra:ws={ws}", _cap(value), [f"cap:ws={ws}"], f"workspace '{ws}'"])
+        label = f"workspace '{ws}'"
+        caps.append([f"extra:ws={ws}", _cap(value), [f"cap:ws={ws}"], label, [label]])
     u = principal.user
     if u:
         user = org_cfg.users.get(u)
         field = f"extra:user={u}"
+        user_label = f"user '{u}'"
         if user is not None and user.cap_mode != "inherit":
-            caps.append([field, _cap(user.monthly_cap), [f"cap:user={u}"], f"user '{u}'"])
+            caps.append(
+                [field, _cap(user.monthly_cap), [f"cap:user={u}"], user_label, [user_label]]
+            )
         elif user is not None and user.seat is not None:
             tier_cap = org_cfg.seat_tiers[user.seat].monthly_cap
             label = f"seat tier '{user.seat}'"
-            caps.append([field, _cap(tier_cap), [f"cap:user={u}", f"cap:tier={user.seat}"], label])
+            overrides = [f"cap:user={u}", f"cap:tier={user.seat}"]
+            caps.append([field, _cap(tier_cap), overrides, label, [user_label, label]])
         else:
-            caps.append([field, -1, [f"cap:user={u}"], f"user '{u}'"])
+            caps.append([field, -1, [f"cap:user={u}"], user_label, [user_label]])
     return caps

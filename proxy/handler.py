@@ -22,6 +22,7 @@ from aiohttp import web
 from limits.apikeys import ApiKeys
 from limits.clock import Clock
 from limits.errors import StoreUnavailable, UnknownKey
+from limits.journal import Entry, Journal
 from limits.meter import Decision, Meter, Settlement
 from limits.plans import Principal
 from limits.prices import cost_micro
@@ -102,6 +103,8 @@ class ProxyHandler:
         self.clock = clock
         self.settling: set[asyncio.Task[Any]] = set()
         self.on_settled: list[Any] = []  # callbacks (principal, Settlement)
+        # Where settlements go while the store is unavailable (None: they are lost).
+        self.journal: Journal | None = None
 
     # --- entry point ------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -155,11 +158,21 @@ class ProxyHandler:
         except UnknownKey:
             raise Reject(Problem(401, "key", "Invalid API key.")) from None
         except StoreUnavailable:
-            raise Reject(self._store_down(cfg)) from None
+            # Fail-open serves a key this process already knows; an unknown key cannot be
+            # authenticated without the store, whatever the policy.
+            cached = self.apikeys.cached(secret) if cfg.store.on_unavailable == "open" else None
+            if cached is None:
+                raise Reject(self._store_down()) from None
+            principal = cached
         if principal.org not in cfg.organizations:
             raise Reject(Problem(401, "key", "Invalid API key: its organization is gone."))
         call.org = principal.org
-        body = await self._read_body(request, cfg.server.max_body_bytes)
+        try:
+            async with asyncio.timeout(cfg.server.client_body_timeout):
+                body = await self._read_body(request, cfg.server.max_body_bytes)
+        except TimeoutError:
+            problem = Problem(408, "client_timeout", "The request body did not arrive in time.")
+            raise Reject(problem) from None
         if not metered:
             return await self._forward_unmetered(request, call, cfg, body)
 
@@ -185,7 +198,11 @@ class ProxyHandler:
                 principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
             )
         except StoreUnavailable:
-            raise Reject(self._store_down(cfg)) from None
+            if cfg.store.on_unavailable != "open":
+                raise Reject(self._store_down()) from None
+            # Fail-open: served without limits; its settlement goes to the journal.
+            self.metrics.store_unavailable.labels("open").inc()
+            decision = Decision(True)
         headers = providers.ratelimit_headers(call.provider, decision, self.clock.now_ms())
         self._observe_buckets(principal.org, decision)
         if not decision.admitted:
@@ -249,7 +266,9 @@ class ProxyHandler:
                 return value[:128]
         return None
 
-    def _store_down(self, cfg: Any) -> Problem:
+    def _store_down(self) -> Problem:
+        """A refusal because the store is unavailable (counted as policy "closed": the
+        request was refused, whatever the configured policy)."""
         self.metrics.store_unavailable.labels("closed").inc()
         return Problem(
             503, "unavailable", "Tollway cannot reach its store right now; please retry."
@@ -384,21 +403,49 @@ class ProxyHandler:
         ok = usage is not None
         used = usage if usage is not None else ZERO
         cost = cost_micro(price, used) if ok else 0
+        entry = Entry(
+            call.rid,
+            principal,
+            call.model,
+            used,
+            cost,
+            ok,
+            session,
+            upstream_ms,
+            self.clock.now_ms(),
+        )
         try:
-            settlement = await self.meter.settle(
-                principal, call.rid, call.model, used, cost, ok, session, upstream_ms
-            )
+            return await self.settle_entry(entry, call.route)
         except StoreUnavailable as e:
             self.metrics.settle_failures.inc()
-            log.error(
-                "settlement failed", extra={"rid": call.rid, "org": call.org, "error": str(e)}
+            journaled = self.journal is not None and await self.journal.append(entry)
+            log.log(
+                logging.WARNING if journaled else logging.ERROR,
+                "settlement journaled" if journaled else "settlement failed",
+                extra={"rid": call.rid, "org": call.org, "error": str(e)},
             )
             return None
         except Exception:
             self.metrics.settle_failures.inc()
             log.exception("settlement failed", extra={"rid": call.rid, "org": call.org})
             return None
-        org, model = call.org, call.model or "-"
+
+    async def settle_entry(self, entry: Entry, route: str = "-") -> Settlement:
+        """Settle one request (live, or replayed from the journal at its own time), then
+        count it and run the `on_settled` callbacks. Raises `StoreUnavailable`."""
+        principal, used, ok = entry.principal, entry.usage, entry.ok
+        settlement = await self.meter.settle(
+            principal,
+            entry.rid,
+            entry.model,
+            used,
+            entry.cost,
+            ok,
+            entry.session,
+            entry.upstream_ms,
+            now_ms=entry.now_ms,
+        )
+        org, model = principal.org, entry.model or "-"
         if ok and not settlement.duplicate:
             m = self.metrics
             m.tokens.labels("input", org, model).inc(used.input_tokens)
@@ -413,9 +460,9 @@ class ProxyHandler:
         log.info(
             "settled",
             extra={
-                "rid": call.rid,
+                "rid": entry.rid,
                 "org": org,
-                "route": call.route,
+                "route": route,
                 "model": model,
                 "ok": ok,
                 "input_tokens": used.input_tokens,

@@ -102,6 +102,19 @@ class Metrics:
             "Settlements that could not be written to the store.",
             registry=r,
         )
+        self.journal_entries = Counter(
+            "tollway_journal_entries",
+            "Settlements in the local journal, by event: written (the store was "
+            "unavailable), replayed (settled once it was back), dropped (the journal was "
+            "full, or the entry could not be settled).",
+            ["event"],
+            registry=r,
+        )
+        self.journal_pending = Gauge(
+            "tollway_journal_pending",
+            "Settlements waiting in the local journal for the store to return.",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "tollway_config_reloads",
             "Config reloads by result (success, failure).",
@@ -115,6 +128,12 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge("tollway_requests_in_flight", "Requests being served.", registry=r)
+
+    def observe_journal(self, event: str, count: int) -> None:
+        if event == "pending":
+            self.journal_pending.set(count)
+        else:
+            self.journal_entries.labels(event).inc(count)
 
     def observe_store(self, op: str, seconds: float, failed: bool) -> None:
         self.store_latency.labels(op).observe(seconds)

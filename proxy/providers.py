@@ -44,6 +44,7 @@ _KINDS: dict[str, tuple[str, str | None, str, int | None]] = {
     "unavailable": ("server_error", "store_unavailable", "overloaded_error", 529),
     "upstream": ("server_error", "upstream_error", "api_error", None),
     "timeout": ("server_error", "upstream_timeout", "api_error", None),
+    "client_timeout": ("invalid_request_error", "request_timeout", "invalid_request_error", None),
 }
 
 

@@ -24,7 +24,10 @@ ARGV
       prepaid   true: the credit balance must be above zero for extra usage
       seat      {f = month field of the user's spend, inc = included amount, ov = override field}
       extra     {on = extra usage enabled, ov = [override fields, first present wins]}
-      caps      [[month field, cap or -1 (unlimited), [override fields], label], ...]
+      caps      [[month field, cap or -1 (unlimited), [override fields], label,
+                 labels], ...] where labels = [label of each override field]: a refusal
+                 names the source that set the cap (an override of the user's cap on a
+                 tier's user is the user's cap, not the tier's)
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
   reason: '' | key | rate | included | cap | credit. detail: index (1-based) of the refusing
@@ -95,10 +98,10 @@ local m = plan.m
 local hold_cost = 0
 if m then
   local function override(fields)
-    for _, f in ipairs(fields) do
+    for i, f in ipairs(fields) do
       local v = redis.call('HGET', K_CFG, f)
       if v then
-        return v
+        return v, i
       end
     end
     return nil
@@ -126,15 +129,18 @@ if m then
 
   if extra_now then
     for _, c in ipairs(m.caps) do
-      local cap = c[2]
-      local ov = override(c[3])
+      local cap, label = c[2], c[4]
+      local ov, at = override(c[3])
+      if ov then
+        label = c[5][at]
+      end
       if ov == 'unlimited' then
         cap = -1
       elseif ov then
         cap = tonumber(ov)
       end
       if cap >= 0 and num(redis.call('HGET', K_MONTH, c[1])) >= cap then
-        return result(0, 'cap', c[4], 0)
+        return result(0, 'cap', label, 0)
       end
     end
     if m.prepaid then
