@@ -1,0 +1,252 @@
+"""The admin API against its own OpenAPI document: every documented route exists and
+answers, every admin route is documented, the token guards every route (401 without it,
+403 when no token is configured), and invalid input is a 4xx with a message."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import requests
+from aiohttp.web_urldispatcher import PrefixedSubAppResource
+
+from config import parse_config_text
+from config.reload import ConfigHolder
+from limits.apikeys import ApiKeys
+from limits.clock import ManualClock
+from limits.rkeys import Keys
+from limits.store import Store
+from proxy.admin import create_admin_app, routes
+
+TOKEN = "admin-secret-for-tests"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+ORGS = """
+organizations:
+  acme:
+    limits: {rpm: 1000, tpm: 1000000}
+    billing: {mode: prepaid}
+    spend_caps: {monthly: 100.00}
+    extra_usage: {enabled: true}
+    seat_tiers:
+      standard: {included: 1.00, monthly_cap: 5.00}
+      premium: {included: 10.00}
+    workspaces:
+      cc: {limits: {tpm: 500000}, spend_caps: {monthly: 50.00}}
+    users:
+      alice: {seat: standard, workspace: cc, limits: {rpm: 7, tpm: 300000}}
+      bob: {seat: premium}
+  other:
+    limits: {rpm: 10}
+"""
+
+# A valid body for every route that takes one, by operationId: a new body route without
+# an example here fails test_every_documented_route_answers.
+BODIES: dict[str, dict[str, Any]] = {
+    "post_orgs_org_keys": {"name": "ci", "workspace": "cc", "user": "alice"},
+}
+
+
+@pytest.fixture
+def admin(stack_factory, monkeypatch):
+    monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", TOKEN)
+    return stack_factory(ORGS)
+
+
+def call(stack, method: str, path: str, headers=AUTH, **kw) -> requests.Response:
+    return requests.request(method, stack.url + path, headers=headers, timeout=10, **kw)
+
+
+def spec(stack) -> dict[str, Any]:
+    r = call(stack, "GET", "/admin/openapi.json")
+    assert r.status_code == 200
+    return r.json()
+
+
+def documented(doc: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [
+        (method.upper(), path, op)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+    ]
+
+
+def test_document_is_openapi_31_and_matches_the_routes(admin):
+    doc = spec(admin)
+    assert doc["openapi"] == "3.1.0"
+    in_doc = {(m, p) for m, p, _ in documented(doc)}
+    admin_app = next(
+        r._app for r in admin.app.router.resources() if isinstance(r, PrefixedSubAppResource)
+    )
+    served = {
+        (r.method, "/admin" + r.resource.canonical[len("/admin") :])
+        for r in admin_app.router.routes()
+        if r.method != "HEAD" and "{tail" not in r.resource.canonical
+    }
+    assert in_doc == served
+    for _, _, op in documented(doc):
+        assert op["summary"] and op["operationId"]
+        assert {"400", "401", "403", "404"} <= set(op["responses"])
+    # Every $ref resolves.
+    text = str(doc)
+    for ref in re.findall(r"#/components/schemas/(\w+)", text):
+        assert ref in doc["components"]["schemas"]
+
+
+def _fill(path: str, values: dict[str, str]) -> str:
+    return re.sub(r"{(\w+)}", lambda m: values[m.group(1)], path)
+
+
+def _values(stack) -> dict[str, str]:
+    secret = stack.key("acme", user="alice")
+    record, _ = stack.key_record("acme", name="to-revoke")
+    stack.openai(secret).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": "Say hello"}],
+        extra_headers={"x-tollway-session": "sess-1"},
+    )
+    stack.wait_settled()
+    return {
+        "org": "acme",
+        "key_id": record.key_id,
+        "session_id": "sess-1",
+        "user": "alice",
+        "workspace": "cc",
+        "tier": "standard",
+        "month": "2026-01",
+    }
+
+
+def test_every_documented_route_answers(admin):
+    values = _values(admin)
+    doc = spec(admin)
+    for method, path, op in documented(doc):
+        kw: dict[str, Any] = {}
+        if "requestBody" in op:
+            kw["json"] = BODIES[op["operationId"]]
+        r = call(admin, method, _fill(path, values), **kw)
+        success = [int(s) for s in op["responses"] if s.startswith("2")]
+        assert r.status_code in success, (method, path, r.status_code, r.text)
+        assert r.headers["content-type"].startswith("application/json")
+
+
+def test_unauthenticated_calls_get_401(admin):
+    for method, path, _ in documented(spec(admin)):
+        url = _fill(path, {k: "x" for k in re.findall(r"{(\w+)}", path)})
+        for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+            r = call(admin, method, url, headers=headers)
+            assert r.status_code == 401, (method, path, headers)
+            assert "admin token" in r.json()["error"]["message"]
+    assert call(admin, "GET", "/admin/nowhere", headers={}).status_code == 401
+
+
+def test_disabled_without_a_token(stack_factory, monkeypatch):
+    monkeypatch.delenv("TOLLWAY_ADMIN_TOKEN", raising=False)
+    stack = stack_factory(ORGS)
+    for r in routes():
+        url = "/admin" + _fill(r.path, {k: "x" for k in r.path_params})
+        got = call(stack, r.method, url)
+        assert got.status_code == 403
+        assert "disabled" in got.json()["error"]["message"]
+    # An empty variable does not enable it either.
+    monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", "")
+    r = call(stack, "GET", "/admin/orgs", headers={"authorization": "Bearer "})
+    assert r.status_code == 403
+
+
+def test_disabled_when_the_setting_is_null(stack_factory, monkeypatch):
+    monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", TOKEN)
+    stack = stack_factory(ORGS, "server: {admin_token_env: null}\n")
+    r = call(stack, "GET", "/admin/orgs")
+    assert r.status_code == 403 and "server.admin_token_env" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "words"),
+    [
+        ("POST", "/admin/orgs/acme/keys", b"{not json", 400, "not valid JSON"),
+        ("POST", "/admin/orgs/acme/keys", b"[1, 2]", 400, "JSON object"),
+        ("POST", "/admin/orgs/acme/keys", b"", 400, "JSON object body"),
+        ("POST", "/admin/orgs/acme/keys", {"name": 3}, 400, "name"),
+        ("POST", "/admin/orgs/acme/keys", {"colour": "red"}, 400, "colour"),
+        ("POST", "/admin/orgs/acme/keys", {"workspace": "nope"}, 400, "unknown workspace"),
+        ("POST", "/admin/orgs/acme/keys", {"user": "carol"}, 400, "unknown user"),
+        ("POST", "/admin/orgs/ghost/keys", {}, 404, "unknown organization"),
+        ("GET", "/admin/orgs/acme/usage?by=colour", None, 400, "by"),
+        ("GET", "/admin/orgs/acme/usage?from=2026-13-01", None, 400, "YYYY-MM-DD"),
+        ("GET", "/admin/orgs/acme/usage?from=2026-02-01&to=2026-01-01", None, 400, "after"),
+        ("GET", "/admin/orgs/acme/usage?from=2020-01-01&to=2026-01-01", None, 400, "days"),
+        ("GET", "/admin/orgs/acme/usage?format=xml", None, 400, "format"),
+        ("GET", "/admin/keys/key_nope", None, 404, "no key"),
+        ("POST", "/admin/keys/key_nope/revoke", None, 404, "no key"),
+        ("GET", "/admin/sessions/nope", None, 404, "no session"),
+        ("GET", "/admin/orgs/acme/sessions/nope", None, 404, "no session"),
+        ("GET", "/admin/no/such/route", None, 404, "no admin route"),
+        ("DELETE", "/admin/orgs/acme/keys", None, 405, "GET, POST"),
+    ],
+)
+def test_invalid_input_is_a_4xx_with_a_message(admin, method, path, body, status, words):
+    kw = {"json": body} if isinstance(body, dict) else {"data": body}
+    r = call(admin, method, path, **kw)
+    assert r.status_code == status, r.text
+    assert words in r.json()["error"]["message"]
+
+
+def test_keys_create_use_list_revoke(admin):
+    r = call(admin, "POST", "/admin/orgs/acme/keys", json={"name": "ci", "user": "bob"})
+    assert r.status_code == 201
+    created = r.json()
+    assert created["user"] == "bob" and created["key"].startswith("tw-")
+    client = admin.openai(created["key"])
+    client.models.list()
+    listed = call(admin, "GET", "/admin/orgs/acme/keys").json()["keys"]
+    assert [k["id"] for k in listed] == [created["id"]]
+    assert "key" not in listed[0]
+    r = call(admin, "POST", f"/admin/keys/{created['id']}/revoke")
+    assert r.status_code == 200 and r.json()["revoked"] is True
+    import openai
+
+    with pytest.raises(openai.AuthenticationError):
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+
+
+def test_live_limits_show_levels_after_traffic(admin):
+    secret = admin.key("acme", user="alice")
+    admin.openai(secret).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
+    )
+    admin.wait_settled()
+    body = call(admin, "GET", "/admin/orgs/acme/limits").json()
+    got = {(b["scope"], b["limit"]): b for b in body["rate_limits"]}
+    assert set(got) == {
+        ("org", "rpm"),
+        ("org", "tpm"),
+        ("ws=cc", "tpm"),
+        ("user=alice", "rpm"),
+        ("user=alice", "tpm"),
+    }
+    # 5 input + 5 output tokens, one request; the clock has not moved.
+    assert got[("org", "tpm")]["remaining"] == 1_000_000 - 10
+    assert got[("user=alice", "tpm")]["remaining"] == 300_000 - 10
+    assert got[("org", "rpm")]["remaining"] == 999
+    assert got[("user=alice", "rpm")]["per_minute"] == "7"
+    admin.clock.advance(seconds=60)
+    body = call(admin, "GET", "/admin/orgs/acme/limits").json()
+    assert all(b["remaining"] == int(b["per_minute"]) for b in body["rate_limits"])
+
+
+async def test_store_down_is_a_503(aiohttp_client, unused_tcp_port, monkeypatch):
+    """The admin app alone, on a store at a port where nothing listens."""
+    monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", TOKEN)
+    cfg = parse_config_text(ORGS, "tollway.yaml", {})
+    store = Store.from_url(f"redis://127.0.0.1:{unused_tcp_port}", Keys("t"), timeout=0.2)
+    app = create_admin_app(ConfigHolder(cfg, {}), store, ManualClock(), ApiKeys(store))
+    client = await aiohttp_client(app)
+    for path in ("/orgs/acme/keys", "/orgs/acme/usage", "/orgs/acme/limits", "/sessions/s"):
+        r = await client.get(path, headers=AUTH)
+        assert r.status == 503, path
+        assert "store" in (await r.json())["error"]["message"]
+    await store.close()
