@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -14,8 +15,11 @@ from aiohttp import web
 
 from limits.apikeys import ApiKeys
 from limits.clock import Clock, SystemClock
+from limits.embedded import data_dir_for
+from limits.journal import Journal, Replayer
 from limits.meter import Meter
 from limits.store import Store
+from proxy.admin import create_admin_app
 from proxy.autoreload import AutoReloader
 from proxy.handler import ROUTES, ProxyHandler
 from proxy.metrics import CONTENT_TYPE, Metrics
@@ -31,6 +35,9 @@ APIKEYS = web.AppKey("apikeys", ApiKeys)
 METER = web.AppKey("meter", Meter)
 HANDLER = web.AppKey("handler", ProxyHandler)
 COUNTER = web.AppKey("counter", TokenCounter)
+DATA_DIR = web.AppKey("data_dir", Path)
+JOURNAL = web.AppKey("journal", Journal)
+REPLAYER = web.AppKey("replayer", Replayer)
 RELOADER = web.AppKey("reloader", AutoReloader)
 
 
@@ -41,10 +48,17 @@ def create_app(
     metrics: Metrics | None = None,
     *,
     close_store: bool = True,
+    data_dir: str | Path | None = None,
 ) -> web.Application:
-    """The proxy app. `holder.current` is the live `Config`; `store` is connected lazily."""
+    """The proxy app. `holder.current` is the live `Config`; `store` is connected lazily.
+    `data_dir` (default: `data_dir_for` the config file) holds the settlement journal."""
     cfg = holder.current
-    app = web.Application(client_max_size=cfg.server.max_body_bytes + 1)
+    app = web.Application(
+        client_max_size=cfg.server.max_body_bytes + 1,
+        # aiohttp closes a connection that has no complete request within its keep-alive
+        # time, counted from the connection's start: the guard against slow headers.
+        handler_args={"keepalive_timeout": cfg.server.client_header_timeout},
+    )
     app[HOLDER] = holder
     app[STORE] = store
     app[CLOCK] = clock or SystemClock()
@@ -52,13 +66,18 @@ def create_app(
     app[APIKEYS] = ApiKeys(store)
     app[METER] = Meter(store, app[CLOCK], lambda: holder.current)
     app[COUNTER] = TokenCounter(cfg.metering.tiktoken_encoding)
+    app[DATA_DIR] = Path(data_dir) if data_dir is not None else data_dir_for(cfg.source)
     store.observers.append(app[METRICS].observe_store)
     listen = getattr(holder, "add_listener", None)
     if listen is not None:
         listen(lambda _cfg: app[METRICS].config_reloads.labels("success").inc())
+    listen_failures = getattr(holder, "add_failure_listener", None)
+    if listen_failures is not None:
+        listen_failures(lambda _err: app[METRICS].config_reloads.labels("failure").inc())
     app.cleanup_ctx.append(_upstream_client)
     app.cleanup_ctx.append(_store_lifecycle(close_store))
     app.cleanup_ctx.append(_auto_reload)
+    app.cleanup_ctx.append(_journal)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -66,6 +85,7 @@ def create_app(
     for path in ROUTES:
         app.router.add_route("*", path, _proxy_view)
     app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
+    app.add_subapp("/admin", create_admin_app(holder, store, app[CLOCK], app[APIKEYS]))
     return app
 
 
@@ -93,6 +113,23 @@ async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     handler.on_settled.append(reloader.on_settled)
     yield
     await reloader.stop()
+
+
+async def _journal(app: web.Application) -> AsyncIterator[None]:
+    """The journal of settlements the store could not take, and its replayer (stopped
+    before the store closes; what it has not replayed waits on disk for the next start)."""
+    handler = app[HANDLER]
+    journal = Journal(app[DATA_DIR] / "journal", app[HOLDER].current.store.journal_max_bytes)
+    journal.observers.append(app[METRICS].observe_journal)
+    handler.journal = journal
+    app[JOURNAL] = journal
+    app[REPLAYER] = replayer = Replayer(journal, handler.settle_entry, app[STORE].ping)
+    task = asyncio.ensure_future(replayer.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    journal.close()
 
 
 def _store_lifecycle(close_store: bool):

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from config.reload import ConfigHolder, watch
-from proxy.app import METRICS, create_app
+from proxy.app import create_app
 from proxy.setup import StoreHandle
 
 log = logging.getLogger("tollway")
@@ -34,7 +34,6 @@ async def serve(
     cfg = holder.current
     store = handle.open(cfg)
     app = create_app(holder, store)
-    holder.add_failure_listener(lambda _err: app[METRICS].config_reloads.labels("failure").inc())
     runner = web.AppRunner(app, handler_cancellation=False, shutdown_timeout=drain_seconds)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
