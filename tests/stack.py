@@ -13,7 +13,6 @@ from typing import Any, TypeVar
 
 import anthropic
 import openai
-import redis
 from aiohttp import web
 
 from config import load_config
@@ -24,6 +23,7 @@ from limits.rkeys import Keys
 from limits.store import Store
 from proxy.app import HANDLER, METER, METRICS, create_app
 from tests.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, start_fake_upstream
+from tests.valkeycluster import sync_client
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ class Stack:
         self.run(site.start())
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.redis = sync_client(redis_url)  # a cluster client for redis+cluster:// URLs
         self._extra_runners: list[web.AppRunner] = []
 
     async def _store(self) -> Store:
