@@ -107,9 +107,12 @@ def seat_plan(org_cfg: Any, principal: Principal) -> dict[str, Any] | None:
 
 
 def extra_plan(org_cfg: Any, principal: Principal) -> dict[str, Any]:
+    """Whether the user may go past the included usage: the run-time organization
+    override "0" turns extra usage off for everyone (disabled entirely); otherwise the
+    user's override, then the organization's, then the config decide."""
     extra = org_cfg.extra_usage
     on = extra.enabled and (extra.users is None or principal.user in extra.users)
-    return {"on": on, "ov": [f"extra:user={principal.user}", "extra:org"]}
+    return {"on": on, "ov": [f"extra:user={principal.user}", "extra:org"], "off": "extra:org"}
 
 
 def _cap(value: int | None) -> int:

@@ -91,3 +91,21 @@ async def test_a_user_override_on_a_tier_user_is_named_as_the_users_cap(world):
     await w.store.client.hdel(cfg, "cap:user=alice")
     await w.store.client.hset(cfg, "cap:tier=standard", 4 * C)
     assert (await w.request(alice)).detail == "seat tier 'standard'"
+
+
+async def test_disabling_extra_usage_for_the_organization_beats_a_users_own_setting(world):
+    w = world()
+    alice = await w.principal("alice")
+    for _ in range(2):  # the 2 cents included in the standard seat
+        assert (await w.request(alice)).admitted
+    cfg = w.store.keys.overrides("acme")
+    await w.store.client.hset(cfg, mapping={"extra:user=alice": "1", "extra:org": "0"})
+    d = await w.request(alice)
+    assert (d.admitted, d.reason) == (False, "included")
+    # Enabled for the organization, a user's own "0" still opts them out...
+    await w.store.client.hset(cfg, mapping={"extra:user=alice": "0", "extra:org": "1"})
+    assert (await w.request(alice)).reason == "included"
+    # ... and their "1" opts them in when the organization is not switched off.
+    await w.store.client.hset(cfg, mapping={"extra:user=alice": "1"})
+    await w.store.client.hdel(cfg, "extra:org")
+    assert (await w.request(alice)).admitted

@@ -23,7 +23,8 @@ ARGV
       cost      estimated input cost to hold (micro-USD), held only for prepaid extra usage
       prepaid   true: the credit balance must be above zero for extra usage
       seat      {f = month field of the user's spend, inc = included amount, ov = override field}
-      extra     {on = extra usage enabled, ov = [override fields, first present wins]}
+      extra     {on = extra usage enabled, ov = [override fields, first present wins],
+                 off = override field whose value '0' disables extra usage for everyone}
       caps      [[month field, cap or -1 (unlimited), [override fields], label,
                  labels], ...] where labels = [label of each override field]: a refusal
                  names the source that set the cap (an override of the user's cap on a
@@ -120,6 +121,9 @@ if m then
       local ov_on = override(m.extra.ov)
       if ov_on then
         on = ov_on == '1'
+      end
+      if m.extra.off and redis.call('HGET', K_CFG, m.extra.off) == '0' then
+        on = false
       end
       if not on then
         return result(0, 'included', '', 0)
