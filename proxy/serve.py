@@ -67,7 +67,9 @@ def _redact(url: str) -> str:
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
-def run(holder: ConfigHolder, handle: StoreHandle, host: str, port: int) -> None:
+def run(
+    holder: ConfigHolder, handle: StoreHandle, host: str, port: int, drain_seconds: float = 30.0
+) -> None:
     try:
         import uvloop
 
@@ -75,7 +77,7 @@ def run(holder: ConfigHolder, handle: StoreHandle, host: str, port: int) -> None
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         pass
     try:
-        asyncio.run(serve(holder, handle, host, port))
+        asyncio.run(serve(holder, handle, host, port, drain_seconds=drain_seconds))
     finally:
         handle.stop()
 
