@@ -74,8 +74,8 @@ def cmd_serve(args: Any) -> int:
     if args.workers and args.workers > 1:
         from proxy.workers import run_workers
 
-        return run_workers(holder, path, host, port, args.workers)
-    run(holder, store_url(cfg, path), host, port)
+        return run_workers(holder, path, host, port, args.workers, args.drain_timeout)
+    run(holder, store_url(cfg, path), host, port, args.drain_timeout)
     return 0
 
 
@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default: server.host)")
     p.add_argument("--port", type=int, help="port to listen on (default: server.port)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds to finish in-flight requests and streams (default: 30)",
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     p.set_defaults(func=cmd_serve)
 
