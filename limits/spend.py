@@ -1,0 +1,479 @@
+"""Seats, extra usage and monthly spend caps, seen and steered by admins: month-to-date
+spend, run-time cap and extra-usage overrides, month-end statements and limit-increase
+requests. The rules themselves run in admit.lua and settle.lua; this module reads their
+counters and writes the run-time overrides they obey. No aiohttp: everything returned is
+plain data (dicts of ints and strings, dataclasses with ``to_dict``).
+
+Money is integer micro-USD. A cap is an amount or ``"unlimited"`` (``UNLIMITED``); in
+returned data an unlimited cap is ``None``. Months are ``"YYYY-MM"`` in the configured
+``server.timezone`` and default to the current one (injected clock).
+
+Run-time overrides live in the organization's ``cfg`` hash and apply to the very next
+request; they win over the YAML until cleared (``clear_cap``, ``clear_extra_usage``):
+
+    cap:org  cap:ws=W  cap:tier=T  cap:user=U   amount (micro-USD) or "unlimited"
+    extra:org  extra:user=U                      "1" | "0"
+    included:user=U  seat:user=U                 written by approving a tier move
+
+Effective user cap, first present wins: ``cap:user=U``; the user's ``monthly_cap`` in the
+YAML; ``cap:tier=T``; the tier's ``monthly_cap``. Organization and workspace caps apply
+on top of it. Extra usage: ``extra:org = "0"`` turns it off for everyone; otherwise
+``extra:user=U``, then ``extra:org``, then the YAML decide.
+
+Errors (all `limits.errors.LimitsError`; nothing is changed when one is raised)::
+
+    SpendError               bad organization, level, name, amount, month or reason
+     ├── RequestPending      the user already has a pending limit-increase request
+     └── NoPendingRequest    approve/deny with nothing pending
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from limits import plans
+from limits.clock import Clock
+from limits.limit_requests import (
+    APPROVED,
+    DENIED,
+    MAX_REASON,
+    PENDING,
+    LimitRequest,
+    LimitRequests,
+    NoPendingRequest,
+    RequestPending,
+    SpendError,
+    new_request_id,
+)
+from limits.meter import periods
+from limits.plans import Principal
+from limits.statement import Statement, build_statement
+from limits.store import Store
+
+__all__ = [
+    "LEVELS",
+    "UNLIMITED",
+    "LimitRequest",
+    "NoPendingRequest",
+    "PendingRequest",
+    "RequestPending",
+    "Spend",
+    "SpendError",
+    "UserStatus",
+]
+
+UNLIMITED = "unlimited"
+LEVELS = ("org", "workspace", "tier", "user")
+MAX_AMOUNT = 10**15  # every sum stays exact in a Lua double
+_MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+
+
+@dataclass(frozen=True, slots=True)
+class UserStatus:
+    """A user's month so far and the limits that apply to them now."""
+
+    user: str
+    seat: str | None  # effective tier (a tier move's seat:user=U, else the YAML)
+    workspace: str | None
+    included: int  # included usage per month (effective)
+    spend: int  # month to date
+    extra: int  # month to date, the part past the included usage
+    cap: int | None  # the user's own effective cap; None: unlimited
+    cap_source: str  # "user 'U'" or "seat tier 'T'" (as refusals name it)
+    extra_usage: bool  # may go past the included usage
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRequest:
+    request: LimitRequest
+    status: UserStatus
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"request": self.request.to_dict(), "user": self.status.to_dict()}
+
+
+def _amount(amount: int | str) -> str:
+    """An override value: integer micro-USD as text, or "unlimited"."""
+    if amount == UNLIMITED:
+        return UNLIMITED
+    if isinstance(amount, bool) or not isinstance(amount, int):
+        raise SpendError(f"a cap is an integer amount of micro-USD or 'unlimited', not {amount!r}")
+    if not 0 <= amount <= MAX_AMOUNT:
+        raise SpendError(f"a cap must be between 0 and {MAX_AMOUNT} micro-USD")
+    return str(amount)
+
+
+def _cap_value(raw: str | None) -> int | None:
+    return None if raw is None or raw == UNLIMITED else int(raw)
+
+
+def _first(overrides: dict[str, str], fields: list[str]) -> tuple[str | None, int]:
+    for i, f in enumerate(fields):
+        if f in overrides:
+            return overrides[f], i
+    return None, -1
+
+
+class Spend:
+    """Month-to-date spend, caps, extra usage, statements and limit-increase requests.
+
+    `config` returns the live `Config` (read on every call, like `Meter`)."""
+
+    def __init__(self, store: Store, clock: Clock, config: Callable[[], Any]) -> None:
+        self.store = store
+        self.keys = store.keys
+        self.clock = clock
+        self.config = config
+        self.requests = LimitRequests(store)
+
+    # --- helpers -------------------------------------------------------------------------
+    def _org(self, org: str) -> Any:
+        org_cfg = self.config().organizations.get(org)
+        if org_cfg is None:
+            raise SpendError(f"unknown organization {org!r}")
+        return org_cfg
+
+    def _zone(self) -> ZoneInfo:
+        return ZoneInfo(self.config().server.timezone)
+
+    def month_bounds(self, month: str | None = None) -> tuple[str, int, int]:
+        """(month, start ms, end ms) of `month` (default: the current one) in the zone."""
+        tz = self._zone()
+        if month is None:
+            month = periods(self.clock.now_ms(), tz)[0]
+        if not _MONTH.fullmatch(month):
+            raise SpendError(f"a month is written YYYY-MM, not {month!r}")
+        year, mon = int(month[:4]), int(month[5:])
+        start = datetime(year, mon, 1, tzinfo=tz)
+        end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=tz)
+        return month, int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+
+    async def overrides(self, org: str) -> dict[str, str]:
+        """The raw run-time overrides of an organization (the cfg hash)."""
+        client = self.store.client
+        return dict(await self.store.call("spend_cfg", client.hgetall, self.keys.overrides(org)))
+
+    async def _month_hash(self, org: str, month: str) -> dict[str, int]:
+        client = self.store.client
+        raw = await self.store.call("spend_mtd", client.hgetall, self.keys.month(org, month))
+        return {f: int(v) for f, v in raw.items()}
+
+    # --- month to date -------------------------------------------------------------------
+    async def month_to_date(self, org: str, month: str | None = None) -> dict[str, Any]:
+        """Spend of `month` (default: this month) at every level::
+
+            {"org", "month", "timezone", "period_start_ms", "period_end_ms",
+             "organization": {"spend", "included", "extra"},
+             "workspaces" | "users" | "keys": {name: {"spend", "included", "extra"}}}
+
+        ``included`` is ``spend - extra``. Names with no spend in the month are absent."""
+        self._org(org)
+        month, start, end = self.month_bounds(month)
+        h = await self._month_hash(org, month)
+        groups: dict[str, dict[str, dict[str, int]]] = {"ws": {}, "user": {}, "key": {}}
+        for f in h:
+            kind, _, scope = f.partition(":")
+            level, _, name = scope.partition("=")
+            if kind in ("spend", "extra") and level in groups:
+                groups[level][name] = self._line(h, scope)
+        return {
+            "org": org,
+            "month": month,
+            "timezone": self.config().server.timezone,
+            "period_start_ms": start,
+            "period_end_ms": end,
+            "organization": self._line(h, "org"),
+            "workspaces": dict(sorted(groups["ws"].items())),
+            "users": dict(sorted(groups["user"].items())),
+            "keys": dict(sorted(groups["key"].items())),
+        }
+
+    @staticmethod
+    def _line(h: dict[str, int], scope: str) -> dict[str, int]:
+        spend, extra = h.get(f"spend:{scope}", 0), h.get(f"extra:{scope}", 0)
+        return {"spend": spend, "included": spend - extra, "extra": extra}
+
+    # --- caps ----------------------------------------------------------------------------
+    def _cap_field(self, org: str, level: str, name: str | None) -> str:
+        org_cfg = self._org(org)
+        if level == "org":
+            return "cap:org"
+        known = {"workspace": org_cfg.workspaces, "tier": org_cfg.seat_tiers, "user": org_cfg.users}
+        if level not in known:
+            raise SpendError(f"unknown cap level {level!r} (one of: {', '.join(LEVELS)})")
+        if name not in known[level]:
+            names = ", ".join(sorted(known[level])) or "none defined"
+            raise SpendError(f"unknown {level} {name!r} in {org!r} (known: {names})")
+        prefix = {"workspace": "ws", "tier": "tier", "user": "user"}[level]
+        return f"cap:{prefix}={name}"
+
+    async def set_cap(self, org: str, level: str, name: str | None, amount: int | str) -> None:
+        """Override a monthly cap on extra usage: `level` org (name None), workspace, tier
+        or user; `amount` micro-USD or "unlimited". Applies to the very next request."""
+        field, value = self._cap_field(org, level, name), _amount(amount)
+        client = self.store.client
+        await self.store.call("spend_cap", client.hset, self.keys.overrides(org), field, value)
+
+    async def clear_cap(self, org: str, level: str, name: str | None = None) -> bool:
+        """Drop a cap override (the YAML applies again); False if there was none."""
+        field = self._cap_field(org, level, name)
+        client = self.store.client
+        return bool(
+            await self.store.call("spend_cap", client.hdel, self.keys.overrides(org), field)
+        )
+
+    async def caps(self, org: str) -> dict[str, Any]:
+        """Every cap of the organization in force now: ``{"organization": {...},
+        "workspaces": {W: {...}}, "tiers": {T: {...}}, "users": {U: {...}}}``, each
+        ``{"cap": micro-USD or None (unlimited), "source": ...}`` where source is
+        "override", "config", or for users the label of what set it."""
+        org_cfg = self._org(org)
+        ov = await self.overrides(org)
+
+        def level(field: str, configured: int | None) -> dict[str, Any]:
+            if field in ov:
+                return {"cap": _cap_value(ov[field]), "source": "override"}
+            return {"cap": configured, "source": "config"}
+
+        return {
+            "organization": level("cap:org", org_cfg.spend_caps.monthly),
+            "workspaces": {
+                w: level(f"cap:ws={w}", c.spend_caps.monthly)
+                for w, c in sorted(org_cfg.workspaces.items())
+            },
+            "tiers": {
+                t: level(f"cap:tier={t}", c.monthly_cap)
+                for t, c in sorted(org_cfg.seat_tiers.items())
+            },
+            "users": {
+                u: dict(zip(("cap", "source"), self._user_cap(org_cfg, org, u, ov), strict=True))
+                for u in sorted(org_cfg.users)
+            },
+        }
+
+    @staticmethod
+    def _user_cap(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> tuple[int | None, str]:
+        """The user's own cap with the scripts' precedence (plans.cap_plans' last entry)."""
+        _, cap, fields, label, labels = plans.cap_plans(
+            org_cfg, Principal(org, "-", user=user)
+        )[-1]
+        value, at = _first(ov, fields)
+        if value is not None:
+            return _cap_value(value), labels[at]
+        return (None if cap < 0 else cap), label
+
+    # --- extra usage ---------------------------------------------------------------------
+    def _extra_field(self, org: str, user: str | None) -> str:
+        org_cfg = self._org(org)
+        if user is None:
+            return "extra:org"
+        if user not in org_cfg.users:
+            raise SpendError(f"unknown user {user!r} in {org!r}")
+        return f"extra:user={user}"
+
+    async def set_extra_usage(self, org: str, enabled: bool, user: str | None = None) -> None:
+        """Enable or disable extra usage for the organization (user None) or one user.
+        Disabling it for the organization turns it off for everyone, whatever the users'
+        own settings; enabling it for the organization keeps users disabled one by one."""
+        field = self._extra_field(org, user)
+        client = self.store.client
+        value = "1" if enabled else "0"
+        await self.store.call("spend_extra", client.hset, self.keys.overrides(org), field, value)
+
+    async def clear_extra_usage(self, org: str, user: str | None = None) -> bool:
+        """Drop an extra-usage override; False if there was none."""
+        field = self._extra_field(org, user)
+        client = self.store.client
+        return bool(
+            await self.store.call("spend_extra", client.hdel, self.keys.overrides(org), field)
+        )
+
+    @staticmethod
+    def _extra_on(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> bool:
+        plan = plans.extra_plan(org_cfg, Principal(org, "-", user=user))
+        if plan.get("off") and ov.get(plan["off"]) == "0":
+            return False
+        value, _ = _first(ov, plan["ov"])
+        return plan["on"] if value is None else value == "1"
+
+    # --- users ---------------------------------------------------------------------------
+    async def user_status(self, org: str, user: str, month: str | None = None) -> UserStatus:
+        """A user's month to date and effective limits (`SpendError`: unknown user)."""
+        org_cfg = self._org(org)
+        if user not in org_cfg.users:
+            raise SpendError(f"unknown user {user!r} in {org!r}")
+        ov = await self.overrides(org)
+        month, _, _ = self.month_bounds(month)
+        h = await self._month_hash(org, month)
+        return self._status(org_cfg, org, user, ov, h)
+
+    def _status(
+        self, org_cfg: Any, org: str, user: str, ov: dict[str, str], h: dict[str, int]
+    ) -> UserStatus:
+        u = org_cfg.users[user]
+        seat = ov.get(f"seat:user={user}", u.seat)
+        included = org_cfg.user_included(user)
+        if f"included:user={user}" in ov and u.seat is not None:
+            included = int(ov[f"included:user={user}"])
+        cap, source = self._user_cap(org_cfg, org, user, ov)
+        return UserStatus(
+            user=user,
+            seat=seat,
+            workspace=u.workspace,
+            included=included,
+            spend=h.get(f"spend:user={user}", 0),
+            extra=h.get(f"extra:user={user}", 0),
+            cap=cap,
+            cap_source=source,
+            extra_usage=self._extra_on(org_cfg, org, user, ov),
+        )
+
+    # --- statements ----------------------------------------------------------------------
+    async def statement(self, org: str, month: str | None = None) -> Statement:
+        """The usage statement of `month` (see `limits.statement`), cross-checked against
+        the ledger's debit events (reads the whole ledger stream: an admin operation)."""
+        org_cfg = self._org(org)
+        month, start, end = self.month_bounds(month)
+        h = await self._month_hash(org, month)
+        client, ledger = self.store.client, self.keys.ledger(org)
+        debits: list[dict[str, str]] = []
+        after = "-"
+        while True:
+            page = await self.store.call("spend_ledger", client.xrange, ledger, after, "+", 1000)
+            debits += [f for _, f in page if f.get("type") == "debit"]
+            if len(page) < 1000:
+                break
+            after = "(" + page[-1][0]
+        return build_statement(
+            org=org,
+            month=month,
+            timezone=self.config().server.timezone,
+            billing_mode=org_cfg.billing.mode,
+            period=(start, end),
+            now_ms=self.clock.now_ms(),
+            month_hash=h,
+            debits=debits,
+            seats={u: c.seat for u, c in org_cfg.users.items()},
+        )
+
+    # --- limit-increase requests ---------------------------------------------------------
+    async def file_request(
+        self,
+        org: str,
+        user: str,
+        reason: str = "",
+        now: int | None = None,
+        key_id: str | None = None,
+    ) -> LimitRequest:
+        """File a pending request for `user` (`RequestPending` if one is pending)."""
+        org_cfg = self._org(org)
+        if user not in org_cfg.users:
+            raise SpendError(f"unknown user {user!r} in {org!r}")
+        if not isinstance(reason, str) or len(reason) > MAX_REASON:
+            raise SpendError(f"the reason must be text of at most {MAX_REASON} characters")
+        now = self.clock.now_ms() if now is None else now
+        request = LimitRequest(
+            id=new_request_id(now),
+            org=org,
+            user=user,
+            reason=reason.strip(),
+            status=PENDING,
+            asked_ms=now,
+            key_id=key_id,
+        )
+        return await self.requests.file(request)
+
+    async def latest_request(self, org: str, user: str) -> LimitRequest | None:
+        """The user's latest request, whatever its status (None: never filed one)."""
+        return await self.requests.latest(org, user)
+
+    async def pending(self, org: str) -> list[PendingRequest]:
+        """Pending requests, oldest first, each with the user's seat, month-to-date spend
+        and cap (users no longer in the config are skipped)."""
+        org_cfg = self._org(org)
+        ov = await self.overrides(org)
+        h = await self._month_hash(org, self.month_bounds()[0])
+        return [
+            PendingRequest(r, self._status(org_cfg, org, r.user, ov, h))
+            for r in await self.requests.all(org)
+            if r.status == PENDING and r.user in org_cfg.users
+        ]
+
+    async def approve(
+        self,
+        org: str,
+        user: str,
+        new_cap: int | str | None = None,
+        new_tier: str | None = None,
+        note: str = "",
+    ) -> LimitRequest:
+        """Approve the user's pending request with exactly one of: `new_cap` (micro-USD or
+        "unlimited": the user's cap override) or `new_tier` (a seat tier: the user gets its
+        included usage and its cap in force now, as user overrides). The user's next
+        request is admitted under them (organization and workspace caps still apply)."""
+        org_cfg = self._org(org)
+        if user not in org_cfg.users:
+            raise SpendError(f"unknown user {user!r} in {org!r}")
+        if (new_cap is None) == (new_tier is None):
+            raise SpendError("approve with exactly one of a new cap or a new tier")
+        if new_cap is not None:
+            decision: dict[str, Any] = {"cap": _amount(new_cap)}
+            writes = {f"cap:user={user}": decision["cap"]}
+        else:
+            decision, writes = await self._tier_move(org_cfg, org, user, new_tier)
+        if decision["cap"] != UNLIMITED:
+            decision["cap"] = int(decision["cap"])
+        return await self._decide(org, user, APPROVED, note, decision, writes)
+
+    async def _tier_move(
+        self, org_cfg: Any, org: str, user: str, tier: str | None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        if tier not in org_cfg.seat_tiers:
+            names = ", ".join(sorted(org_cfg.seat_tiers)) or "none defined"
+            raise SpendError(f"unknown seat tier {tier!r} in {org!r} (known: {names})")
+        if org_cfg.users[user].seat is None:
+            raise SpendError(
+                f"user {user!r} has no seat in the config: approve with a new cap instead"
+            )
+        tier_cfg = org_cfg.seat_tiers[tier]
+        ov = await self.overrides(org)
+        cap = ov.get(f"cap:tier={tier}")
+        if cap is None:
+            cap = UNLIMITED if tier_cfg.monthly_cap is None else str(tier_cfg.monthly_cap)
+        decision = {"tier": tier, "included": tier_cfg.included, "cap": cap}
+        writes = {
+            f"included:user={user}": str(tier_cfg.included),
+            f"cap:user={user}": cap,
+            f"seat:user={user}": tier,
+        }
+        return decision, writes
+
+    async def deny(self, org: str, user: str, note: str = "") -> LimitRequest:
+        """Deny the user's pending request; nothing else changes."""
+        self._org(org)
+        return await self._decide(org, user, DENIED, note, {}, {})
+
+    async def _decide(
+        self,
+        org: str,
+        user: str,
+        status: str,
+        note: str,
+        decision: dict[str, Any],
+        writes: dict[str, str],
+    ) -> LimitRequest:
+        latest = await self.requests.latest(org, user)
+        if latest is None or latest.status != PENDING:
+            raise NoPendingRequest(org, user, latest)
+        decided = replace(
+            latest, status=status, decided_ms=self.clock.now_ms(), note=note, decision=decision
+        )
+        return await self.requests.decide(decided, writes)
