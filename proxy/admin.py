@@ -10,7 +10,7 @@ Every answer is JSON (the usage report can also be CSV); errors are
 ``{"error": {"message": ...}}``: 400 for invalid input, 404 for unknown names or routes,
 405 for a known route with another method, 503 when the store is unreachable.
 
-The routes are the tables of `proxy.admin_core` and `proxy.admin_money` plus
+The routes are the tables of the ``proxy.admin_*`` modules plus
 ``GET /admin/openapi.json``, the OpenAPI 3.1 document built from those same tables.
 """
 
@@ -28,7 +28,7 @@ from limits.apikeys import ApiKeys
 from limits.clock import Clock
 from limits.errors import LimitsError, StoreUnavailable
 from limits.store import Store
-from proxy import admin_core
+from proxy import admin_core, admin_credits, admin_limits
 from proxy.admin_base import ADMIN, AdminContext, ApiError, answer, ctx, error
 from proxy.openapi import Route, document
 
@@ -48,13 +48,7 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def routes() -> list[Route]:
     """Every admin route, the OpenAPI document's own included."""
-    table = list(admin_core.ROUTES)
-    try:
-        from proxy import admin_money
-    except ImportError:  # the money modules are not there yet
-        admin_money = None  # type: ignore[assignment]
-    if admin_money is not None:
-        table += admin_money.ROUTES
+    table = [*admin_core.ROUTES, *admin_credits.ROUTES, *admin_limits.ROUTES]
     schema = {"type": "object", "required": ["openapi", "paths"]}
     table.append(
         Route("GET", "/openapi.json", openapi_json, "This OpenAPI document.", "meta", schema)

@@ -1,7 +1,7 @@
-"""Admin routes for keys, organizations, usage and session reports and live limits.
+"""Admin routes for organizations, keys, and usage and session reports.
 
-Money routes (credits, caps, approvals) are in `proxy.admin_money`; each module exposes
-``ROUTES``, its part of the route table (see `proxy.openapi`).
+Each admin route module exposes ``ROUTES``, its part of the route table (see
+`proxy.openapi`); `proxy.admin` gathers them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
-from limits import levels, reports
+from limits import reports
 from limits.apikeys import KeyRecord
 from limits.errors import UnknownKey
 from proxy.admin_base import (
@@ -147,29 +147,6 @@ async def session(request: web.Request) -> web.Response:
     return answer({"sessions": [s.as_dict() for s in found]})
 
 
-# --- live limits -----------------------------------------------------------------------------
-
-# Extra parts of the live-limits answer (caps, credit) added by other route modules:
-# async fn(context, org name, org config) -> dict merged into the answer.
-LIMIT_SECTIONS: list[Any] = []
-
-
-async def live_limits(request: web.Request) -> web.Response:
-    name, o = org(request)
-    c = ctx(request)
-    now = c.clock.now_ms()
-    buckets = await levels.bucket_levels(c.store, name, o, now)
-    out: dict[str, Any] = {
-        "org": name,
-        "now_ms": now,
-        "rate_limits": [b.as_dict() for b in buckets],
-        "overrides": await levels.overrides(c.store, name),
-    }
-    for section in LIMIT_SECTIONS:
-        out.update(await section(c, name, o))
-    return answer(out)
-
-
 # --- the route table -------------------------------------------------------------------------
 
 _KEY = schema_object(
@@ -210,16 +187,6 @@ _SESSION = schema_object(
     last_ms=INT,
 )
 _DATE = {"type": "string", "format": "date"}
-_BUCKET = schema_object(
-    ("scope", "limit", "per_minute", "level", "remaining", "full_in_ms"),
-    scope=STR,
-    limit={"enum": ["rpm", "tpm", "input_tpm", "output_tpm"]},
-    per_minute=STR,
-    level=INT,
-    remaining=INT,
-    full_in_ms=INT,
-)
-
 ROUTES = [
     Route(
         "GET",
@@ -297,20 +264,5 @@ ROUTES = [
         "Find a session in every organization and report it.",
         "reports",
         schema_object(("sessions",), sessions={"type": "array", "items": _SESSION}),
-    ),
-    Route(
-        "GET",
-        "/orgs/{org}/limits",
-        live_limits,
-        "Live limits: every configured bucket with its level now, the run-time "
-        "overrides, caps and credit.",
-        "limits",
-        schema_object(
-            ("org", "now_ms", "rate_limits", "overrides"),
-            org=STR,
-            now_ms=INT,
-            rate_limits={"type": "array", "items": _BUCKET},
-            overrides={"type": "object", "additionalProperties": STR},
-        ),
     ),
 ]

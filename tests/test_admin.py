@@ -45,6 +45,9 @@ organizations:
 # an example here fails test_every_documented_route_answers.
 BODIES: dict[str, dict[str, Any]] = {
     "post_orgs_org_keys": {"name": "ci", "workspace": "cc", "user": "alice"},
+    "post_orgs_org_credits_purchases": {"amount": "25.00"},
+    "post_orgs_org_credits_grants": {"amount": 5, "expires_in": "30d", "identity": "id-1"},
+    "put_orgs_org_auto_reload": {"threshold": "5.00", "target": "20.00"},
 }
 
 
@@ -184,13 +187,27 @@ def test_disabled_when_the_setting_is_null(stack_factory, monkeypatch):
         ("GET", "/admin/orgs/acme/sessions/nope", None, 404, "no session"),
         ("GET", "/admin/no/such/route", None, 404, "no admin route"),
         ("DELETE", "/admin/orgs/acme/keys", None, 405, "GET, POST"),
+        ("POST", "/admin/orgs/acme/credits/purchases", {}, 400, "amount"),
+        ("POST", "/admin/orgs/acme/credits/purchases", {"amount": "1.0000001"}, 400, "6 dec"),
+        ("POST", "/admin/orgs/acme/credits/purchases", {"amount": -1}, 400, "negative"),
+        ("POST", "/admin/orgs/acme/credits/purchases", {"amount": "0"}, 400, "greater than"),
+        ("POST", "/admin/orgs/acme/credits/purchases", {"amount": 1e30}, 400, "at most"),
+        ("POST", "/admin/orgs/acme/credits/purchases", {"amount": True}, 400, "amount"),
+        ("POST", "/admin/orgs/other/credits/purchases", {"amount": 1}, 400, "not prepaid"),
+        ("POST", "/admin/orgs/acme/credits/grants", {"amount": 1, "expires_in": "3m"}, 400, ""),
+        ("GET", "/admin/orgs/acme/credits/history?limit=0", None, 400, "limit"),
+        ("PUT", "/admin/orgs/acme/auto-reload", {"threshold": "1.00"}, 400, "both"),
+        ("PUT", "/admin/orgs/acme/auto-reload", {"threshold": 9, "target": 5}, 400, "greater"),
+        ("PUT", "/admin/orgs/acme/auto-reload", {"enabled": "no"}, 400, "enabled"),
     ],
 )
 def test_invalid_input_is_a_4xx_with_a_message(admin, method, path, body, status, words):
     kw = {"json": body} if isinstance(body, dict) else {"data": body}
+    before = admin.snapshot("acme"), admin.snapshot("other")
     r = call(admin, method, path, **kw)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]["message"]
+    assert (admin.snapshot("acme"), admin.snapshot("other")) == before
 
 
 def test_keys_create_use_list_revoke(admin):
@@ -250,3 +267,46 @@ async def test_store_down_is_a_503(aiohttp_client, unused_tcp_port, monkeypatch)
         assert r.status == 503, path
         assert "store" in (await r.json())["error"]["message"]
     await store.close()
+
+
+def test_credits_buy_grant_show_history(admin):
+    r = call(admin, "POST", "/admin/orgs/acme/credits/purchases", json={"amount": 10.5})
+    assert r.status_code == 201
+    assert r.json()["lot"]["amount_micro"] == 10_500_000  # a JSON number, read exactly
+    grant = {"amount": "2.25", "identity": "phone-1"}
+    assert call(admin, "POST", "/admin/orgs/acme/credits/grants", json=grant).status_code == 201
+    again = call(admin, "POST", "/admin/orgs/acme/credits/grants", json=grant)
+    assert again.status_code == 400 and "identity" in again.json()["error"]["message"]
+    shown = call(admin, "GET", "/admin/orgs/acme/credits").json()
+    assert shown["balance"]["available_micro"] == 12_750_000
+    assert shown["payment_method"] == {
+        "provider": "none",
+        "registered": False,
+        "webhook_url": None,
+        "signed": False,
+    }
+    lots = call(admin, "GET", "/admin/orgs/acme/credits/lots").json()["lots"]
+    assert sorted(lot["kind"] for lot in lots) == ["promotional", "purchased"]
+    events = call(admin, "GET", "/admin/orgs/acme/credits/history?limit=1").json()["events"]
+    assert [e["type"] for e in events] == ["grant"]
+    limits = call(admin, "GET", "/admin/orgs/acme/limits").json()
+    assert limits["credit"]["available_micro"] == 12_750_000
+
+
+def test_auto_reload_set_off_clear(admin):
+    path = "/admin/orgs/acme/auto-reload"
+    assert call(admin, "GET", path).json()["auto_reload"]["enabled"] is False
+    r = call(admin, "PUT", path, json={"threshold": "5", "target": "20.50"})
+    assert r.json()["auto_reload"] | {"payment_provider": None} == {
+        "enabled": True,
+        "threshold": "5.00",
+        "target": "20.50",
+        "source": "override",
+        "payment_provider": None,
+    }
+    r = call(admin, "PUT", path, json={"enabled": False})
+    assert r.json()["auto_reload"]["enabled"] is False
+    assert call(admin, "GET", "/admin/orgs/acme/limits").json()["overrides"] == {"reload:off": "1"}
+    r = call(admin, "DELETE", path)
+    assert r.status_code == 200 and r.json()["auto_reload"]["enabled"] is False
+    assert call(admin, "GET", "/admin/orgs/acme/limits").json()["overrides"] == {}
