@@ -500,6 +500,14 @@ class Organization(_Model):
         return 0 if seat is None else self.seat_tiers[seat].included
 
 
+class Notifications(_Model):
+    limit_requests_webhook: HttpUrl | None = None
+    """URL the daily digest of pending limit-increase requests is POSTed to (JSON, one
+    post per organization with pending requests); null: no digest."""
+    digest_hour: Annotated[int, _integer(0, 23), Field(ge=0, le=23)] = 9
+    """Hour of the day, in server.timezone, from which the day's digest is posted."""
+
+
 class Config(_Model):
     store: StoreConfig = StoreConfig()
     server: ServerConfig = ServerConfig()
@@ -508,6 +516,7 @@ class Config(_Model):
     """Price per model, in USD per million tokens."""
     metering: MeteringConfig = MeteringConfig()
     organizations: FrozenMap[Organization] = Field(default_factory=_empty_map)
+    notifications: Notifications = Notifications()
     _source: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
