@@ -8,7 +8,8 @@ null, or the variable is unset or empty) the admin API is disabled: every route 
 
 Every answer is JSON (the usage report can also be CSV); errors are
 ``{"error": {"message": ...}}``: 400 for invalid input, 404 for unknown names or routes,
-405 for a known route with another method, 503 when the store is unreachable.
+405 for a known route with another method, 409 when a limit-increase request is not in
+a state that allows the operation, 503 when the store is unreachable.
 
 The routes are the tables of the ``proxy.admin_*`` modules plus
 ``GET /admin/openapi.json``, the OpenAPI 3.1 document built from those same tables.
@@ -27,8 +28,9 @@ from aiohttp import web
 from limits.apikeys import ApiKeys
 from limits.clock import Clock
 from limits.errors import LimitsError, StoreUnavailable
+from limits.spend import NoPendingRequest, RequestPending
 from limits.store import Store
-from proxy import admin_core, admin_credits, admin_limits
+from proxy import admin_core, admin_credits, admin_limits, admin_spend
 from proxy.admin_base import ADMIN, AdminContext, ApiError, answer, ctx, error
 from proxy.openapi import Route, document
 
@@ -48,7 +50,12 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def routes() -> list[Route]:
     """Every admin route, the OpenAPI document's own included."""
-    table = [*admin_core.ROUTES, *admin_credits.ROUTES, *admin_limits.ROUTES]
+    table = [
+        *admin_core.ROUTES,
+        *admin_credits.ROUTES,
+        *admin_spend.ROUTES,
+        *admin_limits.ROUTES,
+    ]
     schema = {"type": "object", "required": ["openapi", "paths"]}
     table.append(
         Route("GET", "/openapi.json", openapi_json, "This OpenAPI document.", "meta", schema)
@@ -91,6 +98,8 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
     except StoreUnavailable as e:
         log.warning("admin: store unavailable", extra={"path": request.path, "error": str(e)})
         return error(503, "Tollway cannot reach its store right now; please retry.")
+    except (RequestPending, NoPendingRequest) as e:  # the request's state forbids it
+        return error(409, str(e))
     except LimitsError as e:  # a refused operation (bad amount, identity already used...)
         return error(400, str(e))
 

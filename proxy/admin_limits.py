@@ -13,12 +13,12 @@ from typing import Any
 from aiohttp import web
 
 from limits import levels
-from proxy import admin_credits
+from proxy import admin_credits, admin_spend
 from proxy.admin_base import INT, STR, answer, ctx, org, schema_object
 from proxy.openapi import Route
 
 # Extra parts of the answer: async fn(context, org name, org config) -> dict merged in.
-SECTIONS = [admin_credits.credit_section]
+SECTIONS = [admin_credits.credit_section, admin_spend.caps_section]
 
 
 async def live_limits(request: web.Request) -> web.Response:
@@ -62,6 +62,8 @@ ROUTES = [
             rate_limits={"type": "array", "items": _BUCKET},
             overrides={"type": "object", "additionalProperties": STR},
             credit={"type": "object"},
+            caps={"type": "object"},
+            month_to_date={"type": "object"},
         ),
     ),
 ]

@@ -120,6 +120,7 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
             "401": _error("Missing or wrong admin token."),
             "403": _error("The admin API is disabled (no admin token configured)."),
             "404": _error("No such organization, key, session or request."),
+            "409": _error("A limit-increase request is not pending (or already is)."),
             "503": _error("The store (Redis) is unavailable."),
         },
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import openai
 import pytest
 import requests
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
@@ -16,6 +17,7 @@ from config.reload import ConfigHolder
 from limits.apikeys import ApiKeys
 from limits.clock import ManualClock
 from limits.rkeys import Keys
+from limits.spend import Spend
 from limits.store import Store
 from proxy.admin import create_admin_app, routes
 
@@ -37,6 +39,7 @@ organizations:
     users:
       alice: {seat: standard, workspace: cc, limits: {rpm: 7, tpm: 300000}}
       bob: {seat: premium}
+      carol: {seat: standard}
   other:
     limits: {rpm: 10}
 """
@@ -48,7 +51,18 @@ BODIES: dict[str, dict[str, Any]] = {
     "post_orgs_org_credits_purchases": {"amount": "25.00"},
     "post_orgs_org_credits_grants": {"amount": 5, "expires_in": "30d", "identity": "id-1"},
     "put_orgs_org_auto_reload": {"threshold": "5.00", "target": "20.00"},
+    "put_orgs_org_caps_organization": {"amount": "50"},
+    "put_orgs_org_caps_workspaces_workspace": {"amount": 20.5},
+    "put_orgs_org_caps_tiers_tier": {"amount": "unlimited"},
+    "put_orgs_org_caps_users_user": {"amount": None},
+    "put_orgs_org_extra_usage": {"enabled": True},
+    "put_orgs_org_extra_usage_users_user": {"enabled": False},
+    "post_orgs_org_limit_requests": {"user": "carol", "reason": "deadline"},
+    "post_orgs_org_limit_requests_user_approve": {"cap": "20.00", "note": "ok"},
+    "post_orgs_org_limit_requests_user_deny": {"note": "not now"},
 }
+# Path values that differ by operation (one pending request is decided once).
+PATH_VALUES = {"post_orgs_org_limit_requests_user_deny": {"user": "bob"}}
 
 
 @pytest.fixture
@@ -110,6 +124,9 @@ def _values(stack) -> dict[str, str]:
         extra_headers={"x-tollway-session": "sess-1"},
     )
     stack.wait_settled()
+    spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
+    for user in ("alice", "bob"):
+        stack.run(spend.file_request("acme", user, "more please"))
     return {
         "org": "acme",
         "key_id": record.key_id,
@@ -128,7 +145,8 @@ def test_every_documented_route_answers(admin):
         kw: dict[str, Any] = {}
         if "requestBody" in op:
             kw["json"] = BODIES[op["operationId"]]
-        r = call(admin, method, _fill(path, values), **kw)
+        url = _fill(path, values | PATH_VALUES.get(op["operationId"], {}))
+        r = call(admin, method, url, **kw)
         success = [int(s) for s in op["responses"] if s.startswith("2")]
         assert r.status_code in success, (method, path, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/json")
@@ -174,7 +192,7 @@ def test_disabled_when_the_setting_is_null(stack_factory, monkeypatch):
         ("POST", "/admin/orgs/acme/keys", {"name": 3}, 400, "name"),
         ("POST", "/admin/orgs/acme/keys", {"colour": "red"}, 400, "colour"),
         ("POST", "/admin/orgs/acme/keys", {"workspace": "nope"}, 400, "unknown workspace"),
-        ("POST", "/admin/orgs/acme/keys", {"user": "carol"}, 400, "unknown user"),
+        ("POST", "/admin/orgs/acme/keys", {"user": "dave"}, 400, "unknown user"),
         ("POST", "/admin/orgs/ghost/keys", {}, 404, "unknown organization"),
         ("GET", "/admin/orgs/acme/usage?by=colour", None, 400, "by"),
         ("GET", "/admin/orgs/acme/usage?from=2026-13-01", None, 400, "YYYY-MM-DD"),
@@ -199,6 +217,22 @@ def test_disabled_when_the_setting_is_null(stack_factory, monkeypatch):
         ("PUT", "/admin/orgs/acme/auto-reload", {"threshold": "1.00"}, 400, "both"),
         ("PUT", "/admin/orgs/acme/auto-reload", {"threshold": 9, "target": 5}, 400, "greater"),
         ("PUT", "/admin/orgs/acme/auto-reload", {"enabled": "no"}, 400, "enabled"),
+        ("PUT", "/admin/orgs/acme/caps/organization", {"amount": "lots"}, 400, "amount"),
+        ("PUT", "/admin/orgs/acme/caps/organization", {}, 400, "amount"),
+        ("PUT", "/admin/orgs/acme/caps/users/dave", {"amount": 1}, 400, "unknown user"),
+        ("PUT", "/admin/orgs/acme/caps/tiers/gold", {"amount": 1}, 400, "unknown tier"),
+        ("PUT", "/admin/orgs/acme/caps/organization", {"amount": 10**10}, 400, "between"),
+        ("DELETE", "/admin/orgs/acme/caps/workspaces/zz", None, 400, "unknown workspace"),
+        ("PUT", "/admin/orgs/acme/extra-usage", {"enabled": 1}, 400, "enabled"),
+        ("PUT", "/admin/orgs/acme/extra-usage/users/dave", {"enabled": True}, 400, "dave"),
+        ("GET", "/admin/orgs/acme/users/dave", None, 400, "unknown user"),
+        ("GET", "/admin/orgs/acme/spend?month=2026-1", None, 400, "YYYY-MM"),
+        ("GET", "/admin/orgs/acme/statements/2026-13", None, 400, "YYYY-MM"),
+        ("GET", "/admin/orgs/acme/statements/2026-01?format=pdf", None, 400, "format"),
+        ("POST", "/admin/orgs/acme/limit-requests", {"user": "dave"}, 400, "unknown user"),
+        ("POST", "/admin/orgs/acme/limit-requests", {"reason": "x"}, 400, "user"),
+        ("POST", "/admin/orgs/acme/limit-requests/alice/approve", {}, 400, "exactly one"),
+        ("POST", "/admin/orgs/acme/limit-requests/alice/deny", {}, 409, "no pending"),
     ],
 )
 def test_invalid_input_is_a_4xx_with_a_message(admin, method, path, body, status, words):
@@ -222,8 +256,6 @@ def test_keys_create_use_list_revoke(admin):
     assert "key" not in listed[0]
     r = call(admin, "POST", f"/admin/keys/{created['id']}/revoke")
     assert r.status_code == 200 and r.json()["revoked"] is True
-    import openai
-
     with pytest.raises(openai.AuthenticationError):
         client.chat.completions.create(
             model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
@@ -310,3 +342,89 @@ def test_auto_reload_set_off_clear(admin):
     r = call(admin, "DELETE", path)
     assert r.status_code == 200 and r.json()["auto_reload"]["enabled"] is False
     assert call(admin, "GET", "/admin/orgs/acme/limits").json()["overrides"] == {}
+
+
+def _service_key_request(stack, secret: str) -> int:
+    try:
+        stack.openai(secret).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
+        )
+    except openai.APIStatusError as e:
+        return e.status_code
+    stack.wait_settled()
+    return 200
+
+
+def test_cap_overrides_apply_to_the_next_request(admin):
+    secret = admin.key("acme", name="service")  # no seat: all its spend is extra
+    call(admin, "POST", "/admin/orgs/acme/credits/purchases", json={"amount": "10"})
+    assert _service_key_request(admin, secret) == 200
+    r = call(admin, "PUT", "/admin/orgs/acme/caps/organization", json={"amount": "0"})
+    assert r.json()["caps"]["organization"] == {"cap": 0, "source": "override"}
+    before = admin.snapshot()
+    assert _service_key_request(admin, secret) == 429
+    assert admin.snapshot() == before
+    r = call(admin, "DELETE", "/admin/orgs/acme/caps/organization")
+    assert r.json()["removed"] is True
+    assert r.json()["caps"]["organization"] == {"cap": 100_000_000, "source": "config"}
+    assert _service_key_request(admin, secret) == 200
+    mtd = call(admin, "GET", "/admin/orgs/acme/spend").json()
+    assert mtd["month"] == "2026-01" and mtd["organization"]["spend"] > 0
+    assert mtd["organization"]["extra"] == mtd["organization"]["spend"]
+    limits = call(admin, "GET", "/admin/orgs/acme/limits").json()
+    assert limits["month_to_date"]["organization"] == mtd["organization"]
+    assert limits["caps"]["workspaces"]["cc"] == {"cap": 50_000_000, "source": "config"}
+
+
+def test_statement_json_and_csv(admin):
+    secret = admin.key("acme", user="alice")
+    admin.openai(secret).chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
+    )
+    admin.wait_settled()
+    st = call(admin, "GET", "/admin/orgs/acme/statements/2026-01").json()
+    assert [line["user"] for line in st["lines"]] == ["alice"]
+    assert st["consistent"] is True and st["spend"] > 0
+    r = call(admin, "GET", "/admin/orgs/acme/statements/2026-01?format=csv")
+    assert r.headers["content-type"].startswith("text/csv")
+    assert r.text.splitlines()[0].startswith("user,seat,requests")
+    assert r.text.splitlines()[-1].startswith("TOTAL,")
+
+
+def test_extra_usage_switches(admin):
+    path = "/admin/orgs/acme/extra-usage"
+    body = call(admin, "GET", path).json()
+    assert body["configured"] is True and body["override"] is None
+    assert body["users"] == {"alice": True, "bob": True, "carol": True}
+    body = call(admin, "PUT", path + "/users/bob", json={"enabled": False}).json()
+    assert body["users"]["bob"] is False
+    body = call(admin, "PUT", path, json={"enabled": False}).json()
+    assert body["override"] is False and not any(body["users"].values())
+    call(admin, "DELETE", path)
+    body = call(admin, "DELETE", path + "/users/bob").json()
+    assert body["override"] is None and all(body["users"].values())
+
+
+def test_limit_request_file_list_approve_deny(admin):
+    r = call(admin, "POST", "/admin/orgs/acme/limit-requests", json={"user": "alice"})
+    assert r.status_code == 201 and r.json()["status"] == "pending"
+    again = call(admin, "POST", "/admin/orgs/acme/limit-requests", json={"user": "alice"})
+    assert again.status_code == 409
+    admin.clock.advance(seconds=5)  # pending requests are listed oldest first
+    call(admin, "POST", "/admin/orgs/acme/limit-requests", json={"user": "bob", "reason": "x"})
+    pending = call(admin, "GET", "/admin/orgs/acme/limit-requests").json()["pending"]
+    assert [(p["request"]["user"], p["user"]["seat"]) for p in pending] == [
+        ("alice", "standard"),
+        ("bob", "premium"),
+    ]
+    r = call(
+        admin, "POST", "/admin/orgs/acme/limit-requests/alice/approve", json={"tier": "premium"}
+    )
+    assert r.json()["status"] == "approved" and r.json()["decision"]["tier"] == "premium"
+    assert call(admin, "GET", "/admin/orgs/acme/users/alice").json()["seat"] == "premium"
+    r = call(
+        admin, "POST", "/admin/orgs/acme/limit-requests/bob/approve", json={"cap": "unlimited"}
+    )
+    assert r.json()["decision"] == {"cap": "unlimited"}
+    assert call(admin, "GET", "/admin/orgs/acme/users/bob").json()["cap"] is None
+    assert call(admin, "GET", "/admin/orgs/acme/limit-requests").json()["pending"] == []
