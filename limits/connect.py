@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from redis import exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.maint_notifications import MaintNotificationsConfig
 
 SENTINEL, CLUSTER = "redis+sentinel", "redis+cluster"
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -50,7 +51,14 @@ def connect(url: str, timeout: float = 0.5, max_connections: int = 256) -> Any:
         return _cluster(url, common, max_connections)
     if scheme in ("redis", "rediss", "unix"):
         return aioredis.from_url(
-            url, retry_on_timeout=False, max_connections=max_connections, **common
+            url,
+            retry_on_timeout=False,
+            max_connections=max_connections,
+            # With maintenance notifications on ("auto" under RESP3) the pool skips its
+            # check for connections the server closed: after a Redis restart, every pooled
+            # connection would fail one request. Off, a dead connection is reopened first.
+            maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            **common,
         )
     raise ValueError(f"unsupported store URL scheme {scheme!r}")
 
