@@ -80,6 +80,11 @@ class AutoReloader:
         """Start a reload when the settlement asks for one (never blocks the request)."""
         if settlement.reload <= 0 or settlement.duplicate:
             return
+        org_cfg = self.holder.current.organizations.get(principal.org)
+        if org_cfg is not None and isinstance(self.provider(org_cfg), NoPaymentProvider):
+            # Counted here, once per settlement that asked, whatever is in flight.
+            self.metrics.auto_reloads.labels(principal.org, "skipped").inc()
+            return
         self.start(principal.org)
 
     def start(self, org: str) -> asyncio.Task[Any] | None:
