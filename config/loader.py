@@ -49,20 +49,29 @@ class ConfigError(Exception):
         return "\n".join(self.errors)
 
 
-def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | Path, env: Mapping[str, str] | None = None, *, secrets: bool = True
+) -> Config:
     """Load and validate the config file at ``path``; secrets are read from ``env``
-    (default ``os.environ``). Raises ``ConfigError``. ``Config.source`` is ``str(path)``."""
+    (default ``os.environ``). Raises ``ConfigError``. ``Config.source`` is ``str(path)``.
+
+    ``secrets=False`` lets a missing secret variable pass (its value is then empty): for
+    commands that only talk to the store and never to an upstream."""
     filename = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
         raise ConfigError([f"{filename}:1: (root): cannot read the file: {reason}"]) from None
-    return parse_config_text(text, filename, env)
+    return parse_config_text(text, filename, env, secrets=secrets)
 
 
 def parse_config_text(
-    text: str, filename: str = "<string>", env: Mapping[str, str] | None = None
+    text: str,
+    filename: str = "<string>",
+    env: Mapping[str, str] | None = None,
+    *,
+    secrets: bool = True,
 ) -> Config:
     """Validate config text; ``filename`` is used in messages and becomes
     ``Config.source`` unless it is a pseudo-name like ``<string>``. Raises ``ConfigError``."""
@@ -70,7 +79,7 @@ def parse_config_text(
     data = document.read(text)
     errors = list(document.errors)
     source = None if filename.startswith("<") else filename
-    context = {"env": os.environ if env is None else env, "source": source}
+    context = {"env": os.environ if env is None else env, "source": source, "secrets": secrets}
     config = None
     if isinstance(data, dict):
         try:

@@ -24,14 +24,15 @@ EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 COMMANDS: list[Callable[[Any], None]] = []
 
 
-def _load(path_arg: str | None):
+def _load(path_arg: str | None, *, secrets: bool = False):
+    """The config of this setup. Only `serve` needs the upstream keys' variables set."""
     path = config_path(path_arg)
     if not path.exists():
         from proxy.serve import default_config_hint
 
         raise SystemExit(_fail(default_config_hint(path), EXIT_USAGE))
     try:
-        return path, load_config(path)
+        return path, load_config(path, secrets=secrets)
     except ConfigError as e:
         raise SystemExit(_fail(str(e), EXIT_USAGE)) from None
 
@@ -66,7 +67,7 @@ def with_store(args: Any, fn: Callable[[Any, Any], Coroutine[Any, Any, int]]) ->
 def cmd_serve(args: Any) -> int:
     from proxy.serve import run
 
-    path, cfg = _load(args.config)
+    path, cfg = _load(args.config, secrets=True)
     logs.setup(args.log_level)
     holder = ConfigHolder(cfg)
     host = args.host or cfg.server.host

@@ -417,3 +417,15 @@ organizations:
     with pytest.raises(ConfigError) as e:
         parse_config_text(text.replace("::abc123", "|x"), "models.yaml", {"OPENAI_API_KEY": "x"})
     assert "must not contain '{', '}', '|'" in str(e.value)
+
+
+def test_store_only_commands_may_load_without_upstream_secrets(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "upstreams:\n  openai: {base_url: 'http://127.0.0.1:9', api_key_env: TW_UNSET_KEY}\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(path, {})
+    assert "environment variable TW_UNSET_KEY is not set" in str(e.value)
+    cfg = load_config(path, {}, secrets=False)
+    assert cfg.upstreams["openai"].api_key.get_secret_value() == ""
