@@ -29,6 +29,7 @@ from limits.prices import cost_micro
 from limits.usage import ZERO, Usage
 from proxy import providers
 from proxy.forward import relay, upstream_headers
+from proxy.limit_requests import refusal_hint
 from proxy.metrics import Metrics
 from proxy.providers import ANTHROPIC, OPENAI, Problem
 from proxy.tokens import TokenCounter
@@ -209,7 +210,9 @@ class ProxyHandler:
             self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
             if decision.reason == "key":
                 self.apikeys.forget(secret)
-            raise Reject(providers.refusal(call.provider, decision, self.clock.now_ms()), headers)
+            hint = refusal_hint(decision, principal)
+            problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)
+            raise Reject(problem, headers)
         self.metrics.added_latency.observe(time.perf_counter() - call.started)
         session = self._session_id(request, cfg)
         return await self._forward_metered(
