@@ -113,7 +113,7 @@ def _run(args: Any, action: Any) -> int:
     return with_store(args, go)
 
 
-def _lot(lot: Lot) -> dict[str, Any]:
+def lot_dict(lot: Lot) -> dict[str, Any]:
     return {
         "id": lot.id,
         "kind": lot.kind,
@@ -132,7 +132,7 @@ def _lot(lot: Lot) -> dict[str, Any]:
     }
 
 
-def _balance(b: Balance) -> dict[str, Any]:
+def balance_dict(b: Balance) -> dict[str, Any]:
     return {
         "available": format_usd(b.available),
         "lots_total": format_usd(b.lots_total),
@@ -145,7 +145,7 @@ def _balance(b: Balance) -> dict[str, Any]:
     }
 
 
-def _event(e: Event) -> dict[str, Any]:
+def event_dict(e: Event) -> dict[str, Any]:
     amount = e.number("cost") if e.type == "debit" else e.number("amount")
     out: dict[str, Any] = {"id": e.id, "type": e.type, "time": _when(e.ts), "ts_ms": e.ts}
     out["amount"] = format_usd(amount)
@@ -156,7 +156,7 @@ def _event(e: Event) -> dict[str, Any]:
     return out
 
 
-def _reload(settings: ReloadSettings | None, org_cfg: Any) -> dict[str, Any]:
+def reload_dict(settings: ReloadSettings | None, org_cfg: Any) -> dict[str, Any]:
     payment = org_cfg.billing.payment.provider
     if settings is None:
         return {"enabled": False, "payment_provider": payment}
@@ -180,16 +180,20 @@ def _table(rows: list[dict[str, Any]], cols: tuple[str, ...]) -> None:
 def _events_table(events: list[Event]) -> None:
     rows = []
     for e in events:
-        d = _event(e)
+        d = event_dict(e)
         d["detail"] = " ".join(f"{f}={d[f]}" for f in EVENT_FIELDS if f in d)
         rows.append(d)
     _table(rows, ("time", "type", "amount", "detail"))
 
 
+# The JSON shapes above are shared with the admin API (proxy/admin_credits.py).
+_lot, _balance, _event, _reload = lot_dict, balance_dict, event_dict, reload_dict
+
+
 # --- commands ----------------------------------------------------------------------------
 def _added(args: Any, lot: Lot, balance: Balance) -> int:
     if args.format == "json":
-        print(json.dumps({"lot": _lot(lot), "balance": _balance(balance)}))
+        print(json.dumps({"lot": lot_dict(lot), "balance": balance_dict(balance)}))
     else:
         expires = _when(lot.expires_ms)
         print(f"{lot.kind} lot {lot.id}: {format_usd(lot.amount)} USD, expires {expires}")
@@ -240,15 +244,15 @@ def show(args: Any) -> int:
         lots = await credits.lots(args.org)
         events = await credits.history(args.org, max(args.events, 0))
         settings = await credits.reload_settings(args.org, org_cfg.billing.auto_reload)
-        reload = _reload(settings, org_cfg)
+        reload = reload_dict(settings, org_cfg)
         if args.format == "json":
             out = {
                 "org": args.org,
                 "mode": org_cfg.billing.mode,
-                "balance": _balance(balance),
+                "balance": balance_dict(balance),
                 "auto_reload": reload,
-                "lots": [_lot(lot) for lot in lots],
-                "events": [_event(e) for e in events],
+                "lots": [lot_dict(lot) for lot in lots],
+                "events": [event_dict(e) for e in events],
             }
             print(json.dumps(out))
             return 0
@@ -267,7 +271,7 @@ def show(args: Any) -> int:
         print()
         if lots:
             cols = ("id", "kind", "amount", "remaining", "expires", "expired", "source")
-            _table([_lot(lot) for lot in lots], cols)
+            _table([lot_dict(lot) for lot in lots], cols)
         else:
             print("no lots")
         if events:
@@ -282,7 +286,7 @@ def history(args: Any) -> int:
     async def action(credits: Credits, org_cfg: Any) -> int:
         events = await credits.history(args.org, max(args.limit, 0))
         if args.format == "json":
-            print(json.dumps([_event(e) for e in events]))
+            print(json.dumps([event_dict(e) for e in events]))
         elif events:
             _events_table(events)
         else:
@@ -314,7 +318,7 @@ def auto_reload(args: Any) -> int:
         else:
             await credits.set_reload(args.org, threshold, target)
         settings = await credits.reload_settings(args.org, org_cfg.billing.auto_reload)
-        reload = _reload(settings, org_cfg)
+        reload = reload_dict(settings, org_cfg)
         if args.format == "json":
             print(json.dumps({"org": args.org, "auto_reload": reload}))
         elif reload["enabled"]:
