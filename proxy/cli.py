@@ -113,13 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("check-config", help="validate a config file without starting anything")
-    p.add_argument("file")
+    p.add_argument("file", help="the YAML config file to check")
     p.set_defaults(func=cmd_check_config)
 
-    from proxy import cli_credits, cli_keys
+    from proxy import cli_credits, cli_keys, cli_ops
 
     cli_keys.register(sub)
     cli_credits.register(sub)
+    cli_ops.register(sub)
     for register in COMMANDS:
         register(sub)
     return parser

@@ -11,6 +11,8 @@ from limits.apikeys import ApiKeys
 from limits.clock import SystemClock
 from limits.errors import UnknownKey
 
+FORMAT_HELP = "table for people (default) or json"
+
 
 def _add_common(p: Any) -> None:
     p.add_argument("--config", help="config file (default: $TOLLWAY_CONFIG, ./tollway.yaml)")
@@ -25,19 +27,19 @@ def register(sub: Any) -> None:
     p.add_argument("--workspace", help="workspace of the organization")
     p.add_argument("--user", help="user of the organization")
     p.add_argument("--name", default="", help="a label for the key")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json"), default="table", help=FORMAT_HELP)
     _add_common(p)
     p.set_defaults(func=create)
 
     p = ksub.add_parser("list", help="list an organization's keys (never their secrets)")
-    p.add_argument("--org", required=True)
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--org", required=True, help="organization (from the config)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help=FORMAT_HELP)
     _add_common(p)
     p.set_defaults(func=list_)
 
     p = ksub.add_parser("revoke", help="revoke a key, on every proxy, at once")
-    p.add_argument("key_id", metavar="KEY_ID")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_..., as listed)")
+    p.add_argument("--format", choices=("table", "json"), default="table", help=FORMAT_HELP)
     _add_common(p)
     p.set_defaults(func=revoke)
 
