@@ -8,6 +8,8 @@ import contextlib
 import http.client as httplib
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -38,7 +40,7 @@ class Reply:
         return orjson.loads(self.body)
 
 
-def http(
+def fetch(
     method: str,
     url: str,
     json: Any = None,
@@ -162,13 +164,19 @@ MODELS = {"/v1/messages": "claude-haiku-4-5"}  # every other route: gpt-4o-mini
 
 
 def upstream_expected(stack: Stack, models: dict[str, str] | None = None) -> dict[str, int]:
-    """What the fake upstream reported for its completed answers: request count, token
-    sums and their cost at the stack's prices (each request rounded once, as settled).
-    The fake does not record the model: `models` maps a path to the one the test sent."""
+    """What the stack's fake upstream reported (see `expected_usage`)."""
+    return expected_usage(stack.fake.responses, stack.holder.current.prices, models)
+
+
+def expected_usage(
+    responses: list[dict[str, Any]], prices: Any, models: dict[str, str] | None = None
+) -> dict[str, int]:
+    """What a fake upstream reported for its completed answers: request count, token sums
+    and their cost at `prices` (each request rounded once, as settled). The fake does not
+    record the model: `models` maps a path to the one the test sent."""
     models = models or MODELS
-    prices = stack.holder.current.prices
     out = {"req": 0, "in": 0, "out": 0, "cw": 0, "cr": 0, "cost": 0}
-    for rec in stack.fake.responses:
+    for rec in responses:
         if not rec["completed"] or rec["status"] != 200:
             continue
         u = Usage(
@@ -357,3 +365,97 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def metric(stack: Stack, name: str, **labels: str) -> float:
     value = stack.metrics.registry.get_sample_value(name, labels or None)
     return value or 0.0
+
+
+# --- proxy processes -------------------------------------------------------------------------
+
+
+def config_yaml(
+    redis_url: str,
+    prefix: str,
+    upstream: str,
+    orgs_yaml: str,
+    store_yaml: str = "",
+    prices: str = "",
+) -> str:
+    """A whole config for a `tollway serve` process of a test."""
+    from tests.stack import PRICES
+
+    block = textwrap.indent(textwrap.dedent(store_yaml).strip("\n"), "  ")
+    return (
+        f"store:\n  redis_url: '{redis_url}'\n  key_prefix: {prefix}\n"
+        + (block + "\n" if block else "")
+        + "upstreams:\n"
+        + f"  openai: {{base_url: '{upstream}', api_key_env: OPENAI_API_KEY}}\n"
+        + f"  anthropic: {{base_url: '{upstream}', api_key_env: ANTHROPIC_API_KEY}}\n"
+        + (prices or PRICES)
+        + textwrap.dedent(orgs_yaml)
+    )
+
+
+class ProxyProcess:
+    """`tollway serve` in a subprocess of its own, on a free port."""
+
+    def __init__(self, config_path: Path, data_dir: Path, log_path: Path | None = None) -> None:
+        from tests.stack import ENV
+
+        self.config_path = config_path
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TOLLWAY_CONFIG")}
+        env.update(ENV)
+        env["TOLLWAY_DATA"] = str(data_dir)
+        self.log_path = log_path or config_path.with_name(f"proxy-{self.port}.log")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path),
+             "--port", str(self.port)],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready() -> bool:
+            assert self.proc.poll() is None, self.log_path.read_text()
+            try:
+                return fetch("GET", self.url + "/healthz", timeout=1).status == 200
+            except OSError:
+                return False
+
+        wait_for(ready, timeout, f"proxy on port {self.port}")
+
+    def rss_kb(self) -> int:
+        """Resident set size of the process, in KiB (Linux /proc)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def metric(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = fetch("GET", self.url + "/metrics").body.decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    return sample.value
+        return 0.0
+
+    def kill(self) -> None:
+        """SIGKILL: no drain, no settlement, no journal flush."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._log.close()

@@ -30,7 +30,7 @@ from tests.faultkit import (
     Valkey,
     charged,
     drive,
-    http,
+    fetch,
     ledger_debits,
     metric,
     request_for,
@@ -77,7 +77,7 @@ def make_stack(valkey: Valkey, tmp_path: Path) -> Iterator[object]:
 
 def post(stack: FaultStack, i: int, key: str):
     path, headers, body = request_for(i, key)
-    return http("POST", stack.url + path, json=body, headers=headers)
+    return fetch("POST", stack.url + path, json=body, headers=headers)
 
 
 def assert_charged_exactly(stack: FaultStack) -> None:
@@ -192,20 +192,20 @@ def test_closed_refuses_quickly_in_each_format_and_recovers(
     assert ae.value.body["error"]["type"] == "overloaded_error"
     # A key this process never saw cannot be authenticated without the store.
     started = time.monotonic()
-    r = http(
+    r = fetch(
         "POST",
         stack.url + "/v1/chat/completions",
         json={"model": "gpt-4o-mini", "messages": []},
         headers={"authorization": "Bearer tw-unknown"},
     )
     assert r.status == 503 and time.monotonic() - started < FAST
-    ready = http("GET", stack.url + "/readyz")
+    ready = fetch("GET", stack.url + "/readyz")
     assert ready.status == 503 and ready.json()["store"] is False
-    assert http("GET", stack.url + "/healthz").status == 200
+    assert fetch("GET", stack.url + "/healthz").status == 200
     assert metric(stack, "tollway_store_unavailable_requests_total", policy="closed") == 3
 
     valkey.start() if fault == "killed" else valkey.resume()
-    wait_for(lambda: http("GET", stack.url + "/readyz").status == 200, 10, "readiness")
+    wait_for(lambda: fetch("GET", stack.url + "/readyz").status == 200, 10, "readiness")
     assert len(stack.fake.responses) == 1  # nothing refused was forwarded
     if fault == "paused":
         # A store that answers too late may still run the admission it was sent after the
@@ -240,14 +240,14 @@ def test_open_serves_without_limits_and_the_journal_settles_at_request_time(
         assert r.status == 200, r.body
         assert not [h for h in r.headers if "ratelimit" in h.lower()]  # no limits applied
     stack.wait_settled()
-    unknown = http(
+    unknown = fetch(
         "POST",
         stack.url + "/v1/messages",
         json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": []},
         headers={"x-api-key": "tw-unknown", "anthropic-version": "2023-06-01"},
     )
     assert unknown.status == 529
-    ready = http("GET", stack.url + "/readyz")
+    ready = fetch("GET", stack.url + "/readyz")
     assert ready.status == 200 and ready.json()["store"] is False
     assert metric(stack, "tollway_store_unavailable_requests_total", policy="open") == 8
     assert metric(stack, "tollway_store_unavailable_requests_total", policy="closed") == 1
