@@ -40,7 +40,12 @@ def _common(p: Any, fmt: bool = True) -> None:
     p.add_argument("--org", required=True, help="organization (from the config)")
     p.add_argument("--config", help="config file (default: $TOLLWAY_CONFIG, ./tollway.yaml)")
     if fmt:
-        p.add_argument("--format", choices=("table", "json"), default="table")
+        p.add_argument(
+            "--format",
+            choices=("table", "json"),
+            default="table",
+            help="table for people (default) or json",
+        )
 
 
 def register(sub: Any) -> None:
