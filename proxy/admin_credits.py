@@ -30,11 +30,7 @@ from proxy.admin_base import (
     query,
     schema_object,
 )
-from proxy.cli_credits import _balance as balance_dict
-from proxy.cli_credits import _event as event_dict
-from proxy.cli_credits import _lot as lot_dict
-from proxy.cli_credits import _reload as reload_dict
-from proxy.cli_credits import parse_duration
+from proxy.cli_credits import balance_dict, event_dict, lot_dict, parse_duration, reload_dict
 from proxy.openapi import Param, Route
 
 MAX_EVENTS = 1000
