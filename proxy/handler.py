@@ -29,7 +29,6 @@ from limits.prices import cost_micro
 from limits.usage import ZERO, Usage
 from proxy import providers
 from proxy.forward import relay, upstream_headers
-from proxy.limit_requests import refusal_hint
 from proxy.metrics import Metrics
 from proxy.providers import ANTHROPIC, OPENAI, Problem
 from proxy.tokens import TokenCounter
@@ -210,9 +209,7 @@ class ProxyHandler:
             self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
             if decision.reason == "key":
                 self.apikeys.forget(secret)
-            hint = refusal_hint(decision, principal)
-            problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)
-            raise Reject(problem, headers)
+            raise Reject(providers.refusal(call.provider, decision, self.clock.now_ms()), headers)
         self.metrics.added_latency.observe(time.perf_counter() - call.started)
         session = self._session_id(request, cfg)
         return await self._forward_metered(
@@ -341,6 +338,7 @@ class ProxyHandler:
         started = time.perf_counter()
         usage: Usage | None = None
         upstream_s = 0.0
+        tap = None
         try:
             upstream = await self._open(request, call, cfg, body)
             async with upstream:
@@ -355,6 +353,12 @@ class ProxyHandler:
             if usage is None:
                 call.outcome = "upstream_error" if not ok_status else "failed"
             return resp
+        except asyncio.CancelledError:
+            # Only a shutdown whose drain timeout ran out cancels a handler: the answer is
+            # cut, and charged what was relayed, like any stream cut short.
+            if tap is not None and usage is None:
+                usage = self._cut_usage(tap.finish()[1], est)
+            raise
         finally:
             # Runs on success, on failure, on a client that left and on cancellation alike.
             task = asyncio.ensure_future(
@@ -364,6 +368,23 @@ class ProxyHandler:
             task.add_done_callback(self.settling.discard)
             # Cancelled or not, the settlement runs to its end (shutdown waits for it).
             await asyncio.shield(task)
+
+    def _cut_usage(self, result: TapResult, est: int) -> Usage | None:
+        """`_charged_usage` of an answer cut by shutdown, computed without awaiting."""
+        if result.failed:
+            return None
+        if result.complete and result.usage is not None:
+            return result.usage
+        text = result.generated_text()
+        if not text:
+            return None
+        partial = result.usage or Usage(input_tokens=est)
+        return Usage(
+            input_tokens=partial.input_tokens,
+            output_tokens=max(self.counter.count(text), partial.output_tokens),
+            cache_write_tokens=partial.cache_write_tokens,
+            cache_read_tokens=partial.cache_read_tokens,
+        )
 
     async def _charged_usage(
         self, result: TapResult | None, streaming: bool, est: int
