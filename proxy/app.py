@@ -19,7 +19,6 @@ from limits.embedded import data_dir_for
 from limits.journal import Journal, Replayer
 from limits.meter import Meter
 from limits.store import Store
-from proxy import limit_requests
 from proxy.admin import create_admin_app
 from proxy.autoreload import AutoReloader
 from proxy.handler import ROUTES, ProxyHandler
@@ -40,6 +39,9 @@ DATA_DIR = web.AppKey("data_dir", Path)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
 RELOADER = web.AppKey("reloader", AutoReloader)
+ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
+
+SETTLE_WAIT = 10.0  # seconds shutdown waits for cut requests to settle
 
 
 def create_app(
@@ -66,6 +68,7 @@ def create_app(
     app[METRICS] = metrics or Metrics()
     app[APIKEYS] = ApiKeys(store)
     app[METER] = Meter(store, app[CLOCK], lambda: holder.current)
+    app[ACTIVE] = set()
     app[COUNTER] = TokenCounter(cfg.metering.tiktoken_encoding)
     app[DATA_DIR] = Path(data_dir) if data_dir is not None else data_dir_for(cfg.source)
     store.observers.append(app[METRICS].observe_store)
@@ -79,6 +82,7 @@ def create_app(
     app.cleanup_ctx.append(_store_lifecycle(close_store))
     app.cleanup_ctx.append(_auto_reload)
     app.cleanup_ctx.append(_journal)
+    app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -87,7 +91,6 @@ def create_app(
         app.router.add_route("*", path, _proxy_view)
     app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
     app.add_subapp("/admin", create_admin_app(holder, store, app[CLOCK], app[APIKEYS]))
-    limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
     return app
 
 
@@ -100,11 +103,21 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
         app[HOLDER], app[METER], app[APIKEYS], client, app[COUNTER], app[METRICS], app[CLOCK]
     )
     yield
-    # Settlements still running (streams that ended during shutdown) finish first.
-    pending = list(app[HANDLER].settling)
-    if pending:
-        await asyncio.wait(pending, timeout=10)
     await client.close()
+
+
+async def _settlements(app: web.Application) -> AsyncIterator[None]:
+    """At shutdown, requests cut by the drain timeout (their handlers were just cancelled)
+    and their settlements finish before anything they use closes: the journal, the
+    auto-reloader, the store."""
+    yield
+    deadline = asyncio.get_running_loop().time() + SETTLE_WAIT
+    while pending := [*app[ACTIVE], *app[HANDLER].settling]:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.error("shutdown: settlements still running", extra={"count": len(pending)})
+            return
+        await asyncio.wait(pending, timeout=left)
 
 
 async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
@@ -146,7 +159,12 @@ def _store_lifecycle(close_store: bool):
 
 
 async def _proxy_view(request: web.Request) -> web.StreamResponse:
-    return await request.app[HANDLER].handle(request)
+    active, task = request.app[ACTIVE], asyncio.current_task()
+    active.add(task)  # type: ignore[arg-type]
+    try:
+        return await request.app[HANDLER].handle(request)
+    finally:
+        active.discard(task)  # type: ignore[arg-type]
 
 
 async def healthz(request: web.Request) -> web.Response:
