@@ -46,6 +46,7 @@ class Server:
     def __init__(self, config: Path, port: int, workers: int, drain: float) -> None:
         env = {**os.environ, "OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
         env.pop("REDIS_URL", None)
+        env["TOLLWAY_DATA"] = str(config.parent / "data")  # the embedded Valkey's, if used
         cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
         cmd += ["--drain-timeout", str(drain)]
@@ -93,10 +94,13 @@ def setup(tmp_path: Path) -> Iterator[dict]:
     servers: list[Server] = []
     with run_in_thread() as (fake, fake_url):
 
-        def start(orgs_yaml: str, workers: int = WORKERS, drain: float = 20) -> Server:
+        def start(
+            orgs_yaml: str, workers: int = WORKERS, drain: float = 20, embedded: bool = False
+        ) -> Server:
             config = tmp_path / "tollway.yaml"
+            url = "null" if embedded else f"'{valkey.connection_url}'"
             config.write_text(
-                f"store: {{redis_url: '{valkey.connection_url}', key_prefix: {prefix}}}\n"
+                f"store: {{redis_url: {url}, key_prefix: {prefix}}}\n"
                 "upstreams:\n"
                 f"  openai: {{base_url: '{fake_url}', api_key_env: OPENAI_API_KEY}}\n"
                 f"  anthropic: {{base_url: '{fake_url}', api_key_env: ANTHROPIC_API_KEY}}\n"
@@ -290,3 +294,21 @@ def test_streams_cut_by_the_drain_timeout_are_settled_once(setup):
     assert day["org|req"] == 4
     assert day["org|out"] == sum(r["output_tokens"] for r in settled)
     assert day["org|cost"] == sum(r["cost_micro"] for r in settled) > 0
+
+
+def test_embedded_store_is_started_once_and_dead_workers_come_back(setup, tmp_path: Path):
+    server = setup["start"]("organizations:\n  acme: {}\n", workers=2, embedded=True)
+    port_file = tmp_path / "data" / "valkey.port"
+    url = f"redis://127.0.0.1:{int(port_file.read_text())}"
+    assert len(server.logged("embedded valkey started")) == 1  # by the parent, for all
+    key = make_key(url, setup["keys"])
+    victim = server.logged("tollway listening")[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    server.wait_for("worker died: restarting", 1, 10)
+    server.wait_for("tollway listening", 3, START_TIMEOUT)
+    for _ in range(4):
+        reply = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+        assert reply.chat.completions.create(model="gpt-4o-mini", messages=HELLO).choices
+    assert server.stop() == 0
+    assert len(server.logged("embedded valkey started")) == 1
+    assert not port_file.exists()  # the parent stopped it after the workers
