@@ -74,10 +74,10 @@ def create_app(
     store.observers.append(app[METRICS].observe_store)
     listen = getattr(holder, "add_listener", None)
     if listen is not None:
-        listen(lambda _cfg: app[METRICS].config_reloads.labels("success").inc())
+        listen(lambda _cfg: app[METRICS].config_reloaded(True))
     listen_failures = getattr(holder, "add_failure_listener", None)
     if listen_failures is not None:
-        listen_failures(lambda _err: app[METRICS].config_reloads.labels("failure").inc())
+        listen_failures(lambda _err: app[METRICS].config_reloaded(False))
     app.cleanup_ctx.append(_upstream_client)
     app.cleanup_ctx.append(_store_lifecycle(close_store))
     app.cleanup_ctx.append(_auto_reload)

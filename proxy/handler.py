@@ -120,7 +120,10 @@ class ProxyHandler:
             return self._problem(call, r.problem, r.headers)
         finally:
             self.metrics.in_flight.dec()
-            self.metrics.requests.labels(call.route, call.outcome, call.org).inc()
+            # /v1/models/{id} is one label value: a path holding a client's text would make
+            # the label set unbounded.
+            route = call.route if call.route in ROUTES else "/v1/models/{model_id}"
+            self.metrics.requests.labels(route, call.outcome, call.org).inc()
 
     def _problem(self, call: Call, problem: Problem, headers: dict[str, str]) -> web.Response:
         if call.outcome == "ok":

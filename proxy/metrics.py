@@ -121,6 +121,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.config_last_reload_ok = Gauge(
+            "tollway_config_last_reload_successful",
+            "1 when the last config reload succeeded (or none was tried yet), 0 while the "
+            "edited file is rejected and the previous config is in force.",
+            registry=r,
+        )
+        self.config_last_reload_ok.set(1)
         self.auto_reloads = Counter(
             "tollway_auto_reloads",
             "Auto-reload purchases by result (paid, failed, skipped).",
@@ -134,6 +141,11 @@ class Metrics:
             self.journal_pending.set(count)
         else:
             self.journal_entries.labels(event).inc(count)
+
+    def config_reloaded(self, ok: bool) -> None:
+        """Count a config reload (success or failure) and record whether it took."""
+        self.config_reloads.labels("success" if ok else "failure").inc()
+        self.config_last_reload_ok.set(1 if ok else 0)
 
     def observe_store(self, op: str, seconds: float, failed: bool) -> None:
         self.store_latency.labels(op).observe(seconds)
