@@ -5,6 +5,7 @@ answers, every admin route is documented, the token guards every route (401 with
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -428,3 +429,11 @@ def test_limit_request_file_list_approve_deny(admin):
     assert r.json()["decision"] == {"cap": "unlimited"}
     assert call(admin, "GET", "/admin/orgs/acme/users/bob").json()["cap"] is None
     assert call(admin, "GET", "/admin/orgs/acme/limit-requests").json()["pending"] == []
+
+
+def test_operations_doc_lists_every_route():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    listed = set()
+    for methods, path in re.findall(r"^\| `([A-Z, ]+) (/admin/\S+)` \|", text, re.M):
+        listed |= {(m.strip(), path) for m in methods.split(",")}
+    assert listed == {(r.method, "/admin" + r.path) for r in routes()}
