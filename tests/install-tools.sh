@@ -7,6 +7,7 @@ while read -r cmd pkg; do
   [ -z "$cmd" ] && continue
   command -v "$cmd" >/dev/null 2>&1 || needed+=("$pkg")
 done <<'LIST'
+promtool prometheus
 LIST
 if [ ${#needed[@]} -gt 0 ]; then
   sudo=""
