@@ -94,6 +94,35 @@ class Relayed:
     upstream_s: float = 0.0
 
 
+async def relay_whole(
+    upstream: aiohttp.ClientResponse,
+    headers: dict[str, str],
+    tap: UsageTap,
+    started: float,
+) -> tuple[web.Response | None, Relayed]:
+    """Read a metered JSON answer whole before answering it. One that is cut off or does
+    not parse is not sent (None): the caller answers an error in the client's format, so a
+    client never receives a truncated or broken 200. Never raises for an upstream that goes
+    away mid-body."""
+    info = Relayed(upstream.status, False, None, first_byte_s=time.perf_counter() - started)
+    try:
+        body = await upstream.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+        info.upstream_cut = True
+        upstream.close()  # the connection is in an unknown state: never reuse it
+        info.upstream_s = time.perf_counter() - started
+        return None, info
+    tap.feed(body)
+    _, info.result = tap.finish()
+    info.upstream_s = time.perf_counter() - started
+    if not info.result.complete:
+        return None, info
+    resp = web.Response(
+        status=upstream.status, body=body, headers=response_headers(upstream, headers)
+    )
+    return resp, info
+
+
 async def relay(
     request: web.Request,
     upstream: aiohttp.ClientResponse,

@@ -28,7 +28,8 @@ from limits.plans import Principal
 from limits.prices import cost_micro
 from limits.usage import ZERO, Usage
 from proxy import providers
-from proxy.forward import relay, upstream_headers
+from proxy.forward import relay, relay_whole, upstream_headers
+from proxy.limit_requests import refusal_hint
 from proxy.metrics import Metrics
 from proxy.providers import ANTHROPIC, OPENAI, Problem
 from proxy.tokens import TokenCounter
@@ -212,7 +213,9 @@ class ProxyHandler:
             self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
             if decision.reason == "key":
                 self.apikeys.forget(secret)
-            raise Reject(providers.refusal(call.provider, decision, self.clock.now_ms()), headers)
+            hint = refusal_hint(decision, principal)
+            problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)
+            raise Reject(problem, headers)
         self.metrics.added_latency.observe(time.perf_counter() - call.started)
         session = self._session_id(request, cfg)
         return await self._forward_metered(
@@ -348,11 +351,20 @@ class ProxyHandler:
                 ok_status = 200 <= upstream.status < 300
                 streaming = upstream.content_type == "text/event-stream"
                 tap = make_tap(call.provider, call.route, streaming, strip) if ok_status else None
-                resp, info = await relay(request, upstream, ours, tap, started)
+                if tap is not None and not streaming:
+                    whole, info = await relay_whole(upstream, ours, tap, started)
+                else:
+                    resp, info = await relay(request, upstream, ours, tap, started)
             upstream_s = info.upstream_s
             self.metrics.upstream_ttfb.labels(call.provider).observe(info.first_byte_s)
             self.metrics.upstream_latency.labels(call.provider).observe(info.upstream_s)
             usage = await self._charged_usage(info.result, info.streaming, est)
+            if tap is not None and not streaming:
+                if whole is None:
+                    call.outcome = "upstream_error"
+                    message = "The model API sent an incomplete or malformed answer."
+                    raise Reject(Problem(502, "upstream", message), headers)
+                resp = whole
             if usage is None:
                 call.outcome = "upstream_error" if not ok_status else "failed"
             return resp
