@@ -26,7 +26,7 @@ import json
 import os
 import unicodedata
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
@@ -75,15 +75,26 @@ def show(value: Any) -> str:
     return type(value).__name__
 
 
-def _check_name(value: str) -> str:
-    if not value:
-        raise ValueError("name must not be empty")
-    if any(c in "{}:" or c.isspace() or unicodedata.category(c)[0] == "C" for c in value):
-        raise ValueError(
-            f"invalid name {value!r}: must not contain '{{', '}}', ':', whitespace or "
-            "control characters"
-        )
-    return value
+def _name_check(noun: str, forbidden: str) -> Callable[[str], str]:
+    """A validator refusing empty names and names with `forbidden` characters, whitespace
+    or control characters."""
+    listed = ", ".join(f"'{c}'" for c in forbidden)
+
+    def check(value: str) -> str:
+        if not value:
+            raise ValueError("name must not be empty")
+        bad = (c in forbidden or c.isspace() or unicodedata.category(c)[0] == "C" for c in value)
+        if any(bad):
+            raise ValueError(
+                f"invalid {noun} {value!r}: must not contain {listed}, whitespace or "
+                "control characters"
+            )
+        return value
+
+    return check
+
+
+_check_name = _name_check("name", "{}:")
 
 
 # Organization, workspace, user and tier names become parts of Redis keys.
@@ -100,23 +111,12 @@ FrozenMap = Annotated[
 ]
 
 
-def _check_model(value: str) -> str:
-    if not value:
-        raise ValueError("name must not be empty")
-    if any(c in "{}|" or c.isspace() or unicodedata.category(c)[0] == "C" for c in value):
-        raise ValueError(
-            f"invalid model name {value!r}: must not contain '{{', '}}', '|', whitespace or "
-            "control characters"
-        )
-    return value
-
-
 # Model names may contain ':' (fine-tuned "ft:gpt-4o-mini:org::id", Bedrock "...-v1:0"):
 # they never sit inside a key's {org} hash tag, and report fields split on '|'.
 ModelName = Annotated[
     str,
     Strict(),
-    AfterValidator(_check_model),
+    AfterValidator(_name_check("model name", "{}|")),
     WithJsonSchema({"type": "string", "pattern": r"^[^{}|\s\x00-\x1f\x7f]+$"}),
 ]
 ModelMap = Annotated[
