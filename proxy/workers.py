@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
@@ -39,6 +41,7 @@ from proxy.setup import StoreHandle, store_url
 log = logging.getLogger("tollway.workers")
 
 EXIT_CANNOT_START = 2
+PR_SET_PDEATHSIG = 1
 EXIT_CRASHED = 70
 DRAIN_SECONDS = 30.0
 BACKOFF_FIRST, BACKOFF_MAX, STABLE_AFTER = 0.5, 30.0, 60.0
@@ -69,11 +72,24 @@ class _WorkerTag(logging.Filter):
         return True
 
 
-def _worker(index: int, holder: Any, url: str, host: str, port: int, drain_seconds: float) -> int:
+def _stop_with_parent(parent: int) -> None:
+    """Linux: get SIGTERM (a graceful stop) if the parent dies, even by SIGKILL, rather
+    than serve on as an orphan."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # it died before the request above
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(
+    index: int, parent: int, holder: Any, url: str, host: str, port: int, drain_seconds: float
+) -> int:
     """Body of a forked worker: serve until SIGTERM/SIGINT, then drain. Its exit code."""
     for sig in _SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    _stop_with_parent(parent)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag(index))
     try:
@@ -112,11 +128,12 @@ def _worker(index: int, holder: Any, url: str, host: str, port: int, drain_secon
 def _spawn(slot: _Slot, holder: Any, url: str, host: str, port: int, drain: float) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # the worker
         code = EXIT_CRASHED
         try:
-            code = _worker(slot.index, holder, url, host, port, drain)
+            code = _worker(slot.index, parent, holder, url, host, port, drain)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
