@@ -312,3 +312,23 @@ def test_embedded_store_is_started_once_and_dead_workers_come_back(setup, tmp_pa
     assert server.stop() == 0
     assert len(server.logged("embedded valkey started")) == 1
     assert not port_file.exists()  # the parent stopped it after the workers
+
+
+def test_workers_stop_when_their_parent_is_killed(setup):
+    server = setup["start"]("organizations:\n  acme: {}\n", workers=2)
+    pids = [r["pid"] for r in server.logged("tollway listening")]
+    server.proc.kill()
+    server.proc.wait(10)
+
+    def alive(pid: int) -> bool:
+        """Running (an exited worker nobody reaped yet is a zombie: not running)."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 20  # each orphan drains (nothing in flight) and exits
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, "orphaned workers still running"
+        time.sleep(0.05)
