@@ -51,6 +51,7 @@ def traffic(stack):
     stack.openai(alice).chat.completions.create(
         model="gpt-4o-mini", messages=HELLO, extra_headers=session
     )
+    stack.wait_settled()  # the settlement stamps the session's time: before the clock moves
     stack.clock.advance(seconds=75)
     stack.anthropic(alice).messages.create(
         model="claude-haiku-4-5", max_tokens=20, messages=HELLO, extra_headers=session
