@@ -195,3 +195,35 @@ async def test_script_cache_loss_falls_back_to_eval(cluster_url: str):
         await store.client.delete(*keys)
     finally:
         await store.close()
+
+
+async def test_credit_operations_and_reports_on_the_cluster(cluster_url: str):
+    """The credit API (scripts, single-slot transactions, pipelines) and cross-slot report
+    reads, for organizations spread over the three primaries."""
+    from datetime import date, timedelta
+
+    from limits import reports
+    from limits.clock import ManualClock
+    from limits.credits import Credits
+    from limits.rkeys import Keys
+
+    store = Store.from_url(cluster_url, Keys("t" + secrets.token_hex(5)), timeout=2.0)
+    credits = Credits(store, ManualClock())
+    orgs = ["acme", "b", "c", "d"]  # their slots sit on all three primaries
+    assert await store.ping()  # discovers the cluster
+    nodes = {store.client.get_node_from_key(store.keys.account(o)).name for o in orgs}
+    assert len(nodes) == 3
+    try:
+        for org in orgs:
+            await credits.buy(org, 5_000_000)
+            await credits.grant(org, 1_000_000, timedelta(days=30), identity="id-" + org)
+            await credits.set_reload(org, 1_000_000, 5_000_000)
+            await credits.disable_reload(org)
+            await credits.clear_reload(org)
+            assert (await credits.balance(org)).available == 6_000_000
+            assert len(await credits.lots(org)) == len(await credits.history(org)) == 2
+            assert await credits.recompute_from_ledger(org) == 6_000_000
+        assert await reports.find_sessions(store, orgs, "no-such-session") == []
+        assert await reports.read_days(store, "acme", [date(2026, 1, 1)]) == [{}]
+    finally:
+        await store.close()
