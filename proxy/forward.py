@@ -47,6 +47,14 @@ _DROP_REQUEST = HOP_BY_HOP | {
     "openai-project",
     "forwarded",
     "x-real-ip",
+    "x-host",
+    "via",
+    # Headers some servers obey to rewrite the path or the method of a request.
+    "x-original-url",
+    "x-rewrite-url",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
 }
 
 _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "set-cookie", "x-request-id", "request-id"}
@@ -97,13 +105,16 @@ class Relayed:
 async def relay_whole(
     upstream: aiohttp.ClientResponse,
     headers: dict[str, str],
-    tap: UsageTap,
+    tap: UsageTap | None,
     started: float,
+    redact: str = "",
 ) -> tuple[web.Response | None, Relayed]:
-    """Read a metered JSON answer whole before answering it. One that is cut off or does
-    not parse is not sent (None): the caller answers an error in the client's format, so a
-    client never receives a truncated or broken 200. Never raises for an upstream that goes
-    away mid-body."""
+    """Read an answer that is not a stream whole before answering it: a metered JSON answer
+    (through `tap`), or an error. One that is cut off, or that `tap` cannot parse, is not
+    sent (None): the caller answers an error in the client's format, so a client never
+    receives a truncated or broken 200. `redact` (the operator's key) is blanked out of the
+    body: an upstream that echoes the key it was sent must not hand it to a client. Never
+    raises for an upstream that goes away mid-body."""
     info = Relayed(upstream.status, False, None, first_byte_s=time.perf_counter() - started)
     try:
         body = await upstream.read()
@@ -112,11 +123,14 @@ async def relay_whole(
         upstream.close()  # the connection is in an unknown state: never reuse it
         info.upstream_s = time.perf_counter() - started
         return None, info
-    tap.feed(body)
-    _, info.result = tap.finish()
     info.upstream_s = time.perf_counter() - started
-    if not info.result.complete:
-        return None, info
+    if tap is not None:
+        tap.feed(body)
+        _, info.result = tap.finish()
+        if not info.result.complete:
+            return None, info
+    if redact:
+        body = body.replace(redact.encode(), b"[redacted]")
     resp = web.Response(
         status=upstream.status, body=body, headers=response_headers(upstream, headers)
     )

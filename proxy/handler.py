@@ -75,13 +75,24 @@ class Call:
 
 
 def _secret(headers: Any) -> str | None:
-    auth = headers.get("authorization")
-    if auth:
+    """The request's API key: a Bearer token or ``x-api-key``. Two different keys in one
+    request (repeated headers, or both headers) are refused: a proxy in front of Tollway
+    might have read the other one."""
+    found = set()
+    for auth in headers.getall("authorization", ()):
         scheme, _, value = auth.partition(" ")
         if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = headers.get("x-api-key")
-    return key.strip() if key and key.strip() else None
+            found.add(value.strip())
+    found.update(key.strip() for key in headers.getall("x-api-key", ()) if key.strip())
+    if len(found) > 1:
+        raise Reject(Problem(401, "key", "Conflicting API keys: send one key, in one header."))
+    return found.pop() if found else None
+
+
+def _escapes(model_id: str) -> bool:
+    """A model id that is not one plain path segment: forwarded, it could name another
+    path of the upstream (`..`, an encoded slash an upstream decodes)."""
+    return "/" in model_id or "\\" in model_id or model_id in (".", "..")
 
 
 class ProxyHandler:
@@ -171,6 +182,8 @@ class ProxyHandler:
         if principal.org not in cfg.organizations:
             raise Reject(Problem(401, "key", "Invalid API key: its organization is gone."))
         call.org = principal.org
+        if _escapes(request.match_info.get("model_id", "")):
+            raise Reject(Problem(404, "not_found", "No such model."))
         try:
             async with asyncio.timeout(cfg.server.client_body_timeout):
                 body = await self._read_body(request, cfg.server.max_body_bytes)
@@ -269,7 +282,9 @@ class ProxyHandler:
         for name in cfg.server.session_headers:
             value = request.headers.get(name)
             if value:
-                return value[:128]
+                # Header bytes that are not UTF-8 arrive as surrogate escapes, which the
+                # store cannot encode: the settlement would fail.
+                return value[:128].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         return None
 
     def _store_down(self) -> Problem:
@@ -323,9 +338,28 @@ class ProxyHandler:
         started = time.perf_counter()
         upstream = await self._open(request, call, cfg, body)
         async with upstream:
-            resp, info = await relay(request, upstream, ours, None, started)
+            resp, info = await self._relay(request, call, cfg, upstream, ours, None, started)
         call.outcome = "ok" if info.status < 400 else "upstream_error"
+        if resp is None:
+            raise Reject(Problem(502, "upstream", "The model API's answer was cut off."))
         return resp
+
+    async def _relay(
+        self,
+        request: web.Request,
+        call: Call,
+        cfg: Any,
+        upstream: aiohttp.ClientResponse,
+        ours: dict[str, str],
+        tap: Any,
+        started: float,
+    ) -> tuple[web.StreamResponse | None, Any]:
+        """Relay an upstream answer: streams as they come; a metered JSON answer, or an
+        error, read whole first (None when it was cut off or does not parse)."""
+        if upstream.content_type == "text/event-stream" or (tap is None and upstream.ok):
+            return await relay(request, upstream, ours, tap, started)
+        key = cfg.upstreams[call.provider].api_key.get_secret_value()
+        return await relay_whole(upstream, ours, tap, started, redact=key)
 
     async def _forward_metered(
         self,
@@ -351,20 +385,15 @@ class ProxyHandler:
                 ok_status = 200 <= upstream.status < 300
                 streaming = upstream.content_type == "text/event-stream"
                 tap = make_tap(call.provider, call.route, streaming, strip) if ok_status else None
-                if tap is not None and not streaming:
-                    whole, info = await relay_whole(upstream, ours, tap, started)
-                else:
-                    resp, info = await relay(request, upstream, ours, tap, started)
+                resp, info = await self._relay(request, call, cfg, upstream, ours, tap, started)
             upstream_s = info.upstream_s
             self.metrics.upstream_ttfb.labels(call.provider).observe(info.first_byte_s)
             self.metrics.upstream_latency.labels(call.provider).observe(info.upstream_s)
             usage = await self._charged_usage(info.result, info.streaming, est)
-            if tap is not None and not streaming:
-                if whole is None:
-                    call.outcome = "upstream_error"
-                    message = "The model API sent an incomplete or malformed answer."
-                    raise Reject(Problem(502, "upstream", message), headers)
-                resp = whole
+            if resp is None:
+                call.outcome = "upstream_error"
+                message = "The model API sent an incomplete or malformed answer."
+                raise Reject(Problem(502, "upstream", message), headers)
             if usage is None:
                 call.outcome = "upstream_error" if not ok_status else "failed"
             return resp
