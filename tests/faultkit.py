@@ -35,6 +35,7 @@ class Reply:
     status: int
     headers: dict[str, str]  # names in lower case
     body: bytes
+    cut: bool = False  # the body ended abruptly (the connection closed mid-body)
 
     def json(self) -> Any:
         return orjson.loads(self.body)
@@ -60,8 +61,11 @@ def fetch(
             h.setdefault("content-type", "application/json")
         conn.request(method, "/" + path, body=body, headers=h)
         resp = conn.getresponse()
-        data = resp.read()
-        return Reply(resp.status, {k.lower(): v for k, v in resp.getheaders()}, data)
+        headers = {k.lower(): v for k, v in resp.getheaders()}
+        try:
+            return Reply(resp.status, headers, resp.read())
+        except httplib.IncompleteRead as e:
+            return Reply(resp.status, headers, e.partial, cut=True)
     finally:
         conn.close()
 
@@ -459,3 +463,96 @@ class ProxyProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         self._log.close()
+
+
+# --- a scripted upstream -------------------------------------------------------------------
+
+CUT = object()  # in `Script.pieces`: close the connection there, without ending the body
+
+
+@dataclass
+class Script:
+    """One answer of `ScriptedUpstream`: status, headers, then pieces of body, where a
+    float is a pause (seconds) and `CUT` closes the connection abruptly."""
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=lambda: {"content-type": "application/json"})
+    pieces: list[Any] = field(default_factory=list)
+    chunked: bool = True
+
+
+class ScriptedUpstream:
+    """An upstream that answers exactly what the test scripted, byte for byte (malformed
+    JSON and SSE included), served on the stack's loop. It records request bodies."""
+
+    def __init__(self, stack: Stack) -> None:
+        from aiohttp import web
+
+        self.script = Script()
+        self.bodies: list[bytes] = []
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
+        stack.run(self.runner.setup())
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        stack.run(site.start())
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.stack = stack
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        self.bodies.append(await request.read())
+        script = self.script
+        resp = web.StreamResponse(status=script.status, headers=script.headers)
+        if script.chunked:
+            resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for piece in script.pieces:
+            if piece is CUT:
+                request.transport.close()
+                raise asyncio.CancelledError  # aiohttp drops the request
+            if isinstance(piece, float):
+                await asyncio.sleep(piece)
+            else:
+                await resp.write(piece if isinstance(piece, bytes) else piece.encode())
+        await resp.write_eof()
+        return resp
+
+    def close(self) -> None:
+        self.stack.run(self.runner.cleanup())
+
+
+# --- leaks -----------------------------------------------------------------------------------
+
+
+def loop_state(stack: Stack) -> tuple[Counter[str], int]:
+    """(tasks on the stack's loop by coroutine, not counting the per-connection tasks of
+    servers; upstream connections the proxy has checked out)."""
+    from proxy.app import HANDLER
+
+    async def look() -> tuple[Counter[str], int]:
+        names: Counter[str] = Counter()
+        for t in asyncio.all_tasks():
+            name = t.get_coro().__qualname__  # type: ignore[union-attr]
+            if t is not asyncio.current_task() and name != "RequestHandler.start":
+                names[name] += 1
+        return names, len(stack.app[HANDLER].client.connector._acquired)  # type: ignore[union-attr]
+
+    return stack.run(look())
+
+
+@contextlib.contextmanager
+def no_leaks(stack: Stack) -> Any:
+    """Fails when the block leaves a task running or an upstream connection checked out."""
+    tasks_before, acquired_before = loop_state(stack)
+    yield
+    stack.wait_settled()
+    deadline = time.monotonic() + 5  # a closing connection may take a loop turn or two
+    while True:
+        tasks, acquired = loop_state(stack)
+        if (tasks, acquired) == (tasks_before, acquired_before) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    assert tasks == tasks_before
+    assert acquired == acquired_before == 0
