@@ -46,11 +46,16 @@ _PARSED_EVENT_NAMES = (
 )
 
 
+# No model reads or writes this many tokens in one request: a larger count is a broken
+# upstream, and believing it would bill the organization a fortune and block it for years.
+MAX_TOKENS = 10_000_000
+
+
 def count(value: object) -> int:
-    """A token count from JSON: non-negative int, anything else is 0."""
+    """A token count from JSON: an int from 0 to `MAX_TOKENS`, anything else is 0."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if value > 0 else 0
-    if isinstance(value, float) and value.is_integer() and value > 0:
+        return value if 0 < value <= MAX_TOKENS else 0
+    if isinstance(value, float) and value.is_integer() and 0 < value <= MAX_TOKENS:
         return int(value)
     return 0
 
