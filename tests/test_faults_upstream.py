@@ -291,3 +291,29 @@ def test_malformed_sse_after_text_is_charged_the_text(stack) -> None:
         assert (day["org|in"], day["org|out"]) == (estimate("openai", True), out)
     finally:
         scripted.close()
+
+
+@pytest.mark.parametrize("absurd", [2**63, 10**30, 1e300, 10_000_001])
+def test_an_absurd_usage_count_is_not_believed(stack, absurd) -> None:
+    """An upstream that reports more tokens than any model handles (a broken server) would
+    bill a fortune and block the organization for years: such a count reads as 0."""
+    key = stack.key()
+    scripted = ScriptedUpstream(stack)
+    try:
+        stack.point_upstreams_to(scripted.url)
+        body = (
+            '{"id": "c", "object": "chat.completion", "model": "gpt-4o-mini", "choices": [], '
+            f'"usage": {{"prompt_tokens": 7, "completion_tokens": {absurd}}}}}'
+        )
+        scripted.script = Script(pieces=[body])
+        reply = call(stack, "openai", key)
+        stack.wait_settled()
+        day = stack.day()
+        if reply.status == 200:
+            assert (day["org|in"], day.get("org|out", 0)) == (7, 0)
+        else:  # a number the JSON parser refuses: a malformed answer, free
+            assert reply.status == 502 and "org|cost" not in day
+        stack.point_upstreams_to(stack.fake_url)
+        assert call(stack, "openai", key).status == 200  # not blocked
+    finally:
+        scripted.close()
