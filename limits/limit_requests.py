@@ -39,6 +39,10 @@ class SpendError(LimitsError):
     """A spend, cap or limit-request operation was refused; nothing changed."""
 
 
+class UnknownName(SpendError):
+    """An organization, user, seat tier, workspace or cap level the config does not have."""
+
+
 class RequestPending(SpendError):
     """The user already has a pending request (`request`)."""
 

@@ -22,7 +22,8 @@ on top of it. Extra usage: ``extra:org = "0"`` turns it off for everyone; otherw
 
 Errors (all `limits.errors.LimitsError`; nothing is changed when one is raised)::
 
-    SpendError               bad organization, level, name, amount, month or reason
+    SpendError               a bad amount, month or reason; a decision the rules refuse
+     ├── UnknownName         an organization, user, tier, workspace or level not configured
      ├── RequestPending      the user already has a pending limit-increase request
      └── NoPendingRequest    approve/deny with nothing pending
 """
@@ -31,12 +32,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from limits import plans
+from limits import seats
 from limits.clock import Clock
 from limits.limit_requests import (
     APPROVED,
@@ -48,10 +49,11 @@ from limits.limit_requests import (
     NoPendingRequest,
     RequestPending,
     SpendError,
+    UnknownName,
     new_request_id,
 )
 from limits.meter import periods
-from limits.plans import Principal
+from limits.seats import UNLIMITED, UserStatus
 from limits.statement import Statement, build_statement
 from limits.store import Store
 
@@ -64,31 +66,12 @@ __all__ = [
     "RequestPending",
     "Spend",
     "SpendError",
+    "UnknownName",
     "UserStatus",
 ]
 
-UNLIMITED = "unlimited"
 LEVELS = ("org", "workspace", "tier", "user")
-MAX_AMOUNT = 10**15  # every sum stays exact in a Lua double
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
-
-
-@dataclass(frozen=True, slots=True)
-class UserStatus:
-    """A user's month so far and the limits that apply to them now."""
-
-    user: str
-    seat: str | None  # effective tier (a tier move's seat:user=U, else the YAML)
-    workspace: str | None
-    included: int  # included usage per month (effective)
-    spend: int  # month to date
-    extra: int  # month to date, the part past the included usage
-    cap: int | None  # the user's own effective cap; None: unlimited
-    cap_source: str  # "user 'U'" or "seat tier 'T'" (as refusals name it)
-    extra_usage: bool  # may go past the included usage
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,28 +81,6 @@ class PendingRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return {"request": self.request.to_dict(), "user": self.status.to_dict()}
-
-
-def _amount(amount: int | str) -> str:
-    """An override value: integer micro-USD as text, or "unlimited"."""
-    if amount == UNLIMITED:
-        return UNLIMITED
-    if isinstance(amount, bool) or not isinstance(amount, int):
-        raise SpendError(f"a cap is an integer amount of micro-USD or 'unlimited', not {amount!r}")
-    if not 0 <= amount <= MAX_AMOUNT:
-        raise SpendError(f"a cap must be between 0 and {MAX_AMOUNT} micro-USD")
-    return str(amount)
-
-
-def _cap_value(raw: str | None) -> int | None:
-    return None if raw is None or raw == UNLIMITED else int(raw)
-
-
-def _first(overrides: dict[str, str], fields: list[str]) -> tuple[str | None, int]:
-    for i, f in enumerate(fields):
-        if f in overrides:
-            return overrides[f], i
-    return None, -1
 
 
 class Spend:
@@ -138,7 +99,7 @@ class Spend:
     def _org(self, org: str) -> Any:
         org_cfg = self.config().organizations.get(org)
         if org_cfg is None:
-            raise SpendError(f"unknown organization {org!r}")
+            raise UnknownName(f"unknown organization {org!r}")
         return org_cfg
 
     def _zone(self) -> ZoneInfo:
@@ -208,17 +169,17 @@ class Spend:
             return "cap:org"
         known = {"workspace": org_cfg.workspaces, "tier": org_cfg.seat_tiers, "user": org_cfg.users}
         if level not in known:
-            raise SpendError(f"unknown cap level {level!r} (one of: {', '.join(LEVELS)})")
+            raise UnknownName(f"unknown cap level {level!r} (one of: {', '.join(LEVELS)})")
         if name not in known[level]:
             names = ", ".join(sorted(known[level])) or "none defined"
-            raise SpendError(f"unknown {level} {name!r} in {org!r} (known: {names})")
+            raise UnknownName(f"unknown {level} {name!r} in {org!r} (known: {names})")
         prefix = {"workspace": "ws", "tier": "tier", "user": "user"}[level]
         return f"cap:{prefix}={name}"
 
     async def set_cap(self, org: str, level: str, name: str | None, amount: int | str) -> None:
         """Override a monthly cap on extra usage: `level` org (name None), workspace, tier
         or user; `amount` micro-USD or "unlimited". Applies to the very next request."""
-        field, value = self._cap_field(org, level, name), _amount(amount)
+        field, value = self._cap_field(org, level, name), seats.override_amount(amount)
         client = self.store.client
         await self.store.call("spend_cap", client.hset, self.keys.overrides(org), field, value)
 
@@ -240,7 +201,7 @@ class Spend:
 
         def level(field: str, configured: int | None) -> dict[str, Any]:
             if field in ov:
-                return {"cap": _cap_value(ov[field]), "source": "override"}
+                return {"cap": seats.cap_value(ov[field]), "source": "override"}
             return {"cap": configured, "source": "config"}
 
         return {
@@ -254,21 +215,10 @@ class Spend:
                 for t, c in sorted(org_cfg.seat_tiers.items())
             },
             "users": {
-                u: dict(zip(("cap", "source"), self._user_cap(org_cfg, org, u, ov), strict=True))
+                u: dict(zip(("cap", "source"), seats.user_cap(org_cfg, org, u, ov), strict=True))
                 for u in sorted(org_cfg.users)
             },
         }
-
-    @staticmethod
-    def _user_cap(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> tuple[int | None, str]:
-        """The user's own cap with the scripts' precedence (plans.cap_plans' last entry)."""
-        _, cap, fields, label, labels = plans.cap_plans(
-            org_cfg, Principal(org, "-", user=user)
-        )[-1]
-        value, at = _first(ov, fields)
-        if value is not None:
-            return _cap_value(value), labels[at]
-        return (None if cap < 0 else cap), label
 
     # --- extra usage ---------------------------------------------------------------------
     def _extra_field(self, org: str, user: str | None) -> str:
@@ -276,7 +226,7 @@ class Spend:
         if user is None:
             return "extra:org"
         if user not in org_cfg.users:
-            raise SpendError(f"unknown user {user!r} in {org!r}")
+            raise UnknownName(f"unknown user {user!r} in {org!r}")
         return f"extra:user={user}"
 
     async def set_extra_usage(self, org: str, enabled: bool, user: str | None = None) -> None:
@@ -296,45 +246,16 @@ class Spend:
             await self.store.call("spend_extra", client.hdel, self.keys.overrides(org), field)
         )
 
-    @staticmethod
-    def _extra_on(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> bool:
-        plan = plans.extra_plan(org_cfg, Principal(org, "-", user=user))
-        if plan.get("off") and ov.get(plan["off"]) == "0":
-            return False
-        value, _ = _first(ov, plan["ov"])
-        return plan["on"] if value is None else value == "1"
-
     # --- users ---------------------------------------------------------------------------
     async def user_status(self, org: str, user: str, month: str | None = None) -> UserStatus:
         """A user's month to date and effective limits (`SpendError`: unknown user)."""
         org_cfg = self._org(org)
         if user not in org_cfg.users:
-            raise SpendError(f"unknown user {user!r} in {org!r}")
+            raise UnknownName(f"unknown user {user!r} in {org!r}")
         ov = await self.overrides(org)
         month, _, _ = self.month_bounds(month)
         h = await self._month_hash(org, month)
-        return self._status(org_cfg, org, user, ov, h)
-
-    def _status(
-        self, org_cfg: Any, org: str, user: str, ov: dict[str, str], h: dict[str, int]
-    ) -> UserStatus:
-        u = org_cfg.users[user]
-        seat = ov.get(f"seat:user={user}", u.seat)
-        included = org_cfg.user_included(user)
-        if f"included:user={user}" in ov and u.seat is not None:
-            included = int(ov[f"included:user={user}"])
-        cap, source = self._user_cap(org_cfg, org, user, ov)
-        return UserStatus(
-            user=user,
-            seat=seat,
-            workspace=u.workspace,
-            included=included,
-            spend=h.get(f"spend:user={user}", 0),
-            extra=h.get(f"extra:user={user}", 0),
-            cap=cap,
-            cap_source=source,
-            extra_usage=self._extra_on(org_cfg, org, user, ov),
-        )
+        return seats.user_status(org_cfg, org, user, ov, h)
 
     # --- statements ----------------------------------------------------------------------
     async def statement(self, org: str, month: str | None = None) -> Statement:
@@ -376,7 +297,7 @@ class Spend:
         """File a pending request for `user` (`RequestPending` if one is pending)."""
         org_cfg = self._org(org)
         if user not in org_cfg.users:
-            raise SpendError(f"unknown user {user!r} in {org!r}")
+            raise UnknownName(f"unknown user {user!r} in {org!r}")
         if not isinstance(reason, str) or len(reason) > MAX_REASON:
             raise SpendError(f"the reason must be text of at most {MAX_REASON} characters")
         now = self.clock.now_ms() if now is None else now
@@ -402,7 +323,7 @@ class Spend:
         ov = await self.overrides(org)
         h = await self._month_hash(org, self.month_bounds()[0])
         return [
-            PendingRequest(r, self._status(org_cfg, org, r.user, ov, h))
+            PendingRequest(r, seats.user_status(org_cfg, org, r.user, ov, h))
             for r in await self.requests.all(org)
             if r.status == PENDING and r.user in org_cfg.users
         ]
@@ -421,11 +342,11 @@ class Spend:
         request is admitted under them (organization and workspace caps still apply)."""
         org_cfg = self._org(org)
         if user not in org_cfg.users:
-            raise SpendError(f"unknown user {user!r} in {org!r}")
+            raise UnknownName(f"unknown user {user!r} in {org!r}")
         if (new_cap is None) == (new_tier is None):
             raise SpendError("approve with exactly one of a new cap or a new tier")
         if new_cap is not None:
-            decision: dict[str, Any] = {"cap": _amount(new_cap)}
+            decision: dict[str, Any] = {"cap": seats.override_amount(new_cap)}
             writes = {f"cap:user={user}": decision["cap"]}
         else:
             decision, writes = await self._tier_move(org_cfg, org, user, new_tier)
@@ -438,7 +359,7 @@ class Spend:
     ) -> tuple[dict[str, Any], dict[str, str]]:
         if tier not in org_cfg.seat_tiers:
             names = ", ".join(sorted(org_cfg.seat_tiers)) or "none defined"
-            raise SpendError(f"unknown seat tier {tier!r} in {org!r} (known: {names})")
+            raise UnknownName(f"unknown seat tier {tier!r} in {org!r} (known: {names})")
         if org_cfg.users[user].seat is None:
             raise SpendError(
                 f"user {user!r} has no seat in the config: approve with a new cap instead"
