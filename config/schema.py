@@ -259,6 +259,13 @@ class StoreConfig(_Model):
     timeout_seconds: Seconds = 0.5
     hold_ttl_seconds: PositiveInt = 900
     """Lifetime of a reservation a dead proxy never settled."""
+    settled_ttl_seconds: PositiveInt = 604800
+    """How long a settled request id is remembered, so that a repeated settlement (a retry,
+    a journal replay) never charges twice; it must outlast any store outage."""
+    ledger_retention_days: PositiveInt = 30
+    """Ledger events older than this are folded into a running base and removed, so the
+    ledger stream stays bounded (about 180 bytes per billed request kept); the balance it
+    implies is unchanged."""
     journal_max_bytes: PositiveInt = 67108864
     """Size bound of the local journal of settlements made while the store was
     unavailable (data directory, journal/); entries beyond it are dropped and counted."""

@@ -296,10 +296,16 @@ class Credits:
 
     async def recompute_from_ledger(self, org: str) -> int:
         """The balance the ledger implies: purchases, grants and reloads add their amount;
-        prepaid debits take their extra spend; expiries take the expired remainder.
-        Equals ``lots_total - debt`` held in Redis (holds are not money yet)."""
+        prepaid debits take their extra spend; expiries take the expired remainder
+        (common.lua ``ledger_effect``). Events older than the retention were folded into the
+        account's ``ledger_base``, the start of the replay. Equals ``lots_total - debt``
+        held in Redis (holds are not money yet)."""
         await self._expire(org)
-        total = 0
+        client = self.store.client
+        base = await self.store.call(
+            "ledger_base", client.hget, self.keys.account(org), "ledger_base"
+        )
+        total = int(base or 0)
         for e in await self.events(org):
             if e.type in EVENT_ADDS:
                 total += e.number("amount")

@@ -152,3 +152,43 @@ local function available(acct_key)
   local a = redis.call('HMGET', acct_key, 'balance', 'debt', 'held')
   return num(a[1]) - num(a[2]) - num(a[3])
 end
+
+-- How each ledger event moves the balance the ledger implies (lots total less debt);
+-- limits/credits.py recompute_from_ledger replays the same rule.
+local function ledger_effect(f)
+  local t = f.type
+  if t == 'purchase' or t == 'grant' or t == 'reload' then
+    return num(f.amount)
+  elseif t == 'debit' and f.prepaid == '1' then
+    return -num(f.extra)
+  elseif t == 'expiry' then
+    return -num(f.amount)
+  end
+  return 0
+end
+
+-- Keep the ledger stream bounded: fold up to `max_n` of its oldest events whose time is
+-- before `before_ms` into the account's `ledger_base` and delete them. The balance the
+-- ledger implies stays exactly `ledger_base` plus the effect of the events kept. Called by
+-- every settlement, so folding keeps pace with appending.
+local function fold_ledger(acct_key, ledger_key, before_ms, max_n)
+  local entries = redis.call('XRANGE', ledger_key, '-', '+', 'COUNT', max_n)
+  local base, ids = 0, {}
+  for _, e in ipairs(entries) do
+    local f = {}
+    for i = 1, #e[2], 2 do
+      f[e[2][i]] = e[2][i + 1]
+    end
+    if num(f.ts) >= before_ms then
+      break
+    end
+    base = base + ledger_effect(f)
+    ids[#ids + 1] = e[1]
+  end
+  if #ids > 0 then
+    if base ~= 0 then
+      redis.call('HINCRBY', acct_key, 'ledger_base', int(base))
+    end
+    redis.call('XDEL', ledger_key, unpack(ids))
+  end
+end

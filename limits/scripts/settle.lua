@@ -25,7 +25,10 @@ ARGV
     sess     true when KEYS[10] is a session to update; up = upstream time (ms)
     b        [[kind, rate, unit], ...] as in admit.lua
     hp, lp   key prefixes of holds and lots
-    keep     ms to keep the settled marker, month and day counters
+    keep     ms to keep the month and day counters and sessions
+    dedup    ms to keep the settled marker (how late a repeated settlement may come)
+    retain   ms of ledger history kept in the stream; older events are folded into the
+             account's ledger_base (common.lua fold_ledger)
     reload   {threshold, target} in micro-USD from the config, or absent (see step 5)
     ev       extra ledger fields: [name, value, ...]
 
@@ -200,8 +203,12 @@ if plan.prepaid then
   end
 end
 
+if plan.retain then
+  fold_ledger(K_ACCT, K_LEDGER, now - plan.retain, 4)
+end
+
 local r = {cost = cost, included = included, extra = extra, available = avail,
   reload = reload, duplicate = false}
 local encoded = cjson.encode(r)
-redis.call('SET', K_SETTLED, encoded, 'PX', int(plan.keep))
+redis.call('SET', K_SETTLED, encoded, 'PX', int(plan.dedup or plan.keep))
 return encoded
