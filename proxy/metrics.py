@@ -121,6 +121,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.config_reload_failures = Counter(
+            "tollway_config_reload_failures",
+            "Config edits rejected whole (the previous config stays in force).",
+            registry=r,
+        )
         self.config_last_reload_ok = Gauge(
             "tollway_config_last_reload_successful",
             "1 when the last config reload succeeded (or none was tried yet), 0 while the "
@@ -145,6 +150,8 @@ class Metrics:
     def config_reloaded(self, ok: bool) -> None:
         """Count a config reload (success or failure) and record whether it took."""
         self.config_reloads.labels("success" if ok else "failure").inc()
+        if not ok:
+            self.config_reload_failures.inc()
         self.config_last_reload_ok.set(1 if ok else 0)
 
     def observe_store(self, op: str, seconds: float, failed: bool) -> None:

@@ -103,6 +103,7 @@ def test_edits_apply_live_and_invalid_ones_are_rejected(stack_factory, caplog):
         assert f"{stack.config_path}:" in error
         assert "organizations.acme.users.carol.limits.rpm" in error
         assert metric(stack, "tollway_config_reloads_total", result="failure") == 1
+        assert metric(stack, "tollway_config_reload_failures_total") == 1
         logged = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert logged and "organizations.acme.users.carol.limits.rpm" in logged[-1].getMessage()
         assert "carol" not in stack.holder.current.organizations["acme"].users
