@@ -116,11 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the YAML config file to check")
     p.set_defaults(func=cmd_check_config)
 
-    from proxy import cli_credits, cli_keys, cli_ops
+    from proxy import cli_credits, cli_keys, cli_ops, cli_spend
 
     cli_keys.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
+    cli_spend.register(sub)
     for register in COMMANDS:
         register(sub)
     return parser
