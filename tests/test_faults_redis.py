@@ -265,6 +265,24 @@ def test_open_serves_without_limits_and_the_journal_settles_at_request_time(
     assert days == {day_before}
 
 
+@pytest.mark.parametrize("policy", ["open", "closed"])
+def test_a_known_key_on_an_unmetered_route_while_the_store_is_down(
+    make_stack, valkey: Valkey, policy: str
+) -> None:
+    """Unmetered routes re-read a key older than a second; with the store down, fail-open
+    serves a key this process knows, fail-closed refuses it."""
+    stack = make_stack(policy)
+    key = stack.key()
+    assert (
+        fetch("GET", stack.url + "/v1/models", headers={"authorization": f"Bearer {key}"}).status
+        == 200
+    )
+    valkey.kill()
+    time.sleep(1.1)  # real time: the process's key cache is re-read after one second
+    reply = fetch("GET", stack.url + "/v1/models", headers={"authorization": f"Bearer {key}"})
+    assert reply.status == (200 if policy == "open" else 503)
+
+
 # --- under load --------------------------------------------------------------------------------
 
 
