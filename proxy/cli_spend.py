@@ -46,7 +46,12 @@ def _level(p: Any, required: bool = True) -> None:
 def register(sub: Any) -> None:
     p = sub.add_parser("spend", help="month-to-date spend: included and extra usage")
     p.add_argument("--month", metavar="YYYY-MM", help="default: the current month")
-    p.add_argument("--by", choices=("user", "workspace", "key"), default="user")
+    p.add_argument(
+        "--by",
+        choices=("user", "workspace", "key"),
+        default="user",
+        help="one row per user (default), workspace or key, then the organization's total",
+    )
     _common(p)
     p.set_defaults(func=spend_cmd)
 
@@ -68,7 +73,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=caps_clear)
 
     p = sub.add_parser("extra-usage", help="allow or stop usage past the seats' included usage")
-    p.add_argument("action", choices=("enable", "disable", "clear"))
+    p.add_argument(
+        "action",
+        choices=("enable", "disable", "clear"),
+        help="enable or disable at run time, or clear the run-time setting (the config's "
+        "applies); disabling for the organization disables it for everyone",
+    )
     p.add_argument("--user", metavar="U", help="one user (default: the whole organization)")
     _common(p, None)
     p.set_defaults(func=extra_usage)
@@ -79,7 +89,7 @@ def register(sub: Any) -> None:
     _common(p)
     p.set_defaults(func=requests_list)
     p = rsub.add_parser("approve", help="raise the user's cap or move them to a tier")
-    p.add_argument("--user", required=True, metavar="U")
+    p.add_argument("--user", required=True, metavar="U", help="whose pending request")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--cap", metavar="USD", help="the user's new monthly cap, or 'unlimited'")
     how.add_argument("--tier", metavar="T", help="move the user to this seat tier")
@@ -87,7 +97,7 @@ def register(sub: Any) -> None:
     _common(p)
     p.set_defaults(func=requests_approve)
     p = rsub.add_parser("deny", help="deny the user's pending request")
-    p.add_argument("--user", required=True, metavar="U")
+    p.add_argument("--user", required=True, metavar="U", help="whose pending request")
     p.add_argument("--note", default="", help="a note kept with the decision")
     _common(p)
     p.set_defaults(func=requests_deny)
