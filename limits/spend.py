@@ -264,6 +264,7 @@ class Spend:
         org_cfg = self._org(org)
         month, start, end = self.month_bounds(month)
         h = await self._month_hash(org, month)
+        ov = await self.overrides(org)
         client, ledger = self.store.client, self.keys.ledger(org)
         debits: list[dict[str, str]] = []
         after = "-"
@@ -282,7 +283,7 @@ class Spend:
             now_ms=self.clock.now_ms(),
             month_hash=h,
             debits=debits,
-            seats={u: c.seat for u, c in org_cfg.users.items()},
+            seats={u: ov.get(f"seat:user={u}", c.seat) for u, c in org_cfg.users.items()},
         )
 
     # --- limit-increase requests ---------------------------------------------------------
@@ -337,9 +338,10 @@ class Spend:
         note: str = "",
     ) -> LimitRequest:
         """Approve the user's pending request with exactly one of: `new_cap` (micro-USD or
-        "unlimited": the user's cap override) or `new_tier` (a seat tier: the user gets its
-        included usage and its cap in force now, as user overrides). The user's next
-        request is admitted under them (organization and workspace caps still apply)."""
+        "unlimited": the user's cap override, and their extra usage enabled) or `new_tier`
+        (a seat tier: the user gets its included usage and its cap in force now, as user
+        overrides). The user's next request is admitted under them, unless an organization
+        or workspace cap, or extra usage disabled for the whole organization, stops it."""
         org_cfg = self._org(org)
         if user not in org_cfg.users:
             raise UnknownName(f"unknown user {user!r} in {org!r}")
@@ -347,7 +349,9 @@ class Spend:
             raise SpendError("approve with exactly one of a new cap or a new tier")
         if new_cap is not None:
             decision: dict[str, Any] = {"cap": seats.override_amount(new_cap)}
-            writes = {f"cap:user={user}": decision["cap"]}
+            # Raising the cap of a user stopped at their included usage must let them
+            # continue: their extra usage is enabled (an organization switch-off still wins).
+            writes = {f"cap:user={user}": decision["cap"], f"extra:user={user}": "1"}
         else:
             decision, writes = await self._tier_move(org_cfg, org, user, new_tier)
         if decision["cap"] != UNLIMITED:

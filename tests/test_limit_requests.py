@@ -404,3 +404,19 @@ def test_the_app_runs_the_digest_task_only_when_a_webhook_is_configured(stack_fa
     hooked = stack_factory(E2E, extra_yaml=HOOK_YAML.format(url="http://127.0.0.1:9/hook"))
     (task,) = digest_tasks(hooked)
     assert not task.done()
+
+
+async def test_approving_a_cap_for_a_user_stopped_at_the_included_usage_enables_extra(store, clock):
+    w = World(store, clock, ORGS.replace("extra_usage: {enabled: true}", "extra_usage: {}"))
+    alice = await w.principal("alice")
+    n, d = await spend_until_refused(w, alice)
+    assert (n, d.reason) == (2, "included")
+    await w.spend.file_request("acme", "alice")
+    await w.spend.approve("acme", "alice", new_cap=2 * C)
+    assert (await w.spend.user_status("acme", "alice")).extra_usage
+    n, d = await spend_until_refused(w, alice)
+    assert (n, d.detail) == (2, "user 'alice'")
+    # Moved to a tier in the meantime: the statement shows the seat in force.
+    await w.spend.file_request("acme", "alice")
+    await w.spend.approve("acme", "alice", new_tier="max")
+    assert [line.seat for line in (await w.spend.statement("acme")).lines] == ["max"]
