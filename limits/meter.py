@@ -21,7 +21,7 @@ from limits.plans import BucketSpec, Principal
 from limits.store import Store
 from limits.usage import Usage
 
-KEEP_MS = 400 * 86_400_000  # settled markers, month and day counters are kept ~13 months
+KEEP_MS = 400 * 86_400_000  # month and day counters and sessions are kept ~13 months
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
 
 
@@ -111,6 +111,8 @@ def _static(cfg: Any, k: Any, principal: Principal, model: str | None) -> _Stati
             "hp": hp,
             "lp": lp,
             "keep": KEEP_MS,
+            "dedup": cfg.store.settled_ttl_seconds * 1000,
+            "retain": cfg.store.ledger_retention_days * 86_400_000,
             "reload": reload or False,
             "ev": [
                 "model",
