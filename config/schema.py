@@ -262,10 +262,11 @@ class StoreConfig(_Model):
     settled_ttl_seconds: PositiveInt = 604800
     """How long a settled request id is remembered, so that a repeated settlement (a retry,
     a journal replay) never charges twice; it must outlast any store outage."""
-    ledger_retention_days: PositiveInt = 30
+    ledger_retention_days: Annotated[int, Field(strict=True, ge=62)] = 62
     """Ledger events older than this are folded into a running base and removed, so the
     ledger stream stays bounded (about 180 bytes per billed request kept); the balance it
-    implies is unchanged."""
+    implies is unchanged. At least 62 days: a month-end statement is cross-checked against
+    the whole previous month's events."""
     journal_max_bytes: PositiveInt = 67108864
     """Size bound of the local journal of settlements made while the store was
     unavailable (data directory, journal/); entries beyond it are dropped and counted."""

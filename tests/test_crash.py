@@ -20,7 +20,7 @@ import redis as sync_redis
 
 from config import load_config
 from limits.apikeys import ApiKeys
-from limits.clock import ManualClock
+from limits.clock import ManualClock, SystemClock
 from limits.credits import Credits
 from limits.meter import Meter
 from limits.rkeys import Keys
@@ -69,7 +69,9 @@ async def _prepare(url: str, cfg, orgs: list[str]) -> dict[str, tuple]:
     """Buy credit for each organization and make it a key: {org: (record, secret)}."""
     store = Store.from_url(url, Keys(cfg.store.key_prefix), timeout=2)
     try:
-        credits = Credits(store, ManualClock(), lambda: cfg)
+        # The real clock: the `tollway serve` processes run on it, and a purchase dated
+        # months before their requests would be folded out of the ledger by them.
+        credits = Credits(store, SystemClock(), lambda: cfg)
         out = {}
         for org in orgs:
             await credits.buy(org, CREDIT)

@@ -14,7 +14,7 @@ upstreams:
   openai: {base_url: "http://127.0.0.1:9", api_key_env: OPENAI_API_KEY}
 prices:
   m: {input: 1, output: 1}
-store: {ledger_retention_days: 2, settled_ttl_seconds: 3600}
+store: {ledger_retention_days: 62, settled_ttl_seconds: 3600}
 organizations:
   acme:
     billing: {mode: prepaid}
@@ -36,13 +36,14 @@ async def test_old_ledger_events_are_folded_and_the_balance_stays_exact(store, c
         await request(f"old{i}", 1_000 + i)
     ledger = store.keys.ledger("acme")
     assert await store.client.xlen(ledger) == 11  # the purchase and 10 debits
-    clock.advance(seconds=3 * 86_400)
+    clock.advance(seconds=63 * 86_400)
     for i in range(4):
         await request(f"new{i}", 7)
-    # Each settlement folded up to 4 events older than 2 days: all 11 are gone.
+    # Each settlement folded up to 4 events older than 62 days: all 11 are gone.
     assert await store.client.xlen(ledger) == 4
     account = await store.client.hgetall(store.keys.account("acme"))
     assert int(account["ledger_base"]) == 50_000_000 - sum(1_000 + i for i in range(10))
+    assert int(account["ledger_folded_ts"]) == clock.now_ms() - 63 * 86_400_000
     balance = await credits.balance("acme")
     assert await credits.recompute_from_ledger("acme") == balance.lots_total - balance.debt
     assert balance.lots_total == 50_000_000 - sum(1_000 + i for i in range(10)) - 4 * 7

@@ -173,7 +173,7 @@ end
 -- every settlement, so folding keeps pace with appending.
 local function fold_ledger(acct_key, ledger_key, before_ms, max_n)
   local entries = redis.call('XRANGE', ledger_key, '-', '+', 'COUNT', max_n)
-  local base, ids = 0, {}
+  local base, ids, last = 0, {}, 0
   for _, e in ipairs(entries) do
     local f = {}
     for i = 1, #e[2], 2 do
@@ -184,10 +184,16 @@ local function fold_ledger(acct_key, ledger_key, before_ms, max_n)
     end
     base = base + ledger_effect(f)
     ids[#ids + 1] = e[1]
+    last = math.max(last, num(f.ts))
   end
   if #ids > 0 then
     if base ~= 0 then
       redis.call('HINCRBY', acct_key, 'ledger_base', int(base))
+    end
+    -- How far back the ledger is no longer complete: reports that replay events (a
+    -- month's statement) can tell whether they still can.
+    if last > num(redis.call('HGET', acct_key, 'ledger_folded_ts')) then
+      redis.call('HSET', acct_key, 'ledger_folded_ts', int(last))
     end
     redis.call('XDEL', ledger_key, unpack(ids))
   end
