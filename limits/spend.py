@@ -274,6 +274,8 @@ class Spend:
             if len(page) < 1000:
                 break
             after = "(" + page[-1][0]
+        acct = self.keys.account(org)
+        folded = await self.store.call("spend_ledger", client.hget, acct, "ledger_folded_ts")
         return build_statement(
             org=org,
             month=month,
@@ -284,6 +286,7 @@ class Spend:
             month_hash=h,
             debits=debits,
             seats={u: ov.get(f"seat:user={u}", c.seat) for u, c in org_cfg.users.items()},
+            ledger_folded_ts=int(folded or 0),
         )
 
     # --- limit-increase requests ---------------------------------------------------------

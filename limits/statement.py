@@ -4,7 +4,10 @@ Built from the month-to-date hash ``mtd:<YYYY-MM>`` (the counters that caps are 
 against) and cross-checked against the ledger's ``debit`` events whose time falls in that
 month (of the configured time zone): the statement is what settle.lua summed, and
 `Statement.consistent` says whether the request-by-request record agrees to the
-micro-USD. Pure functions here; `limits.spend.Spend.statement` reads the data.
+micro-USD: True or False, or None when the ledger no longer holds the whole month (its
+oldest events are folded away after ``store.ledger_retention_days``; the account's
+``ledger_folded_ts`` says how far). Pure functions here; `limits.spend.Spend.statement`
+reads the data.
 
 Contracts (money in integer micro-USD):
 
@@ -54,8 +57,9 @@ class Statement:
     amount_due: int
     ledger_spend: int  # sum of the month's debit events
     ledger_extra: int
-    consistent: bool  # the ledger agrees with the month counters, line by line
+    consistent: bool | None  # the ledger agrees, line by line (None: could not check)
     discrepancies: tuple[str, ...] = ()
+    ledger_complete: bool = True  # False: events of the month were folded away
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,10 +80,12 @@ def build_statement(
     month_hash: Mapping[str, str | int],
     debits: Iterable[Mapping[str, str]],
     seats: Mapping[str, str | None],
+    ledger_folded_ts: int = 0,
 ) -> Statement:
     """The statement of `org` for `month` from its month hash and its ledger debit events
     (any events: those outside `period` or not debits are ignored). `seats`: user → seat
-    tier name, for display."""
+    tier name, for display. `ledger_folded_ts`: the time of the newest event folded out
+    of the ledger (0: none); from `period`'s start on, the cross-check is not made."""
     start, end = period
     users = sorted(
         {f.split("=", 1)[1] for f in month_hash if f.startswith(("spend:user=", "extra:user="))}
@@ -122,6 +128,7 @@ def build_statement(
         lines.append(
             StatementLine(None, None, n_rest, rest_spend, rest_spend - rest_extra, rest_extra)
         )
+    complete = ledger_folded_ts < start
     ledger_spend = sum(row[1] for row in by_user.values())
     ledger_extra = sum(row[2] for row in by_user.values())
     if (ledger_spend, ledger_extra) != (spend, extra):
@@ -145,8 +152,9 @@ def build_statement(
         amount_due=extra if billing_mode == "postpaid" else 0,
         ledger_spend=ledger_spend,
         ledger_extra=ledger_extra,
-        consistent=not problems,
-        discrepancies=tuple(problems),
+        consistent=(not problems) if complete else None,
+        discrepancies=tuple(problems) if complete else (),
+        ledger_complete=complete,
     )
 
 

@@ -358,9 +358,14 @@ def statement(args: Any) -> int:
             )
             _table(rows, ("user", "seat", "requests", "spend", "included", "extra"))
             print(f"amount due: {format_usd(st.amount_due)} USD")
-        if not st.consistent:
-            for problem in st.discrepancies:
-                print(f"tollway: warning: ledger and counters disagree: {problem}", file=sys.stderr)
+        if st.consistent is None:
+            print(
+                "tollway: note: the ledger no longer holds all of this month's events "
+                "(store.ledger_retention_days): not cross-checked",
+                file=sys.stderr,
+            )
+        for problem in st.discrepancies:
+            print(f"tollway: warning: ledger and counters disagree: {problem}", file=sys.stderr)
         return 0
 
     return _run(args, action)

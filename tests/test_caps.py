@@ -237,3 +237,17 @@ async def test_a_prepaid_statement_has_nothing_left_to_invoice(world):
         assert (await w.request(carol)).admitted  # included: no credit needed
     st = await w.spend.statement("acme")
     assert (st.spend, st.extra, st.amount_due) == (2 * C, 0, 0)
+
+
+async def test_a_statement_past_the_ledger_retention_comes_from_the_counters(world, clock):
+    w = world()
+    carol = await w.principal("carol")
+    for _ in range(3):
+        assert (await w.request(carol)).admitted
+    clock.set(1_775_001_600_000)  # 2026-04-01: January is past the 62 days of ledger kept
+    assert (await w.request(carol)).admitted  # its settlement folds January's events
+    st = await w.spend.statement("acme", "2026-01")
+    assert (st.spend, st.extra, st.ledger_spend) == (3 * C, C, 0)
+    assert (st.ledger_complete, st.consistent, st.discrepancies) == (False, None, ())
+    april = await w.spend.statement("acme")
+    assert (april.ledger_complete, april.consistent, april.spend) == (True, True, C)
