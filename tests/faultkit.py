@@ -366,6 +366,22 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def settled(stack: Stack, timeout: float = 20) -> None:
+    """Wait until no request is in flight and no settlement runs. (`Stack.wait_settled`
+    alone can return in the instant between a stream's last byte and the start of its
+    settlement, on a busy machine.) Bounded by `timeout` seconds of real time."""
+    from proxy.app import HANDLER
+
+    wait_for(
+        lambda: (
+            metric(stack, "tollway_requests_in_flight") == 0 and not stack.app[HANDLER].settling
+        ),
+        timeout,
+        "requests to settle",
+    )
+    stack.wait_settled()
+
+
 def metric(stack: Stack, name: str, **labels: str) -> float:
     value = stack.metrics.registry.get_sample_value(name, labels or None)
     return value or 0.0
@@ -547,7 +563,7 @@ def no_leaks(stack: Stack) -> Any:
     """Fails when the block leaves a task running or an upstream connection checked out."""
     tasks_before, acquired_before = loop_state(stack)
     yield
-    stack.wait_settled()
+    settled(stack)
     deadline = time.monotonic() + 5  # a closing connection may take a loop turn or two
     while True:
         tasks, acquired = loop_state(stack)

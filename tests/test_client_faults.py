@@ -13,7 +13,7 @@ import time
 import orjson
 import pytest
 
-from tests.faultkit import fetch
+from tests.faultkit import fetch, settled
 
 SERVER = "server: {client_header_timeout: 1.0, client_body_timeout: 1.0, max_body_bytes: 65536}\n"
 # Real-time waits below are bounded by the 1 s timeouts above plus room for a busy machine.
@@ -265,7 +265,7 @@ def test_odd_but_well_formed_requests_never_500(stack, case) -> None:
         "POST", stack.url + PATH["openai"], json=ODD_BUT_SERVED[case], headers=headers(key)
     )
     assert reply.status < 500, reply.body
-    stack.wait_settled()
+    settled(stack)
     day = stack.day()
     if reply.status == 200 and stack.fake.responses[-1]["completed"]:
         rec = stack.fake.responses[-1]
@@ -344,7 +344,7 @@ def test_conflicting_keys_are_refused(stack) -> None:
         + body,
     )
     assert status_of(response) == 200
-    stack.wait_settled()
+    settled(stack)
     assert stack.fake.requests and len(stack.fake.requests) == 1
     del before
 
@@ -359,7 +359,7 @@ def test_odd_session_ids_stay_inside_the_organization(stack) -> None:
             headers={**headers(key), "x-tollway-session": session},
         )
         assert reply.status == 200
-    stack.wait_settled()
+    settled(stack)
     sessions = list(stack.redis.scan_iter(f"{stack.prefix}:*sess:*"))
     assert len(sessions) == 5
     assert all(name.startswith(f"{stack.prefix}:{{acme}}:sess:") for name in sessions)

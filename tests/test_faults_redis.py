@@ -34,6 +34,7 @@ from tests.faultkit import (
     ledger_debits,
     metric,
     request_for,
+    settled,
     upstream_expected,
     wait_for,
 )
@@ -168,7 +169,7 @@ def test_closed_refuses_quickly_in_each_format_and_recovers(
     key = stack.key()
     oa, an = stack.openai(key), stack.anthropic(key)
     oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-    stack.wait_settled()
+    settled(stack)
     before = stack.snapshot()
 
     valkey.kill() if fault == "killed" else valkey.pause()
@@ -218,7 +219,7 @@ def test_closed_refuses_quickly_in_each_format_and_recovers(
     else:
         assert stack.snapshot() == before  # nothing refused was charged
     oa.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
-    stack.wait_settled()
+    settled(stack)
     assert_charged_exactly(stack)
 
 
@@ -231,7 +232,7 @@ def test_open_serves_without_limits_and_the_journal_settles_at_request_time(
     stack = make_stack("open")
     key = stack.key()
     assert post(stack, 0, key).status == 200  # the key is now known to this process
-    stack.wait_settled()
+    settled(stack)
     day_before = periods(stack.clock.now_ms(), stack.holder.current.server.tzinfo)[1]
 
     valkey.kill()
@@ -239,7 +240,7 @@ def test_open_serves_without_limits_and_the_journal_settles_at_request_time(
         r = post(stack, i, key)
         assert r.status == 200, r.body
         assert not [h for h in r.headers if "ratelimit" in h.lower()]  # no limits applied
-    stack.wait_settled()
+    settled(stack)
     unknown = fetch(
         "POST",
         stack.url + "/v1/messages",
@@ -303,7 +304,7 @@ def test_kill_and_restart_under_load_charges_exactly(make_stack, valkey: Valkey,
         return await load
 
     result = asyncio.run(scenario())
-    stack.wait_settled()
+    settled(stack)
     wait_for(lambda: metric(stack, "tollway_journal_pending") == 0, REPLAY_WAIT, "the replay")
     journaled = metric(stack, "tollway_journal_entries_total", event="written")
     print(f"{policy}: sent {result.sent}, statuses {dict(result.statuses)}, journaled {journaled}")
@@ -335,7 +336,7 @@ def test_graceful_restart_with_everysec_loses_no_settled_debit(make_stack, tmp_p
             return await load
 
         result = asyncio.run(scenario())
-        stack.wait_settled()
+        settled(stack)
         wait_for(lambda: metric(stack, "tollway_journal_pending") == 0, REPLAY_WAIT, "replay")
         assert result.ok > 0 and not result.errors
         assert_charged_exactly(stack)
@@ -378,7 +379,7 @@ def test_a_settle_whose_reply_was_lost_is_journaled_and_charged_once(make_stack,
         relay.set_mode("drop_replies")
         stack.fake.release()
         list(stream)
-        stack.wait_settled()
+        settled(stack)
         assert metric(stack, "tollway_journal_entries_total", event="written") == 1
         assert len(ledger_debits(stack)) == 1  # the write happened
         relay.set_mode("pass")

@@ -27,6 +27,7 @@ from tests.faultkit import (
     fetch,
     no_leaks,
     openai_body,
+    settled,
 )
 
 READ_TIMEOUT = 0.5
@@ -83,7 +84,7 @@ def without_failure_marks(stack, snapshot: dict) -> dict:
 
 
 def assert_free(stack, before: dict, failures: int = 1) -> None:
-    stack.wait_settled()
+    settled(stack)
     after = stack.snapshot()
     assert without_failure_marks(stack, after) == without_failure_marks(stack, before)
     assert stack.day().get("org|fail", 0) == failures
@@ -234,7 +235,7 @@ def test_slow_stream_is_cut_and_charged_what_it_relayed(stack, provider: str) ->
         reply = call(stack, provider, key, stream=True)
         assert time.monotonic() - started < 3 * READ_TIMEOUT + 1
     assert reply.status == 200 and reply.cut
-    stack.wait_settled()
+    settled(stack)
     rec = stack.fake.responses[-1]
     assert not rec["completed"] and rec["text_sent"] == "Hello"
     out = TokenCounter().count(rec["text_sent"])
@@ -285,7 +286,7 @@ def test_malformed_sse_after_text_is_charged_the_text(stack) -> None:
         with no_leaks(stack):
             reply = call(stack, "openai", key, stream=True)
         assert reply.status == 200 and b"Hello world" in reply.body
-        stack.wait_settled()
+        settled(stack)
         out = TokenCounter().count("Hello world")
         day = stack.day()
         assert (day["org|in"], day["org|out"]) == (estimate("openai", True), out)
@@ -307,7 +308,7 @@ def test_an_absurd_usage_count_is_not_believed(stack, absurd) -> None:
         )
         scripted.script = Script(pieces=[body])
         reply = call(stack, "openai", key)
-        stack.wait_settled()
+        settled(stack)
         day = stack.day()
         if reply.status == 200:
             assert (day["org|in"], day.get("org|out", 0)) == (7, 0)

@@ -26,7 +26,15 @@ from limits.clock import ManualClock
 from limits.credits import Credits
 from limits.prices import cost_micro
 from limits.usage import Usage
-from tests.faultkit import CUT, Script, ScriptedUpstream, fetch, ledger_debits, metric
+from tests.faultkit import (
+    CUT,
+    Script,
+    ScriptedUpstream,
+    fetch,
+    ledger_debits,
+    metric,
+    settled,
+)
 from tests.stack import Stack
 
 ORGS = """
@@ -111,7 +119,7 @@ class Before:
 
 
 def check(stack: Stack, before: Before, status: int, forwarded: bool) -> None:
-    stack.wait_settled()
+    settled(stack)
     assert metric(stack, "tollway_settle_failures_total") == before.failures
     if not forwarded:
         assert status >= 400
@@ -125,8 +133,10 @@ def check(stack: Stack, before: Before, status: int, forwarded: bool) -> None:
     after = totals(stack)
     delta = {k: after[k] - before.totals[k] for k in after}
     assert delta["cost"] == sum(int(d["cost"]) for d in new)
-    for metric_name, field in (("in", "in"), ("out", "out"), ("cw", "cw"), ("cr", "cr")):
-        assert delta[metric_name] == sum(int(d[field]) for d in new)
+    # A request whose cost rounds to 0 (a few embedding tokens) has no ledger event, so
+    # the day's tokens are at least the debits'; the buckets below check them exactly.
+    for name in ("in", "out", "cw", "cr"):
+        assert delta[name] >= sum(int(d[name]) for d in new)
     acct = stack.redis.hgetall(stack.keys.account("acme"))
     assert int(acct.get("balance", 0)) == before.balance - delta["cost"]
     assert int(acct.get("held", 0)) == 0 and int(acct.get("debt", 0)) == 0
@@ -369,7 +379,7 @@ def test_malformed_upstream_answers_never_500_and_account_exactly(world, provide
 def test_the_event_loop_is_left_clean(world) -> None:
     """After all the examples above, nothing runs on the loop but servers and the journal."""
     stack, _, _ = world
-    stack.wait_settled()
+    settled(stack)
 
     async def names() -> list[str]:
         return sorted(

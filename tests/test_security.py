@@ -19,7 +19,7 @@ import redis as sync_redis
 from limits.apikeys import ApiKeys
 from proxy.admin import routes as admin_routes
 from tests.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY
-from tests.faultkit import FaultStack, Script, ScriptedUpstream, TcpProxy, fetch
+from tests.faultkit import FaultStack, Script, ScriptedUpstream, TcpProxy, fetch, settled
 
 ORGS = """
 organizations:
@@ -82,7 +82,7 @@ def test_keys_are_stored_only_as_digests(stack) -> None:
     for _, secret in made:
         assert fetch("POST", stack.url + "/v1/chat/completions", json=HELLO,
                      headers=bearer(secret)).status == 200  # fmt: skip
-    stack.wait_settled()
+    settled(stack)
     stored = "\n".join(every_value(stack))
     for record, secret in made:
         body = secret.removeprefix("tw-")
@@ -106,7 +106,7 @@ def test_a_key_is_looked_up_by_its_digest_never_compared_as_text(stack) -> None:
         for s in (secret, wrong):
             fetch("POST", stack.url + "/v1/chat/completions", json=HELLO, headers=bearer(s))
         fetch("GET", stack.url + "/v1/models", headers=bearer(wrong))
-        stack.wait_settled()
+        settled(stack)
         monitor_client.set(f"{stack.prefix}:monitor-end", "1")
         for event in monitor.listen():
             seen.append(event["command"])
@@ -172,7 +172,7 @@ def test_a_key_never_reads_or_spends_another_organization(stack, monkeypatch) ->
     monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", "admin-token-" + "z" * 30)
     beta_record, beta_secret = stack.key_record("beta", user="bob")
     fetch("POST", stack.url + "/v1/chat/completions", json=HELLO, headers=bearer(beta_secret))
-    stack.wait_settled()
+    settled(stack)
     beta_before = stack.snapshot("beta")
     _, acme_secret = stack.key_record("acme", user="alice")
     # Everything an acme key could try to make beta pay or to see beta's data.
@@ -202,7 +202,7 @@ def test_a_key_never_reads_or_spends_another_organization(stack, monkeypatch) ->
         beta_path = path.replace("/orgs/acme", "/orgs/beta")
         answers.append(fetch(method, stack.url + beta_path, headers=bearer(acme_secret), json={}))
         assert answers[-1].status == 401
-    stack.wait_settled()
+    settled(stack)
     assert stack.snapshot("beta") == beta_before
     for reply in answers:
         text = reply.body.decode(errors="replace")
@@ -232,7 +232,7 @@ def test_no_key_reaches_logs_metrics_errors_or_the_upstream(stack, caplog) -> No
     stack.fake.behavior.status = 500
     bodies.append(fetch("POST", stack.url + "/v1/chat/completions", json=HELLO,
                         headers=bearer(secret)))  # fmt: skip
-    stack.wait_settled()
+    settled(stack)
     bodies.append(fetch("GET", stack.url + "/metrics"))
     for reply in bodies:
         text = reply.body.decode(errors="replace") + repr(reply.headers)
@@ -286,11 +286,11 @@ def test_the_journal_on_disk_holds_no_key(redis_url: str, tmp_path) -> None:
         record, secret = s.key_record()
         assert fetch("POST", s.url + "/v1/chat/completions", json=HELLO,
                      headers=bearer(secret)).status == 200  # fmt: skip
-        s.wait_settled()
+        settled(s)
         relay.set_mode("refuse")
         assert fetch("POST", s.url + "/v1/chat/completions", json=HELLO,
                      headers=bearer(secret)).status == 200  # fmt: skip
-        s.wait_settled()
+        settled(s)
         files = list((path / ".tollway" / "journal").iterdir())
         assert files
         data = b"".join(f.read_bytes() for f in files)
