@@ -158,6 +158,27 @@ async def test_store_calls_fail_within_the_timeout(valkey: Valkey, fault: str) -
         await store.close()
 
 
+async def test_an_exhausted_pool_fails_at_once(valkey: Valkey) -> None:
+    """More calls in flight than pooled connections, on a store that does not answer: the
+    extra calls fail at once rather than queue behind the stuck ones."""
+    from limits.connect import connect
+
+    store = Store(connect(valkey.url, TIMEOUT, max_connections=2), Keys("t"))
+    try:
+        valkey.pause()
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(store.call("get", store.client.get, "x") for _ in range(6)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(r, StoreUnavailable) for r in results)
+        assert time.monotonic() - started < 2 * TIMEOUT + 0.2
+        assert sum("Too many connections" in str(r) for r in results) == 4
+    finally:
+        valkey.resume()
+        await store.close()
+
+
 # --- fail-closed -----------------------------------------------------------------------------
 
 
