@@ -74,6 +74,10 @@ class Call:
     outcome: str = "ok"
 
 
+# (base URL, auth headers, timeout, client headers not forwarded) of one upstream.
+_Upstream = tuple[str, dict[str, str], aiohttp.ClientTimeout, frozenset[str]]
+
+
 def _secret(headers: Any) -> str | None:
     """The request's API key: a Bearer token or ``x-api-key``. Two different keys in one
     request (repeated headers, or both headers) are refused: a proxy in front of Tollway
@@ -115,6 +119,8 @@ class ProxyHandler:
         self.clock = clock
         self.settling: set[asyncio.Task[Any]] = set()
         self.on_settled: list[Any] = []  # callbacks (principal, Settlement)
+        self._upstream_cfg: Any = None
+        self._upstreams: dict[str, _Upstream] = {}
         # Where settlements go while the store is unavailable (None: they are lost).
         self.journal: Journal | None = None
 
@@ -301,21 +307,29 @@ class ProxyHandler:
                 self.metrics.bucket_remaining.labels(org, b.spec.limit).set(b.remaining)
 
     # --- forwarding -------------------------------------------------------------------------
-    def _upstream(self, cfg: Any, call: Call) -> tuple[str, dict[str, str], aiohttp.ClientTimeout]:
-        up = cfg.upstreams[call.provider]
-        auth = providers.upstream_auth(call.provider, up.api_key.get_secret_value())
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            sock_connect=cfg.server.upstream_connect_timeout,
-            sock_read=up.timeout or cfg.server.upstream_read_timeout,
-        )
-        return up.base_url, auth, timeout
+    def _upstream(self, cfg: Any, call: Call) -> _Upstream:
+        """Where and how to reach `call`'s provider under `cfg`: built once per config and
+        provider (it was ~2% of a request's CPU, rebuilt per request)."""
+        if cfg is not self._upstream_cfg:
+            self._upstreams = {}
+            self._upstream_cfg = cfg
+        hit = self._upstreams.get(call.provider)
+        if hit is None:
+            up = cfg.upstreams[call.provider]
+            auth = providers.upstream_auth(call.provider, up.api_key.get_secret_value())
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=cfg.server.upstream_connect_timeout,
+                sock_read=up.timeout or cfg.server.upstream_read_timeout,
+            )
+            drop = frozenset(h.lower() for h in cfg.server.session_headers)
+            hit = self._upstreams[call.provider] = (up.base_url, auth, timeout, drop)
+        return hit
 
     async def _open(
         self, request: web.Request, call: Call, cfg: Any, body: bytes
     ) -> aiohttp.ClientResponse:
-        base, auth, timeout = self._upstream(cfg, call)
-        drop = frozenset(h.lower() for h in cfg.server.session_headers)
+        base, auth, timeout, drop = self._upstream(cfg, call)
         try:
             return await self.client.request(
                 request.method,
