@@ -58,13 +58,15 @@ local function bucket_level(key, rate, now)
   return level, t
 end
 
--- Store a bucket level; the key expires once the bucket would be full again anyway.
+-- Store a bucket level; the key expires a minute after the bucket would be full again
+-- anyway (a missing bucket is a full one). The margin keeps a key from vanishing under a
+-- replica whose clock is a little behind, and under tests that move an injected clock.
 local function bucket_store(key, level, t, rate)
   redis.call('HSET', key, 'l', int(level), 't', int(t))
   local cap = rate * 60000
-  local full_in = 1000
+  local full_in = 60000
   if rate > 0 and level < cap then
-    full_in = math.ceil((cap - level) / rate) + 1000
+    full_in = math.ceil((cap - level) / rate) + 60000
   end
   redis.call('PEXPIRE', key, int(full_in))
 end
