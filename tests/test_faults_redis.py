@@ -308,6 +308,24 @@ def test_a_known_key_on_an_unmetered_route_while_the_store_is_down(
 # --- under load --------------------------------------------------------------------------------
 
 
+def load_through_an_outage(stack: FaultStack, key: str, down, up, seconds: float = 3.0):
+    """Mixed traffic for `seconds`; one second in, `down()`; a second later, `up()`.
+    Returns the load's result once every settlement, journaled ones included, is done."""
+
+    async def scenario():
+        load = asyncio.ensure_future(drive([stack.url], key, seconds=seconds, concurrency=6))
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(down)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(up)
+        return await load
+
+    result = asyncio.run(scenario())
+    settled(stack)
+    wait_for(lambda: metric(stack, "tollway_journal_pending") == 0, REPLAY_WAIT, "the replay")
+    return result
+
+
 @pytest.mark.parametrize("policy", ["closed", "open"])
 def test_kill_and_restart_under_load_charges_exactly(make_stack, valkey: Valkey, policy: str):
     """A SIGKILL of the store mid-load (appendfsync always), then a restart: nothing
@@ -315,18 +333,7 @@ def test_kill_and_restart_under_load_charges_exactly(make_stack, valkey: Valkey,
     stack = make_stack(policy)
     key = stack.key()
     assert post(stack, 0, key).status == 200
-
-    async def scenario():
-        load = asyncio.ensure_future(drive([stack.url], key, seconds=3.0, concurrency=6))
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(valkey.kill)
-        await asyncio.sleep(1.0)
-        await asyncio.to_thread(valkey.start)
-        return await load
-
-    result = asyncio.run(scenario())
-    settled(stack)
-    wait_for(lambda: metric(stack, "tollway_journal_pending") == 0, REPLAY_WAIT, "the replay")
+    result = load_through_an_outage(stack, key, valkey.kill, valkey.start)
     journaled = metric(stack, "tollway_journal_entries_total", event="written")
     print(f"{policy}: sent {result.sent}, statuses {dict(result.statuses)}, journaled {journaled}")
     assert not result.errors, result
@@ -351,18 +358,8 @@ def test_a_restart_with_everysec_loses_no_settled_debit(make_stack, tmp_path: Pa
     try:
         stack = make_stack("closed", url=server.url)
         key = stack.key()
-
-        async def scenario():
-            load = asyncio.ensure_future(drive([stack.url], key, seconds=2.5, concurrency=6))
-            await asyncio.sleep(1.0)
-            await asyncio.to_thread(server.stop if how == "stop" else server.kill)
-            await asyncio.sleep(0.5)
-            await asyncio.to_thread(server.start)
-            return await load
-
-        result = asyncio.run(scenario())
-        settled(stack)
-        wait_for(lambda: metric(stack, "tollway_journal_pending") == 0, REPLAY_WAIT, "replay")
+        down = server.stop if how == "stop" else server.kill
+        result = load_through_an_outage(stack, key, down, server.start, seconds=2.5)
         assert result.ok > 0 and not result.errors
         assert_charged_exactly(stack)
     finally:

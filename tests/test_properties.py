@@ -30,6 +30,7 @@ from tests.faultkit import (
     CUT,
     Script,
     ScriptedUpstream,
+    charged,
     fetch,
     ledger_debits,
     metric,
@@ -80,13 +81,8 @@ def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def totals(stack: Stack) -> dict[str, int]:
-    out = {"req": 0, "in": 0, "out": 0, "cw": 0, "cr": 0, "cost": 0}
-    for name in stack.redis.scan_iter(match=f"{stack.prefix}:{{acme}}:day:*"):
-        for field, value in stack.redis.hgetall(name).items():
-            dim, _, what = field.rpartition("|")
-            if dim == "org" and what in out:
-                out[what] += int(value)
-    return out
+    """The organization's day counters, summed over every day."""
+    return charged(stack)
 
 
 def logical(stack: Stack) -> dict:
