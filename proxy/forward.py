@@ -103,6 +103,7 @@ class Relayed:
 
 
 async def relay_whole(
+    request: web.Request,
     upstream: aiohttp.ClientResponse,
     headers: dict[str, str],
     tap: UsageTap | None,
@@ -113,8 +114,9 @@ async def relay_whole(
     (through `tap`), or an error. One that is cut off, or that `tap` cannot parse, is not
     sent (None): the caller answers an error in the client's format, so a client never
     receives a truncated or broken 200. `redact` (the operator's key) is blanked out of the
-    body: an upstream that echoes the key it was sent must not hand it to a client. Never
-    raises for an upstream that goes away mid-body."""
+    body: an upstream that echoes the key it was sent must not hand it to a client. The
+    answer is sent before this returns (the settlement that follows never delays it).
+    Never raises for an upstream or a client that goes away mid-body."""
     info = Relayed(upstream.status, False, None, first_byte_s=time.perf_counter() - started)
     try:
         body = await upstream.read()
@@ -134,6 +136,11 @@ async def relay_whole(
     resp = web.Response(
         status=upstream.status, body=body, headers=response_headers(upstream, headers)
     )
+    try:
+        await resp.prepare(request)
+        await resp.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        info.client_gone = True
     return resp, info
 
 

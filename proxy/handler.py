@@ -373,7 +373,7 @@ class ProxyHandler:
         if upstream.content_type == "text/event-stream" or (tap is None and upstream.ok):
             return await relay(request, upstream, ours, tap, started)
         key = cfg.upstreams[call.provider].api_key.get_secret_value()
-        return await relay_whole(upstream, ours, tap, started, redact=key)
+        return await relay_whole(request, upstream, ours, tap, started, redact=key)
 
     async def _forward_metered(
         self,
