@@ -235,7 +235,7 @@ class TcpProxy:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}"
 
-    def set_mode(self, mode: str) -> None:
+    def set_mode(self, mode: str, wait: bool = True) -> None:
         assert mode in ("pass", "refuse", "blackhole", "drop_replies"), mode
 
         def apply() -> None:
@@ -245,7 +245,8 @@ class TcpProxy:
                     w.transport.abort()
 
         self.loop.call_soon_threadsafe(apply)
-        time.sleep(0.05)  # let the loop apply it before the test goes on
+        if wait:
+            time.sleep(0.05)  # let the relay's loop apply it before the test goes on
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.mode == "refuse":
@@ -506,6 +507,7 @@ class ScriptedUpstream:
 
         self.script = Script()
         self.bodies: list[bytes] = []
+        self.on_request: Any = None  # an async callable run when a request arrives
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.25)
@@ -519,6 +521,8 @@ class ScriptedUpstream:
         from aiohttp import web
 
         self.bodies.append(await request.read())
+        if self.on_request is not None:
+            await self.on_request()
         script = self.script
         resp = web.StreamResponse(status=script.status, headers=script.headers)
         if script.chunked:

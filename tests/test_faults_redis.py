@@ -16,6 +16,7 @@ from pathlib import Path
 
 import anthropic
 import openai
+import orjson
 import pytest
 
 from limits.errors import StoreUnavailable
@@ -26,6 +27,8 @@ from limits.store import Store
 from limits.usage import Usage
 from tests.faultkit import (
     FaultStack,
+    Script,
+    ScriptedUpstream,
     TcpProxy,
     Valkey,
     charged,
@@ -63,10 +66,10 @@ def valkey(tmp_path: Path) -> Iterator[Valkey]:
 def make_stack(valkey: Valkey, tmp_path: Path) -> Iterator[object]:
     made: list[FaultStack] = []
 
-    def make(policy: str = "closed", url: str | None = None) -> FaultStack:
+    def make(policy: str = "closed", url: str | None = None, timeout=TIMEOUT) -> FaultStack:
         path = tmp_path / f"stack{len(made)}"
         path.mkdir()
-        store_yaml = f"on_unavailable: {policy}\ntimeout_seconds: {TIMEOUT}\n"
+        store_yaml = f"on_unavailable: {policy}\ntimeout_seconds: {timeout}\n"
         stack = FaultStack(url or valkey.url, path, orgs_yaml=ORGS, store_yaml=store_yaml)
         made.append(stack)
         return stack
@@ -431,5 +434,43 @@ def test_a_client_side_timeout_around_a_real_settle_never_doubles(make_stack, va
         assert retried.duplicate and retried.cost == 5
         assert stack.snapshot() == after_lost
         assert len(ledger_debits(stack)) == 1
+    finally:
+        relay.close()
+
+
+def test_a_stuck_settlement_never_delays_the_answer(make_stack, valkey: Valkey) -> None:
+    """The store stops answering while the upstream works: the client has its JSON answer
+    at once, while the settlement waits out the store's timeout and goes to the journal."""
+    relay = TcpProxy(valkey.port)
+    try:
+        stack = make_stack("closed", url=relay.url, timeout=3.0)
+        stack.inspect_via(valkey.url)
+        key = stack.key()
+        upstream = ScriptedUpstream(stack)
+        stack.point_upstreams_to(upstream.url)
+        answer = {"id": "c", "object": "chat.completion", "model": "gpt-4o-mini",
+                  "choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 4}}  # fmt: skip
+        upstream.script = Script(pieces=[orjson.dumps(answer)])
+
+        async def store_goes_silent() -> None:  # admitted by now; the settle is next
+            relay.set_mode("blackhole", wait=False)
+            await asyncio.sleep(0.1)
+
+        upstream.on_request = store_goes_silent
+        started = time.monotonic()
+        assert post(stack, 0, key).status == 200
+        # The settlement is stuck for the 3 s store timeout; the answer did not wait.
+        assert time.monotonic() - started < 2.0
+        wait_for(
+            lambda: metric(stack, "tollway_journal_entries_total", event="written") == 1,
+            10,
+            "the stuck settlement to time out into the journal",
+        )
+        relay.set_mode("pass")
+        wait_for(lambda: metric(stack, "tollway_journal_pending") == 0, REPLAY_WAIT, "replay")
+        day = stack.day()
+        assert (day["org|in"], day["org|out"], day["org|req"]) == (9, 4, 1)
+        assert len(ledger_debits(stack)) == 1
+        upstream.close()
     finally:
         relay.close()
