@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from limits.plans import KINDS, BucketSpec
+from limits.plans import BucketSpec, specs_of
 from limits.store import Store, load_script
 
 _source = functools.cache(lambda: load_script("levels"))
@@ -53,13 +53,7 @@ def all_specs(org_cfg: Any) -> list[BucketSpec]:
     levels += [(f"model={m}", lim) for m, lim in sorted(org_cfg.model_limits.items())]
     levels += [(f"ws={w}", ws.limits) for w, ws in sorted(org_cfg.workspaces.items())]
     levels += [(f"user={u}", user.limits) for u, user in sorted(org_cfg.users.items())]
-    specs = []
-    for scope, limits in levels:
-        for name in KINDS:
-            value = getattr(limits, name)
-            if value is not None:
-                specs.append(BucketSpec(scope, name, value))
-    return specs
+    return specs_of(levels)
 
 
 async def bucket_levels(store: Store, org: str, org_cfg: Any, now_ms: int) -> list[BucketLevel]:

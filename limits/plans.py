@@ -73,6 +73,11 @@ def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[
         levels.append((f"ws={ws}", org_cfg.workspaces[ws].limits))
     if principal.user and principal.user in org_cfg.users:
         levels.append((f"user={principal.user}", org_cfg.users[principal.user].limits))
+    return specs_of(levels)
+
+
+def specs_of(levels: list[tuple[str, Any]]) -> list[BucketSpec]:
+    """The buckets of (scope, Limits) pairs: one per limit that is set, in order."""
     specs = []
     for scope, limits in levels:
         for name in KINDS:

@@ -6,14 +6,13 @@ Each admin route module exposes ``ROUTES``, its part of the route table (see
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any
 
 from aiohttp import web
 from pydantic import Field
 
 from limits import reports
-from limits.apikeys import KeyRecord
 from limits.errors import UnknownKey
 from proxy.admin_base import (
     BOOL,
@@ -31,6 +30,7 @@ from proxy.admin_base import (
     query,
     schema_object,
 )
+from proxy.cli_keys import key_dict
 from proxy.openapi import Param, Route
 
 # --- organizations ---------------------------------------------------------------------------
@@ -60,20 +60,6 @@ class KeyCreate(Body):
     workspace: str | None = None
     user: str | None = None
     name: str = Field("", max_length=200)
-
-
-def key_dict(r: KeyRecord) -> dict[str, Any]:
-    return {
-        "id": r.key_id,
-        "org": r.org,
-        "workspace": r.workspace,
-        "user": r.user,
-        "name": r.name,
-        "hint": r.hint,
-        "created_ms": r.created_ms,
-        "created": datetime.fromtimestamp(r.created_ms / 1000, UTC).isoformat(),
-        "revoked": r.revoked,
-    }
 
 
 async def create_key(request: web.Request) -> web.Response:

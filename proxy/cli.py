@@ -16,6 +16,7 @@ from config import ConfigError, load_config
 from config.reload import ConfigHolder
 from limits.errors import LimitsError, StoreUnavailable
 from proxy import logs
+from proxy.cli_output import fail as _fail
 from proxy.setup import config_path, store_url
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
@@ -35,11 +36,6 @@ def _load(path_arg: str | None, *, secrets: bool = False):
         return path, load_config(path, secrets=secrets)
     except ConfigError as e:
         raise SystemExit(_fail(str(e), EXIT_USAGE)) from None
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"tollway: {message}", file=sys.stderr)
-    return code
 
 
 def with_store(args: Any, fn: Callable[[Any, Any], Coroutine[Any, Any, int]]) -> int:

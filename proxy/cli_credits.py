@@ -18,6 +18,8 @@ from typing import Any
 from limits.clock import SystemClock
 from limits.credits import Balance, Credits, Event, Lot, ReloadSettings
 from limits.money import format_usd, parse_usd
+from proxy.cli_output import fail as _fail
+from proxy.cli_output import print_rows
 
 _DURATION = re.compile(r"(\d{1,6})([hdw])")
 _UNITS = {"h": "hours", "d": "days", "w": "weeks"}
@@ -86,11 +88,6 @@ def register(sub: Any) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def _fail(message: str, code: int) -> int:
-    print(f"tollway: {message}", file=sys.stderr)
-    return code
-
-
 def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -174,21 +171,13 @@ def reload_dict(settings: ReloadSettings | None, org_cfg: Any) -> dict[str, Any]
     }
 
 
-def _table(rows: list[dict[str, Any]], cols: tuple[str, ...]) -> None:
-    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
 def _events_table(events: list[Event]) -> None:
     rows = []
     for e in events:
         d = event_dict(e)
         d["detail"] = " ".join(f"{f}={d[f]}" for f in EVENT_FIELDS if f in d)
         rows.append(d)
-    _table(rows, ("time", "type", "amount", "detail"))
+    print_rows(rows, ("time", "type", "amount", "detail"))
 
 
 # The JSON shapes above are shared with the admin API (proxy/admin_credits.py).
@@ -276,7 +265,7 @@ def show(args: Any) -> int:
         print()
         if lots:
             cols = ("id", "kind", "amount", "remaining", "expires", "expired", "source")
-            _table([lot_dict(lot) for lot in lots], cols)
+            print_rows([lot_dict(lot) for lot in lots], cols)
         else:
             print("no lots")
         if events:

@@ -7,9 +7,10 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from limits.apikeys import ApiKeys
+from limits.apikeys import ApiKeys, KeyRecord
 from limits.clock import SystemClock
 from limits.errors import UnknownKey
+from proxy.cli_output import print_rows
 
 FORMAT_HELP = "table for people (default) or json"
 
@@ -44,11 +45,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=revoke)
 
 
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _record(r: Any) -> dict[str, Any]:
+def key_dict(r: KeyRecord) -> dict[str, Any]:
+    """A key record as JSON (never its secret): the CLI's and the admin API's shape."""
     return {
         "id": r.key_id,
         "org": r.org,
@@ -56,7 +54,8 @@ def _record(r: Any) -> dict[str, Any]:
         "user": r.user,
         "name": r.name,
         "hint": r.hint,
-        "created": _when(r.created_ms),
+        "created_ms": r.created_ms,
+        "created": datetime.fromtimestamp(r.created_ms / 1000, UTC).isoformat(),
         "revoked": r.revoked,
     }
 
@@ -79,7 +78,7 @@ def create(args: Any) -> int:
             args.org, SystemClock().now_ms(), args.workspace, args.user, args.name
         )
         if args.format == "json":
-            print(json.dumps({**_record(record), "key": secret}))
+            print(json.dumps({**key_dict(record), "key": secret}))
         else:
             print(f"key id:  {record.key_id}")
             print(f"key:     {secret}")
@@ -93,16 +92,11 @@ def list_(args: Any) -> int:
     from proxy.cli import with_store
 
     async def go(cfg: Any, store: Any) -> int:
-        records = [_record(r) for r in await ApiKeys(store).list(args.org)]
+        records = [key_dict(r) for r in await ApiKeys(store).list(args.org)]
         if args.format == "json":
             print(json.dumps(records))
             return 0
-        cols = ("id", "name", "workspace", "user", "hint", "created", "revoked")
-        rows = [[str(r[c] if r[c] is not None else "-") for c in cols] for r in records]
-        widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-        print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
-        for row in rows:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
+        print_rows(records, ("id", "name", "workspace", "user", "hint", "created", "revoked"))
         return 0
 
     return with_store(args, go)
@@ -118,7 +112,7 @@ def revoke(args: Any) -> int:
             print(f"tollway: no key {args.key_id!r}", file=sys.stderr)
             return EXIT_REFUSED
         if args.format == "json":
-            print(json.dumps(_record(record)))
+            print(json.dumps(key_dict(record)))
         else:
             print(f"revoked {record.key_id} ({record.org})")
         return 0

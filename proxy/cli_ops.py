@@ -19,6 +19,8 @@ from limits import reports, sizing
 from limits.clock import SystemClock
 from limits.meter import periods
 from limits.money import format_usd
+from proxy.cli_output import fail as _fail
+from proxy.cli_output import format_table
 
 CONFIG_HELP = "config file (default: $TOLLWAY_CONFIG, then ./tollway.yaml)"
 
@@ -98,24 +100,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=recommend)
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"tollway: {message}", file=sys.stderr)
-    return code
-
-
-def _table(headers: list[str], rows: list[list[str]], right: set[int]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            c.rjust(w) if i in right else c.ljust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line(headers), *(line(r) for r in rows)])
-
-
 # --- usage ------------------------------------------------------------------------------
 
 
@@ -171,7 +155,7 @@ def usage_table(report: reports.UsageReport, timezone: str) -> str:
 
     rows = [cells(r.group if r.group is not None else "(none)", r.totals) for r in report.rows]
     rows.append(cells("TOTAL", report.total))
-    return head + "\n\n" + _table(headers, rows, set(range(1, 8)))
+    return head + "\n\n" + format_table(headers, rows, range(1, 8))
 
 
 # --- session ----------------------------------------------------------------------------
@@ -258,7 +242,7 @@ def recommend_text(r: sizing.Recommendation, org: str) -> str:
         ["TPM", span(*r.user_tpm), span(*r.org_tpm)],
         ["RPM", span(*r.user_rpm), span(*r.org_rpm)],
     ]
-    table = _table(["", "PER USER", f"ORGANIZATION ({r.users:,} users)"], rows, set())
+    table = format_table(["", "PER USER", f"ORGANIZATION ({r.users:,} users)"], rows)
     return (
         f"Recommended limits for {r.users:,} users (table row: {r.row} users)\n\n{table}\n\n"
         "The organization limit is shared by everyone in it. It is the number of users\n"

@@ -23,6 +23,8 @@ from limits.clock import SystemClock
 from limits.money import format_usd, parse_usd
 from limits.spend import UNLIMITED, Spend, SpendError, UnknownName
 from limits.statement import statement_csv
+from proxy.cli_output import fail as _fail
+from proxy.cli_output import print_rows
 
 CONFIG_HELP = "config file (default: $TOLLWAY_CONFIG, then ./tollway.yaml)"
 Action = Callable[[Spend], Coroutine[Any, Any, int]]
@@ -109,11 +111,6 @@ def register(sub: Any) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def _fail(message: str, code: int) -> int:
-    print(f"tollway: {message}", file=sys.stderr)
-    return code
-
-
 def _when(ms: int | None) -> str | None:
     if ms is None:
         return None
@@ -155,14 +152,6 @@ def _run(args: Any, action: Action) -> int:
     return with_store(args, go)
 
 
-def _table(rows: list[dict[str, Any]], cols: tuple[str, ...]) -> None:
-    cells = [[str(r.get(c) if r.get(c) is not None else "-") for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-
-
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
 
@@ -198,7 +187,7 @@ def spend_cmd(args: Any) -> int:
         )
         rows = [{args.by: n, **_line_usd(v)} for n, v in mtd[group].items()]
         rows.append({args.by: "TOTAL", **_line_usd(mtd["organization"])})
-        _table(rows, (args.by, "spend", "included", "extra"))
+        print_rows(rows, (args.by, "spend", "included", "extra"))
         return 0
 
     return _run(args, action)
@@ -221,7 +210,7 @@ def caps_show(args: Any) -> int:
         if args.format == "json":
             _print_json([{**r, "cap": _money(r["cap"])} for r in rows])
             return 0
-        _table([{**r, "cap": _usd(r["cap"])} for r in rows], ("level", "name", "cap", "source"))
+        print_rows([{**r, "cap": _usd(r["cap"])} for r in rows], ("level", "name", "cap", "source"))
         return 0
 
     return _run(args, action)
@@ -294,7 +283,7 @@ def requests_list(args: Any) -> int:
         if not rows:
             print(f"{args.org}: no pending limit-increase request")
             return 0
-        _table(rows, ("user", "seat", "spend", "extra", "cap", "asked", "reason"))
+        print_rows(rows, ("user", "seat", "spend", "extra", "cap", "asked", "reason"))
         return 0
 
     return _run(args, action)
@@ -356,7 +345,7 @@ def statement(args: Any) -> int:
                     **_line_usd({"spend": st.spend, "included": st.included, "extra": st.extra}),
                 }
             )
-            _table(rows, ("user", "seat", "requests", "spend", "included", "extra"))
+            print_rows(rows, ("user", "seat", "requests", "spend", "included", "extra"))
             print(f"amount due: {format_usd(st.amount_due)} USD")
         if st.consistent is None:
             print(
