@@ -1,7 +1,8 @@
 """The Redis-compatible store: one client, the registered Lua scripts, one error type.
 
 Every Redis error that means "the store is not there" (connection refused or reset,
-timeout, cluster down, loading) is raised as `StoreUnavailable`, so callers apply one
+timeout, cluster down, loading) or "it cannot take writes now" (out of memory, a replica
+that became read-only in a failover) is raised as `StoreUnavailable`, so callers apply one
 named policy (`store.on_unavailable`). Scripts are loaded once and run with EVALSHA; a
 server that lost its script cache (restart, failover) gets them loaded again on the spot.
 """
@@ -30,6 +31,8 @@ _UNAVAILABLE = (
     rexc.ClusterDownError,
     rexc.TryAgainError,
     rexc.MasterDownError,
+    rexc.OutOfMemoryError,
+    rexc.ReadOnlyError,
     asyncio.TimeoutError,
     ConnectionError,
     OSError,
