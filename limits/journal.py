@@ -143,8 +143,14 @@ class Journal:
     # --- appending --------------------------------------------------------------------
     async def append(self, entry: Entry) -> bool:
         """Write `entry` durably; False when it was dropped (journal full or unwritable)."""
+        try:
+            line = entry.to_line()
+        except (TypeError, orjson.JSONEncodeError) as e:  # text no JSON can hold
+            log.error("journal entry dropped", extra={"rid": entry.rid, "error": str(e)})
+            self._emit("dropped", 1)
+            return False
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiting.append((entry.to_line(), fut))
+        self._waiting.append((line, fut))
         if not self._flushing:
             self._flushing = True
             self._flusher = asyncio.ensure_future(self._flush())

@@ -499,18 +499,20 @@ class ProxyHandler:
         try:
             return await self.settle_entry(entry, call.route)
         except StoreUnavailable as e:
-            self.metrics.settle_failures.inc()
-            journaled = self.journal is not None and await self.journal.append(entry)
-            log.log(
-                logging.WARNING if journaled else logging.ERROR,
-                "settlement journaled" if journaled else "settlement failed",
-                extra={"rid": call.rid, "org": call.org, "error": str(e)},
-            )
-            return None
-        except Exception:
-            self.metrics.settle_failures.inc()
+            error = str(e)
+        except Exception as e:
+            # Not an outage (a store error, a bug): journaled too, so the usage is kept; a
+            # replay that fails the same way sets the entry aside for the operator.
             log.exception("settlement failed", extra={"rid": call.rid, "org": call.org})
-            return None
+            error = repr(e)
+        self.metrics.settle_failures.inc()
+        journaled = self.journal is not None and await self.journal.append(entry)
+        log.log(
+            logging.WARNING if journaled else logging.ERROR,
+            "settlement journaled" if journaled else "settlement lost",
+            extra={"rid": call.rid, "org": call.org, "error": error},
+        )
+        return None
 
     async def settle_entry(self, entry: Entry, route: str = "-") -> Settlement:
         """Settle one request (live, or replayed from the journal at its own time), then
@@ -553,5 +555,8 @@ class ProxyHandler:
             },
         )
         for callback in self.on_settled:
-            callback(principal, settlement)
+            try:
+                callback(principal, settlement)
+            except Exception:  # the settlement stands; a callback's failure is its own
+                log.exception("settlement callback failed", extra={"rid": entry.rid})
         return settlement
