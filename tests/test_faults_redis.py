@@ -369,6 +369,38 @@ def test_a_restart_with_everysec_loses_no_settled_debit(make_stack, tmp_path: Pa
         server.close()
 
 
+@pytest.mark.parametrize("fault", ["out of memory", "read-only"])
+def test_a_store_that_refuses_writes_is_unavailable(make_stack, valkey: Valkey, fault: str):
+    """Out of memory (maxmemory, noeviction) or read-only (a primary demoted in a
+    failover): the store answers, but refuses writes. Requests are refused in their
+    format (never a 500), settlements are journaled, and once writes work again the ledger
+    is exact."""
+    stack = make_stack("closed")
+    key = stack.key()
+    assert post(stack, 0, key).status == 200
+    settled(stack)
+    admin = stack.redis
+
+    def refuse_writes() -> None:
+        if fault == "out of memory":
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", "1")
+        else:
+            admin.execute_command("REPLICAOF", "127.0.0.1", "1")
+
+    def accept_writes() -> None:
+        if fault == "out of memory":
+            admin.config_set("maxmemory", "0")
+        else:
+            admin.execute_command("REPLICAOF", "NO", "ONE")
+
+    result = load_through_an_outage(stack, key, refuse_writes, accept_writes)
+    refused = result.statuses[503] + result.statuses[529]
+    assert refused > 0 and result.ok + refused == result.sent, result
+    assert not result.errors
+    assert_charged_exactly(stack)
+
+
 # --- exactly once ------------------------------------------------------------------------------
 
 

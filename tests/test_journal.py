@@ -5,6 +5,7 @@ against the real settle script."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -86,6 +87,16 @@ async def test_the_size_bound_drops_and_counts(tmp_path: Path) -> None:
     # Replaying makes room again.
     await journal.replay(Recorder())
     assert await journal.append(entry(1))
+
+
+async def test_an_entry_no_json_can_hold_is_dropped_and_counted(tmp_path: Path) -> None:
+    journal = Journal(tmp_path)
+    events: list[tuple[str, int]] = []
+    journal.observers.append(lambda ev, n: events.append((ev, n)))
+    bad = dataclasses.replace(entry(1), session="\udce9")  # a lone surrogate
+    assert not await journal.append(bad)
+    assert ("dropped", 1) in events and journal.count() == 0
+    assert await journal.append(entry(2))
 
 
 async def test_a_replay_stopped_by_the_store_keeps_the_rest(tmp_path: Path) -> None:
