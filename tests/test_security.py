@@ -165,6 +165,27 @@ def test_the_admin_api_refuses_a_missing_or_wrong_token(stack, monkeypatch) -> N
     assert fetch("GET", stack.url + "/admin/orgs", headers=bearer(token)).status == 200
 
 
+def test_the_admin_token_is_compared_in_constant_time(stack, monkeypatch) -> None:
+    """Every admin token check goes through hmac.compare_digest (whose time does not depend
+    on where the strings differ): an attacker cannot guess the token byte by byte."""
+    import proxy.admin
+
+    token = "admin-" + "q" * 40
+    monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", token)
+    seen: list[tuple[bytes, bytes]] = []
+    real = proxy.admin.hmac.compare_digest
+
+    def recording(a, b):
+        seen.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(proxy.admin.hmac, "compare_digest", recording)
+    for guess in ("a", token[:-1] + "x", token):
+        fetch("GET", stack.url + "/admin/orgs", headers=bearer(guess))
+    assert [a.decode() for a, _ in seen] == ["a", token[:-1] + "x", token]
+    assert all(b == token.encode() for _, b in seen)
+
+
 # --- one organization against another ------------------------------------------------------------
 
 
