@@ -238,8 +238,8 @@ class Journal:
 
     # --- replaying --------------------------------------------------------------------
     async def replay(self, settle: Callable[[Entry], Awaitable[Any]]) -> int:
-        """Settle every segment this process can lock, oldest name first; how many entries
-        were settled. Stops at the first `StoreUnavailable` (raised as `Stopped`), keeping
+        """Settle every segment this process can lock, each in its own order; how many
+        entries were settled. Stops at the first `StoreUnavailable` (raised as `Stopped`), keeping
         what is left for the next replay."""
         async with self._io:
             if self._lines:
