@@ -47,9 +47,12 @@ def summarize(path: Path, top: int = 30) -> dict:
             inclusive[f] += count
         if frames:
             self_[frames[-1]] += count
+    # The entry chain (main, run, Runner.run...) is on every stack: it says nothing.
+    root = max(inclusive.values(), default=0)
+    ranked = [(f, c) for f, c in inclusive.most_common() if c < root]
     return {
         "samples": total,
-        "top": [(f, 100 * c / total) for f, c in inclusive.most_common(top)],
+        "top": [(f, 100 * c / total) for f, c in ranked[:top]],
         "self": [(f, 100 * c / total) for f, c in self_.most_common(top)],
     }
 

@@ -28,8 +28,11 @@ def aggregate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         agg["rps_min"], agg["rps_max"] = min(s["rps"] for s in ss), max(s["rps"] for s in ss)
         redis = [s["redis_cpu_ms"] for s in ss if s["redis_cpu_ms"] is not None]
         agg["redis_cpu_ms"] = statistics.median(redis) if redis else None
+        scripts = [s["script_ms_per_req"] for s in ss if s.get("script_ms_per_req")]
+        agg["script_ms_per_req"] = statistics.median(scripts) if scripts else None
         agg["redis_calls_per_req"] = ss[-1]["redis_calls_per_req"]
         agg["foreign_cores_max"] = max(s["foreign_cores"] for s in ss)
+        agg["errors"] = sum(s.get("errors", 0) for s in ss)
         out.append(agg)
     return out
 
@@ -41,8 +44,12 @@ def _fmt(v: float | None, digits: int) -> str:
 
 
 def _row(r: dict[str, Any], name: str | None = None) -> str:
-    cells = [name or r["row"]] + [_fmt(r[k], d) for k, _, d in COLUMNS]
+    label = name or r["row"]
+    if r.get("errors"):
+        label += f" ({r['errors']} errors/non-2xx)"
+    cells = [label] + [_fmt(r[k], d) for k, _, d in COLUMNS]
     cells.append(_fmt(r["redis_cpu_ms"], 3))
+    cells.append(_fmt(r.get("script_ms_per_req"), 3))
     cells.append(f"{r['foreign_cores']:.2f} (max {r['foreign_cores_max']:.2f})")
     return "| " + " | ".join(cells) + " |"
 
@@ -51,13 +58,13 @@ def _ratio_row(r: dict[str, Any], base: dict[str, Any], label: str) -> str:
     cells = [f"  ÷ {label}"]
     for k, _, _ in COLUMNS:
         cells.append(f"{r[k] / base[k]:.2f}" if base[k] else "-")
-    return "| " + " | ".join(cells) + " | | |"
+    return "| " + " | ".join(cells) + " | | | |"
 
 
 def _delta_row(r: dict[str, Any], base: dict[str, Any], label: str) -> str:
     cells = [f"  - {label} (ms)", ""]
     cells += [f"{r[k] - base[k]:+.2f}" for k in LATENCY]
-    return "| " + " | ".join(cells) + " | | | | |"
+    return "| " + " | ".join(cells) + " | | | | | |"
 
 
 def _get(results: dict[str, Any], scenario: str, row: str) -> dict[str, Any] | None:
@@ -145,11 +152,14 @@ def markdown(results: dict[str, Any]) -> str:
         f"- Each figure: the median of {r['rounds']} round(s) of {r['seconds_per_run']:g} s "
         "per row; rows alternate within a round. Latency is wrk's, in ms. CPU ms/req: "
         "utime+stime of the server's processes (the upstream's for *direct*) over the "
-        "requests served. RSS: the largest serving process.",
+        "requests served. RSS: the largest serving process. Redis CPU: the Valkey process's "
+        "utime+stime per request; scripts: the time Valkey spent running admit and settle "
+        "per request (INFO commandstats).",
         *[f"- Note: {n}" for n in r["notes"]],
         "",
     ]
-    header = ["row"] + [h for _, h, _ in COLUMNS] + ["Redis CPU ms/req", "other load"]
+    header = ["row"] + [h for _, h, _ in COLUMNS]
+    header += ["Redis CPU ms/req", "scripts ms/req", "other load"]
     for scenario in dict.fromkeys(x["scenario"] for x in r["rows"]):
         rows = [x for x in r["rows"] if x["scenario"] == scenario]
         direct = next((x for x in rows if x["row"] == "direct"), None)
@@ -203,6 +213,9 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["## RSS over a soak (fresh process, JSON c50 and stream c20 alternating)", "",
                   "| requests | RSS MB |", "|---|---|"]  # fmt: skip
         lines += [f"| {p['requests']:,} | {p['rss_mb']} |" for p in r["soak"]["points"]]
+        bad = sum(p.get("errors", 0) for p in r["soak"]["points"])
+        if bad:
+            lines += ["", f"{bad} requests of the soak were answered with an error (non-2xx)."]
         lines.append("")
     if r.get("profiles"):
         lines += ["## Profiles (py-spy, Tollway one worker)", ""]

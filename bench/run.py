@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -338,9 +339,11 @@ class Bench:
             raise RuntimeError(f"wrk failed ({p.returncode}):\n{out}")
         r = json.loads(line.removeprefix("BENCH_JSON "))
         r["wrk_cpu"] = usage.ru_utime + usage.ru_stime
-        bad = sum(r["errors"].values())
-        if bad:
-            raise RuntimeError(f"wrk saw {bad} errors or non-2xx answers on :{port}:\n{out}")
+        # Errors and non-2xx answers (e.g. a 503 when the store did not answer within its
+        # timeout on a starved core) are counted and reported, not hidden.
+        r["bad"] = sum(r["errors"].values())
+        if r["requests"] and r["bad"] > r["requests"] // 100:
+            raise RuntimeError(f"wrk: {r['bad']} errors or non-2xx answers on :{port}:\n{out}")
         return r
 
     def redis_commands(self) -> dict[str, int]:
@@ -353,7 +356,10 @@ class Bench:
             stats = c.info("commandstats")
         finally:
             c.close()
-        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+        out = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+        # Time the server spent running the scripts (microseconds, all EVALSHA calls).
+        out["evalsha_usec"] = int(stats.get("cmdstat_evalsha", {}).get("usec", 0))
+        return out
 
     def measure(self, scenario: Scenario, row: str, rnd: int, seconds: float) -> dict:
         server = self.servers[row]
@@ -374,6 +380,7 @@ class Bench:
         if server is not up:
             ours += up1 - up0
         calls = {k: v - cmds0.get(k, 0) for k, v in cmds1.items() if v - cmds0.get(k, 0)}
+        script_us = calls.pop("evalsha_usec", 0)
         calls.pop("info", None)  # our own two INFO commandstats
         sample = {
             "scenario": scenario.name,
@@ -387,10 +394,12 @@ class Bench:
             "cpu_ms": (cpu1 - cpu0) * 1000 / n,
             "rss_mb": max(server.rss()),
             "redis_cpu_ms": (redis1 - redis0) * 1000 / n if self.redis_pid else None,
+            "script_ms_per_req": script_us / 1000 / n if self.valkey is not None else None,
             "redis_calls_per_req": {k: round(v / n, 3) for k, v in calls.items()}
             if row.startswith("tollway") and self.valkey is not None
             else None,
             "foreign_cores": max(0.0, (busy1 - busy0) - ours) / wall,
+            "errors": r["bad"],
         }
         self.samples.append(sample)
         return sample
@@ -498,15 +507,19 @@ class Bench:
         self.wait_ready(server)
         points: list[dict[str, Any]] = []
         total, seg = 0, 0
+        seen = [x["rps"] for x in self.samples if x["row"] == "tollway"]
+        rate = statistics.median(seen) if seen else 500.0
         bodies = [(request_body(False), 50), (request_body(True), 20)]
         while total < target:
             body, conc = bodies[seg % 2]
             # First segment: about 10k requests, to read the RSS there.
-            secs = 4 if total == 0 else 10
+            secs = max(2, round(10_500 / rate)) if total == 0 else 10
             r = self.wrk(server.port, conc, secs, body)
             total += r["requests"]
             seg += 1
-            points.append({"requests": total, "rss_mb": round(max(server.rss()), 1)})
+            points.append(
+                {"requests": total, "rss_mb": round(max(server.rss()), 1), "errors": r["bad"]}
+            )
             print(f"  soak: {total:7d} requests, RSS {points[-1]['rss_mb']} MB", flush=True)
         at_10k = next(p for p in points if p["requests"] >= min(10_000, target))
         self.extra["soak"] = {
@@ -544,7 +557,7 @@ class Bench:
                                                 **summarize(raw)}  # fmt: skip
 
     # --- all -------------------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def run(self) -> None:
         print(f"cores {len(cpus())}, load {self.load_before}, layout {self.cpu}", flush=True)
         self.start()
         self.warm_up()
@@ -559,7 +572,6 @@ class Bench:
             self.profile()
         if not self.args.no_soak:
             self.soak()
-        return self.results()
 
     def results(self) -> dict[str, Any]:
         from bench.report import aggregate
@@ -614,20 +626,22 @@ def main() -> None:
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
             sys.exit(f"bench: `{tool}` is not installed (Debian: apt-get install -y {tool})")
+    from bench.report import write
+
     bench = Bench(args)
     try:
-        results = bench.run()
+        bench.run()
     except BaseException:
         print(f"bench: failed; the servers' logs are kept in {bench.tmp}", file=sys.stderr)
         bench.keep_logs = True
+        bench.notes.append("INCOMPLETE: the run failed before its end (see its output).")
         raise
     finally:
         bench.stop()
-    from bench.report import write
-
-    md, path = write(results, args.out)
-    print(md)
-    print(f"results: {path}.md and {path}.json")
+        if bench.samples:
+            md, path = write(bench.results(), args.out)
+            print(md)
+            print(f"results: {path}.md and {path}.json")
 
 
 if __name__ == "__main__":
