@@ -19,6 +19,7 @@ from limits.embedded import data_dir_for
 from limits.journal import Journal, Replayer
 from limits.meter import Meter
 from limits.store import Store
+from proxy import limit_requests
 from proxy.admin import create_admin_app
 from proxy.autoreload import AutoReloader
 from proxy.handler import ROUTES, ProxyHandler
@@ -91,6 +92,7 @@ def create_app(
         app.router.add_route("*", path, _proxy_view)
     app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
     app.add_subapp("/admin", create_admin_app(holder, store, app[CLOCK], app[APIKEYS]))
+    limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
     return app
 
 
