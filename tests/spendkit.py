@@ -15,6 +15,7 @@ from typing import Any
 
 from config import parse_config_text
 from limits.apikeys import ApiKeys
+from limits.credits import Credits
 from limits.meter import Meter
 from limits.money import parse_usd
 from limits.plans import Principal
@@ -54,29 +55,10 @@ def mtd(stack: Stack, month: str, org: str = "acme") -> dict[str, int]:
     return {k: int(v) for k, v in raw.items()}
 
 
-def buy(stack: Stack, amount_usd: str, org: str = "acme", lot_id: str = "lot1") -> None:
-    """Add a purchased credit lot (valid one year) with the add_lot script."""
-    now = stack.clock.now_ms()
-    k = stack.keys
-    keys = [
-        k.account(org),
-        k.lots(org),
-        k.lot_expiries(org),
-        k.lots_all(org),
-        k.ledger(org),
-        k.lot(org, lot_id),
-    ]
-    args = [
-        now,
-        lot_id,
-        "purchased",
-        parse_usd(amount_usd),
-        now + 365 * 86_400_000,
-        "purchase",
-        "",
-        k.lot_prefix(org),
-    ]
-    stack.run(stack.store.run("add_lot", keys, args))
+def buy(stack: Stack, amount_usd: str, org: str = "acme") -> str:
+    """Buy credit for `org` (a purchased lot, valid one year) at the stack's clock; return
+    the lot's id."""
+    return stack.run(Credits(stack.store, stack.clock).buy(org, parse_usd(amount_usd))).id
 
 
 def balance(stack: Stack, org: str = "acme") -> int:

@@ -82,7 +82,7 @@ def count_admitted(stack, key: str, limit: int = 30) -> tuple[int, openai.APISta
 def test_prepaid_included_usage_leaves_credits_untouched_then_extra_is_debited(stack_factory):
     stack = stack_factory(seats("prepaid"))
     priced(stack)
-    buy(stack, "1.00")
+    lot = buy(stack, "1.00")
     key = stack.key(user="alice")
     for _ in range(2):
         answer = chat(stack, key)
@@ -100,7 +100,7 @@ def test_prepaid_included_usage_leaves_credits_untouched_then_extra_is_debited(s
         (str(C), "0", "1"),
         ("0", str(C), "1"),
     ]
-    assert events[-1]["lots"] == f"lot1={C}"
+    assert events[-1]["lots"] == f"{lot}={C}"
 
 
 def test_postpaid_extra_usage_accrues_for_the_statement(stack_factory):
