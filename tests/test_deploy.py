@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,11 @@ BY = re.compile(r"\bby\s*\(([^)]*)\)")
 
 
 def tool(name: str) -> str:
-    path = shutil.which(name)
+    """A command: from the environment running the tests first (the test extra installs
+    hadolint and kubernetes-validate there, and `make test` does not put it on PATH),
+    else from PATH."""
+    here = Path(sys.executable).parent
+    path = shutil.which(name, path=f"{here}{os.pathsep}{os.environ.get('PATH', '')}")
     assert path, f"{name} is not installed (see the README's test command)"
     return path
 
