@@ -4,7 +4,7 @@ Python proxy hop, to compare Tollway with.
 It does what any aiohttp reverse proxy must: read the request body, forward method, path,
 query, body and headers (less hop-by-hop ones) on a pooled keep-alive connection, and
 relay the answer chunk by chunk as it arrives. Same server, client and connector settings
-as Tollway's (`proxy/serve.py`, `proxy/app.py`), same event loop (uvloop).
+as Tollway's (`proxy/runtime/serve.py`, `proxy/runtime/app.py`), same event loop (uvloop).
 
     python -m bench.bare_proxy --port 9002 --upstream http://127.0.0.1:9001 [--reuse-port]
 """

@@ -18,7 +18,7 @@ _LINE = re.compile(r":\d+\)")
 
 
 def _frame(f: str) -> str:
-    """``handle (proxy/handler.py:123)`` → ``handle (proxy/handler.py)``, paths shortened."""
+    """``handle (proxy/gateway/handler.py:123)`` → ``handle (proxy/gateway/handler.py)``, paths shortened."""
     f = _LINE.sub(")", f)
     for marker in ("site-packages/", "/work/main/", "python3.11/"):
         if marker in f:

@@ -147,9 +147,9 @@ organizations:
 
 async def prepare_store(url: str, prefix: str) -> str:
     """A key for user u1 of workspace `load`, and a $1,000,000 credit lot; returns the key."""
-    from limits.apikeys import ApiKeys
-    from limits.rkeys import Keys
-    from limits.store import Store
+    from tollway.limits.apikeys import ApiKeys
+    from tollway.limits.rkeys import Keys
+    from tollway.limits.store import Store
 
     store = Store.from_url(url, Keys(prefix), timeout=5.0)
     try:
@@ -261,7 +261,7 @@ class Bench:
         if self.args.baseline:
             port = free_port()
             env = {**self.env, "PYTHONPATH": str(Path(self.args.baseline).resolve())}
-            argv = [PY, "-m", "proxy.cli", "serve", "--config", str(self.config),
+            argv = [PY, "-m", "tollway.proxy.cli", "serve", "--config", str(self.config),
                     "--port", str(port)]  # fmt: skip
             base = Proc("tollway-base", argv, self.cpu["proxy"], self.tmp / "base.log", env)
             self.servers["tollway-base"] = Server("tollway-base", port, [base.start()])
@@ -286,7 +286,7 @@ class Bench:
             if "workers" not in self.extra:
                 self.notes.append(
                     "`tollway serve --workers` is not available in this tree: the x2 Tollway "
-                    "rows run two `proxy.serve.serve(..., reuse_port=True)` processes "
+                    "rows run two `tollway.proxy.runtime.serve.serve(..., reuse_port=True)` processes "
                     "(`bench.worker --reuse-port`) on one port."
                 )
             self.extra["workers"] = "reuse_port processes"
@@ -300,7 +300,7 @@ class Bench:
     def has_workers() -> bool:
         import importlib.util
 
-        return importlib.util.find_spec("proxy.workers") is not None
+        return importlib.util.find_spec("tollway.proxy.runtime.workers") is not None
 
     def wait_ready(self, server: Server, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -442,7 +442,7 @@ class Bench:
         }
 
     def lag(self) -> None:
-        from proxy.tokens import TokenCounter
+        from tollway.proxy.gateway.tokens import TokenCounter
 
         port = free_port()
         proc = Proc("lagprobe", [PY, "-m", "bench.worker", "--config", str(self.config),

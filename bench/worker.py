@@ -1,10 +1,10 @@
 """One Tollway process for the benchmark, in one of two modes.
 
-``--reuse-port``: exactly what ``tollway serve`` runs (`proxy.serve.serve`), bound with
+``--reuse-port``: exactly what ``tollway serve`` runs (`tollway.proxy.runtime.serve.serve`), bound with
 SO_REUSEPORT so that several such processes share one port. The benchmark uses it for
 the two-worker rows when ``tollway serve --workers`` is not available.
 
-``--lag-probe``: Tollway's app (`proxy.app.create_app`, full metering) plus a probe task
+``--lag-probe``: Tollway's app (`tollway.proxy.runtime.app.create_app`, full metering) plus a probe task
 that sleeps 1 ms in a loop and records how late it wakes up: the longest time the event
 loop was held by anything else. ``GET /bench/lag`` returns the lags recorded since the
 previous call (max, p99, p50 in ms, count) and starts a new window.
@@ -20,12 +20,11 @@ import signal
 import time
 
 from aiohttp import web
-
-from config import load_config
-from config.reload import ConfigHolder
-from proxy import logs
-from proxy.app import create_app
-from proxy.setup import store_url
+from tollway.config import load_config
+from tollway.config.reload import ConfigHolder
+from tollway.proxy.runtime import logs
+from tollway.proxy.runtime.app import create_app
+from tollway.proxy.runtime.locate import store_url
 
 PROBE_SLEEP = 0.001
 
@@ -89,7 +88,7 @@ def main() -> None:
     if args.lag_probe:
         uvloop.run(lag_probe_server(holder, handle, args.port))
         return
-    from proxy.serve import serve
+    from tollway.proxy.runtime.serve import serve
 
     uvloop.run(serve(holder, handle, "127.0.0.1", args.port, reuse_port=True))
 

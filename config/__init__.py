@@ -1,11 +1,11 @@
 """Tollway's configuration: YAML -> validated, immutable, typed ``Config``.
 
-    from config import Config, ConfigError, load_config, parse_config_text
+    from tollway.config import Config, ConfigError, load_config, parse_config_text
 
-See ``config.schema`` for the models and units, ``config.loader`` for how files are read
-and errors reported, and ``config.reload`` for hot reload.
+See ``tollway.config.schema`` for the models and units, ``tollway.config.loader`` for how files are read
+and errors reported, and ``tollway.config.reload`` for hot reload.
 
-Names are imported lazily (PEP 562) so that ``python -m config.schema``, which regenerates
+Names are imported lazily (PEP 562) so that ``python -m tollway.config.schema``, which regenerates
 ``config/tollway.schema.json``, runs without importing its own module twice.
 """
 
@@ -15,8 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from config.loader import ConfigError, load_config, parse_config_text
-    from config.schema import (
+    from tollway.config.loader import ConfigError, load_config, parse_config_text
+    from tollway.config.schema import (
         AutoReload,
         Billing,
         Config,
@@ -65,5 +65,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in __all__:
         raise AttributeError(f"module 'config' has no attribute {name!r}")
-    module = importlib.import_module("config.loader" if name in _FROM_LOADER else "config.schema")
+    module = importlib.import_module(
+        "tollway.config.loader" if name in _FROM_LOADER else "tollway.config.schema"
+    )
     return getattr(module, name)

@@ -11,7 +11,7 @@ How it works: PyYAML composes the document into nodes (which carry line marks); 
 plain dicts/lists from them ourselves, recording the line of every key and sequence item
 under its key path, and catching duplicate keys on the way. Float scalars become
 ``decimal.Decimal`` (never ``float``) so money stays exact. The data is then validated by
-the pydantic models in ``config.schema``, and each pydantic error's ``loc`` is mapped back
+the pydantic models in ``tollway.config.schema``, and each pydantic error's ``loc`` is mapped back
 to a key path and a line.
 
 Decisions: mapping keys are always strings (the key's text as written: a user named ``no``
@@ -31,9 +31,8 @@ from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from tollway.config.schema import Config, show
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-
-from config.schema import Config, show
 
 KeyPath = tuple[str | int, ...]
 

@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from config.loader import ConfigError, parse_config_text
-from config.schema import Config
+from tollway.config.loader import ConfigError, parse_config_text
+from tollway.config.schema import Config
 
 log = logging.getLogger("tollway.config")
 

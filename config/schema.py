@@ -7,17 +7,17 @@ tasks and swapped whole on reload without anyone mutating it.
 Units, once and for all:
 
 - money (prices, caps, included usage, auto-reload) is integer micro-USD, written in YAML as
-  USD with at most 6 decimals and parsed exactly by ``limits.money.parse_usd``;
+  USD with at most 6 decimals and parsed exactly by ``tollway.limits.money.parse_usd``;
 - prices are micro-USD per million tokens;
 - limits are per minute: ``tpm``/``input_tpm``/``output_tpm`` are integers, ``rpm`` is a
   ``Decimal`` with at most 3 decimals (per-user shares such as 0.37 are fractional);
 - caps: ``null`` or ``"unlimited"`` means no cap.
 
 Validation needs a context ``{"env": Mapping[str, str], "source": str | None}`` (given by
-``config.loader``): upstream keys and payment secrets are read from ``env`` at load time and
+``tollway.config.loader``): upstream keys and payment secrets are read from ``env`` at load time and
 are never written in the YAML; without a context ``os.environ`` is used.
 
-Run ``python -m config.schema > config/tollway.schema.json`` to regenerate the schema file.
+Run ``python -m tollway.config.schema > config/tollway.schema.json`` to regenerate the schema file.
 """
 
 from __future__ import annotations
@@ -50,8 +50,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import PydanticCustomError
-
-from limits.money import format_usd, parse_usd
+from tollway.limits.money import format_usd, parse_usd
 
 V = TypeVar("V")
 

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from tollway.config.loader import parse_config_text
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.clock import SystemClock
+from tollway.limits.meter import Meter
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
+from tollway.limits.usage import Usage
 
-from config.loader import parse_config_text
-from limits.apikeys import ApiKeys
-from limits.clock import SystemClock
-from limits.meter import Meter
-from limits.rkeys import Keys
-from limits.store import Store
-from limits.usage import Usage
 from tests.stack import ENV, PRICES, Stack
 
 HELLO = [{"role": "user", "content": "Say hello"}]

@@ -19,9 +19,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 
-from limits.errors import UnknownKey
-from limits.plans import Principal
-from limits.store import Store
+from tollway.limits.errors import UnknownKey
+from tollway.limits.plans import Principal
+from tollway.limits.store import Store
 
 SECRET_PREFIX = "tw-"
 CACHE_SIZE = 100_000

@@ -17,8 +17,8 @@ The password of a Sentinel URL is the data servers' password; Sentinels that hav
 take it from ``sentinel_password``. Default ports: 6379, and 26379 for Sentinels.
 
 Every client decodes responses to ``str`` and has the same socket timeouts, so
-`limits.store.Store` works the same on all of them. On a cluster, every key of an
-organization carries the ``{org}`` hash tag (`limits.rkeys`), so each script, whose keys
+`tollway.limits.store.Store` works the same on all of them. On a cluster, every key of an
+organization carries the ``{org}`` hash tag (`tollway.limits.rkeys`), so each script, whose keys
 are all of one organization, runs on one node.
 """
 

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from limits.clock import Clock
-from limits.errors import CreditError
-from limits.money import format_usd
-from limits.store import Store
+from tollway.limits.clock import Clock
+from tollway.limits.errors import CreditError
+from tollway.limits.money import format_usd
+from tollway.limits.store import Store
 
 PURCHASED, PROMOTIONAL = "purchased", "promotional"
 MAX_AMOUNT = 10**15  # 1e9 USD: every sum stays exact in a Lua double (< 2**53)

@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-from limits.errors import StoreUnavailable
-from limits.plans import Principal
-from limits.usage import Usage
+from tollway.limits.errors import StoreUnavailable
+from tollway.limits.plans import Principal
+from tollway.limits.usage import Usage
 
 log = logging.getLogger("tollway.journal")
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from limits.plans import BucketSpec, specs_of
-from limits.store import Store, load_script
+from tollway.limits.plans import BucketSpec, specs_of
+from tollway.limits.store import Store, load_script
 
 _source = functools.cache(lambda: load_script("levels"))
 

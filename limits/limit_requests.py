@@ -14,7 +14,7 @@ and decides atomically, so that:
 
 Only the latest request of each user is kept; a decided request stays readable (status,
 note, decision) until the user files a new one. Times are ms since the epoch from the
-injected clock. This module stores; `limits.spend.Spend` validates names and amounts.
+injected clock. This module stores; `tollway.limits.spend.Spend` validates names and amounts.
 """
 
 from __future__ import annotations
@@ -25,9 +25,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-
-from limits.errors import LimitsError
-from limits.store import Store, load_script
+from tollway.limits.errors import LimitsError
+from tollway.limits.store import Store, load_script
 
 PENDING, APPROVED, DENIED = "pending", "approved", "denied"
 MAX_REASON = 1000  # characters

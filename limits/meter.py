@@ -14,12 +14,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-
-from limits import plans
-from limits.clock import Clock
-from limits.plans import BucketSpec, Principal
-from limits.store import Store
-from limits.usage import Usage
+from tollway.limits import plans
+from tollway.limits.clock import Clock
+from tollway.limits.plans import BucketSpec, Principal
+from tollway.limits.store import Store
+from tollway.limits.usage import Usage
 
 KEEP_MS = 400 * 86_400_000  # month and day counters and sessions are kept ~13 months
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
-from limits.errors import UnknownPrice
-from limits.usage import Usage
+from tollway.limits.errors import UnknownPrice
+from tollway.limits.usage import Usage
 
 PER_MILLION = 1_000_000
 

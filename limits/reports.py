@@ -32,9 +32,8 @@ from datetime import date, timedelta
 from typing import Any
 
 import orjson
-
-from limits.money import format_usd
-from limits.store import Store
+from tollway.limits.money import format_usd
+from tollway.limits.store import Store
 
 GROUPINGS = ("org", "workspace", "user", "key", "model", "day")
 _DIM = {"workspace": "ws", "user": "user", "key": "key", "model": "model"}

@@ -3,7 +3,7 @@ run-time overrides of the organization's ``cfg`` hash, with the scripts' precede
 
 Pure functions: admit.lua decides; these only describe what it will decide from, for
 admins and users to see. The precedence is not restated here: the override fields and
-their order come from `limits.plans` (``cap_plans``, ``extra_plan``), the same plans the
+their order come from `tollway.limits.plans` (``cap_plans``, ``extra_plan``), the same plans the
 scripts receive, so the two cannot drift apart. Money is integer micro-USD; an unlimited
 cap is None.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from limits import plans
-from limits.limit_requests import SpendError
-from limits.plans import Principal
+from tollway.limits import plans
+from tollway.limits.limit_requests import SpendError
+from tollway.limits.plans import Principal
 
 UNLIMITED = "unlimited"
 MAX_AMOUNT = 10**15  # every sum stays exact in a Lua double

@@ -20,7 +20,7 @@ YAML; ``cap:tier=T``; the tier's ``monthly_cap``. Organization and workspace cap
 on top of it. Extra usage: ``extra:org = "0"`` turns it off for everyone; otherwise
 ``extra:user=U``, then ``extra:org``, then the YAML decide.
 
-Errors (all `limits.errors.LimitsError`; nothing is changed when one is raised)::
+Errors (all `tollway.limits.errors.LimitsError`; nothing is changed when one is raised)::
 
     SpendError               a bad amount, month or reason; a decision the rules refuse
      ├── UnknownName         an organization, user, tier, workspace or level not configured
@@ -37,9 +37,9 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from limits import seats
-from limits.clock import Clock
-from limits.limit_requests import (
+from tollway.limits import seats
+from tollway.limits.clock import Clock
+from tollway.limits.limit_requests import (
     APPROVED,
     DENIED,
     MAX_REASON,
@@ -52,10 +52,10 @@ from limits.limit_requests import (
     UnknownName,
     new_request_id,
 )
-from limits.meter import periods
-from limits.seats import UNLIMITED, UserStatus
-from limits.statement import Statement, build_statement
-from limits.store import Store
+from tollway.limits.meter import periods
+from tollway.limits.seats import UNLIMITED, UserStatus
+from tollway.limits.statement import Statement, build_statement
+from tollway.limits.store import Store
 
 __all__ = [
     "LEVELS",
@@ -259,7 +259,7 @@ class Spend:
 
     # --- statements ----------------------------------------------------------------------
     async def statement(self, org: str, month: str | None = None) -> Statement:
-        """The usage statement of `month` (see `limits.statement`), cross-checked against
+        """The usage statement of `month` (see `tollway.limits.statement`), cross-checked against
         the ledger's debit events (reads the whole ledger stream: an admin operation)."""
         org_cfg = self._org(org)
         month, start, end = self.month_bounds(month)

@@ -6,7 +6,7 @@ month (of the configured time zone): the statement is what settle.lua summed, an
 `Statement.consistent` says whether the request-by-request record agrees to the
 micro-USD: True or False, or None when the ledger no longer holds the whole month (its
 oldest events are folded away after ``store.ledger_retention_days``; the account's
-``ledger_folded_ts`` says how far). Pure functions here; `limits.spend.Spend.statement`
+``ledger_folded_ts`` says how far). Pure functions here; `tollway.limits.spend.Spend.statement`
 reads the data.
 
 Contracts (money in integer micro-USD):
@@ -27,7 +27,7 @@ import io
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 
-from limits.money import format_usd
+from tollway.limits.money import format_usd
 
 
 @dataclass(frozen=True, slots=True)

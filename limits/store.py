@@ -17,10 +17,9 @@ from importlib import resources
 from typing import Any
 
 from redis import exceptions as rexc
-
-from limits.connect import connect
-from limits.errors import StoreUnavailable
-from limits.rkeys import Keys
+from tollway.limits.connect import connect
+from tollway.limits.errors import StoreUnavailable
+from tollway.limits.rkeys import Keys
 
 SCRIPT_NAMES = ("admit", "settle", "add_lot", "expire", "reload_lock")
 
@@ -69,7 +68,7 @@ class Store:
     @classmethod
     def from_url(cls, url: str, keys: Keys | None = None, timeout: float = 0.5) -> Store:
         """A store on `url`: redis://, rediss://, unix://, redis+sentinel://, redis+cluster://
-        (see `limits.connect`)."""
+        (see `tollway.limits.connect`)."""
         return cls(connect(url, timeout), keys)
 
     async def close(self) -> None:

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from tollway.limits.clock import ManualClock
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
 
-from limits.clock import ManualClock
-from limits.rkeys import Keys
-from limits.store import Store
 from tests.stack import Stack
 
 

@@ -16,7 +16,7 @@ Rules the tests can rely on:
   ``messages``, ``system``, ``prompt``, ``input`` and ``instructions``, descending through
   lists and into the ``content``, ``text`` and ``input`` keys of objects (so ``role`` and
   ``type`` are not counted). E.g. one user message "Say hello" gives 5.
-  ``input_tokens`` is the *uncached* part (``limits.usage.Usage`` semantics); OpenAI formats
+  ``input_tokens`` is the *uncached* part (``tollway.limits.usage.Usage`` semantics); OpenAI formats
   report ``prompt_tokens`` (Responses: ``input_tokens``) ``= input + cache_read`` with
   ``cached_tokens = cache_read``. OpenAI has no cache-write charge: OpenAI routes ignore
   ``cache_write_tokens`` (the Responses API's ``cache_write_tokens`` detail is always 0).

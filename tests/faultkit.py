@@ -21,12 +21,12 @@ from typing import Any
 import aiohttp
 import orjson
 import redis
+from tollway.limits.embedded import free_port
+from tollway.limits.prices import cost_micro
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
+from tollway.limits.usage import Usage
 
-from limits.embedded import free_port
-from limits.prices import cost_micro
-from limits.rkeys import Keys
-from limits.store import Store
-from limits.usage import Usage
 from tests.stack import DEFAULT_ORGS, Stack
 
 
@@ -371,7 +371,7 @@ def settled(stack: Stack, timeout: float = 20) -> None:
     """Wait until no request is in flight and no settlement runs. (`Stack.wait_settled`
     alone can return in the instant between a stream's last byte and the start of its
     settlement, on a busy machine.) Bounded by `timeout` seconds of real time."""
-    from proxy.app import HANDLER
+    from tollway.proxy.runtime.app import HANDLER
 
     wait_for(
         lambda: (
@@ -429,7 +429,7 @@ class ProxyProcess:
         self.log_path = log_path or config_path.with_name(f"proxy-{self.port}.log")
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path),
+            [sys.executable, "-m", "tollway.proxy.cli", "serve", "--config", str(config_path),
              "--port", str(self.port)],
             env=env,
             stdout=self._log,
@@ -549,7 +549,7 @@ class ScriptedUpstream:
 def loop_state(stack: Stack) -> tuple[Counter[str], int]:
     """(tasks on the stack's loop by coroutine, not counting the per-connection tasks of
     servers; upstream connections the proxy has checked out)."""
-    from proxy.app import HANDLER
+    from tollway.proxy.runtime.app import HANDLER
 
     async def look() -> tuple[Counter[str], int]:
         names: Counter[str] = Counter()

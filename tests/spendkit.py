@@ -13,14 +13,15 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from config import parse_config_text
-from limits.apikeys import ApiKeys
-from limits.credits import Credits
-from limits.meter import Meter
-from limits.money import parse_usd
-from limits.plans import Principal
-from limits.spend import Spend
-from limits.usage import Usage
+from tollway.config import parse_config_text
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.credits import Credits
+from tollway.limits.meter import Meter
+from tollway.limits.money import parse_usd
+from tollway.limits.plans import Principal
+from tollway.limits.spend import Spend
+from tollway.limits.usage import Usage
+
 from tests.stack import Stack
 
 MODEL = "gpt-4o"

@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 import anthropic
 import openai
 from aiohttp import web
+from tollway.config import load_config
+from tollway.config.reload import ConfigHolder
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.clock import ManualClock
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
+from tollway.proxy.runtime.app import HANDLER, METER, METRICS, create_app
 
-from config import load_config
-from config.reload import ConfigHolder
-from limits.apikeys import ApiKeys
-from limits.clock import ManualClock
-from limits.rkeys import Keys
-from limits.store import Store
-from proxy.app import HANDLER, METER, METRICS, create_app
 from tests.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, start_fake_upstream
 from tests.valkeycluster import sync_client
 
@@ -98,7 +98,7 @@ class Stack:
 
     def day(self, org: str = "acme", day: str | None = None) -> dict[str, int]:
         """The day's report counters of an organization, as integers."""
-        from limits.meter import periods
+        from tollway.limits.meter import periods
 
         day = day or periods(self.clock.now_ms(), self.holder.current.server.tzinfo)[1]
         raw = self.redis.hgetall(self.keys.day(org, day))

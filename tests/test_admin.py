@@ -12,15 +12,14 @@ import openai
 import pytest
 import requests
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
-
-from config import parse_config_text
-from config.reload import ConfigHolder
-from limits.apikeys import ApiKeys
-from limits.clock import ManualClock
-from limits.rkeys import Keys
-from limits.spend import Spend
-from limits.store import Store
-from proxy.admin import create_admin_app, routes
+from tollway.config import parse_config_text
+from tollway.config.reload import ConfigHolder
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.clock import ManualClock
+from tollway.limits.rkeys import Keys
+from tollway.limits.spend import Spend
+from tollway.limits.store import Store
+from tollway.proxy.admin.app import create_admin_app, routes
 
 TOKEN = "admin-secret-for-tests"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

@@ -22,9 +22,9 @@ from schemathesis.checks import (
     not_a_server_error,
     status_code_conformance,
 )
+from tollway.proxy.admin.app import routes
+from tollway.proxy.admin.openapi import document
 
-from proxy.admin import routes
-from proxy.openapi import document
 from tests.test_admin import AUTH, ORGS, TOKEN
 
 NAMES = {

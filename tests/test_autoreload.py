@@ -13,13 +13,13 @@ import aiohttp
 import orjson
 import pytest
 from aiohttp import web
+from tollway.limits.credits import Credits
+from tollway.limits.money import parse_usd
+from tollway.limits.payments import NoPaymentProvider
+from tollway.proxy.runtime.app import RELOADER
+from tollway.proxy.runtime.autoreload import AutoReloader
+from tollway.proxy.runtime.payment_webhook import SIGNATURE_HEADER, WebhookPaymentProvider, sign
 
-from limits.credits import Credits
-from limits.money import parse_usd
-from limits.payments import NoPaymentProvider
-from proxy.app import RELOADER
-from proxy.autoreload import AutoReloader
-from proxy.payments import SIGNATURE_HEADER, WebhookPaymentProvider, sign
 from tests import stack as stack_module
 
 USD = parse_usd

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
-from config import parse_config_text
-from limits.apikeys import ApiKeys
-from limits.meter import Meter
-from limits.plans import Principal
-from limits.usage import Usage
+from tollway.config import parse_config_text
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.meter import Meter
+from tollway.limits.plans import Principal
+from tollway.limits.usage import Usage
 
 ENV = {"OPENAI_API_KEY": "x"}
 HEAD = """

@@ -5,8 +5,8 @@ overrides them (month to date, caps, extra usage, statements)."""
 from __future__ import annotations
 
 import pytest
+from tollway.limits.spend import UNLIMITED, SpendError
 
-from limits.spend import UNLIMITED, SpendError
 from tests.spendkit import C, World, spend_until_refused
 
 SEATS = """

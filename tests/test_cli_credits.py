@@ -1,4 +1,4 @@
-"""`tollway credits ...` run through `proxy.cli.main` against the test server, with a
+"""`tollway credits ...` run through `tollway.proxy.cli.main.main` against the test server, with a
 temporary config: output (table and JSON), exit codes, and refusals that change nothing."""
 
 from __future__ import annotations
@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import redis
-
-from proxy import cli
-from proxy.cli_credits import parse_duration
+from tollway.proxy.cli import main as cli
+from tollway.proxy.cli.credits import parse_duration
 
 CONFIG = """
 store: {{key_prefix: {prefix}}}

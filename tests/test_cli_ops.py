@@ -14,10 +14,10 @@ from decimal import Decimal
 
 import pytest
 import yaml
+from tollway.config import parse_config_text
+from tollway.limits import reports
+from tollway.proxy.cli.main import build_parser, main
 
-from config import parse_config_text
-from limits import reports
-from proxy.cli import build_parser, main
 from tests.stack import ENV
 
 ORGS = """

@@ -1,4 +1,4 @@
-"""`tollway spend | caps | extra-usage | requests | statement` through `proxy.cli.main`,
+"""`tollway spend | caps | extra-usage | requests | statement` through `tollway.proxy.cli.main.main`,
 against the store of a running stack whose traffic goes through the official SDKs: the
 output (table, JSON, CSV), the exit codes, changes that the very next request obeys, and
 refusals that change nothing."""
@@ -11,10 +11,11 @@ import json
 
 import openai
 import pytest
+from tollway.limits.clock import SystemClock
+from tollway.limits.spend import Spend
+from tollway.proxy.cli import main as cli
+from tollway.proxy.gateway import providers
 
-from limits.clock import SystemClock
-from limits.spend import Spend
-from proxy import cli, providers
 from tests.spendkit import C, chat, priced
 
 ORGS = """

@@ -16,11 +16,11 @@ from pathlib import Path
 import openai
 import pytest
 from redis.crc import key_slot
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.meter import periods
+from tollway.limits.store import Store
+from tollway.limits.usage import Usage
 
-from limits.apikeys import ApiKeys
-from limits.meter import periods
-from limits.store import Store
-from limits.usage import Usage
 from tests.stack import Stack
 from tests.valkeycluster import valkey_cluster, valkey_sentinel
 
@@ -202,10 +202,10 @@ async def test_credit_operations_and_reports_on_the_cluster(cluster_url: str):
     reads, for organizations spread over the three primaries."""
     from datetime import date, timedelta
 
-    from limits import reports
-    from limits.clock import ManualClock
-    from limits.credits import Credits
-    from limits.rkeys import Keys
+    from tollway.limits import reports
+    from tollway.limits.clock import ManualClock
+    from tollway.limits.credits import Credits
+    from tollway.limits.rkeys import Keys
 
     store = Store.from_url(cluster_url, Keys("t" + secrets.token_hex(5)), timeout=2.0)
     credits = Credits(store, ManualClock())

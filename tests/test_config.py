@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-
-from config import Config, ConfigError, Organization, load_config, parse_config_text
-from config.reload import ConfigHolder, watch
-from config.schema import json_schema
-from limits.money import MICRO, format_usd, parse_usd
+from tollway.config import Config, ConfigError, Organization, load_config, parse_config_text
+from tollway.config.reload import ConfigHolder, watch
+from tollway.config.schema import json_schema
+from tollway.limits.money import MICRO, format_usd, parse_usd
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "config" / "examples"
@@ -292,7 +291,7 @@ def test_committed_json_schema_is_up_to_date() -> None:
     committed = json.loads((ROOT / "config" / "tollway.schema.json").read_text())
     assert committed == json_schema(), (
         "config/tollway.schema.json is stale; regenerate it with: "
-        "python -m config.schema > config/tollway.schema.json"
+        "python -m tollway.config.schema > config/tollway.schema.json"
     )
 
 
@@ -307,7 +306,7 @@ def test_schema_shape() -> None:
 
 def test_schema_module_runs_cleanly() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "config.schema"],
+        [sys.executable, "-m", "tollway.config.schema"],
         cwd=ROOT,
         capture_output=True,
         text=True,

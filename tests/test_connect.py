@@ -15,11 +15,10 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
-from limits.connect import connect, parse_multi_host
-from limits.errors import StoreUnavailable
-from limits.rkeys import Keys
-from limits.store import Store
+from tollway.limits.connect import connect, parse_multi_host
+from tollway.limits.errors import StoreUnavailable
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
 
 
 def test_multi_host_urls():

@@ -17,15 +17,15 @@ from pathlib import Path
 import orjson
 import pytest
 import redis as sync_redis
+from tollway.config import load_config
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.clock import ManualClock, SystemClock
+from tollway.limits.credits import Credits
+from tollway.limits.meter import Meter
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
+from tollway.limits.usage import Usage
 
-from config import load_config
-from limits.apikeys import ApiKeys
-from limits.clock import ManualClock, SystemClock
-from limits.credits import Credits
-from limits.meter import Meter
-from limits.rkeys import Keys
-from limits.store import Store
-from limits.usage import Usage
 from tests.fakeupstream import run_in_thread
 from tests.faultkit import (
     ProxyProcess,

@@ -8,14 +8,13 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from config import parse_config_text
-from limits.credits import MAX_AMOUNT, Credits, one_year_later
-from limits.errors import CreditError
-from limits.meter import Meter
-from limits.money import parse_usd
-from limits.plans import Principal
-from limits.usage import Usage
+from tollway.config import parse_config_text
+from tollway.limits.credits import MAX_AMOUNT, Credits, one_year_later
+from tollway.limits.errors import CreditError
+from tollway.limits.meter import Meter
+from tollway.limits.money import parse_usd
+from tollway.limits.plans import Principal
+from tollway.limits.usage import Usage
 
 ENV = {"OPENAI_API_KEY": "x"}
 HEAD = """

@@ -16,17 +16,17 @@ from zoneinfo import ZoneInfo
 import anthropic
 import openai
 import pytest
+from tollway.limits.clock import SystemClock
+from tollway.limits.credits import Credits
+from tollway.limits.meter import periods
+from tollway.limits.money import parse_usd
+from tollway.limits.plans import REQUEST_UNIT, Principal
+from tollway.limits.prices import cost_micro
+from tollway.limits.usage import Usage
+from tollway.proxy.cli import main as cli
+from tollway.proxy.gateway.tokens import load_encoding
+from tollway.proxy.runtime.app import COUNTER
 
-from limits.clock import SystemClock
-from limits.credits import Credits
-from limits.meter import periods
-from limits.money import parse_usd
-from limits.plans import REQUEST_UNIT, Principal
-from limits.prices import cost_micro
-from limits.usage import Usage
-from proxy import cli
-from proxy.app import COUNTER
-from proxy.tokens import load_encoding
 from tests.stack import ENV
 
 ORGS = """

@@ -23,8 +23,7 @@ import openai
 import pytest
 import requests
 import yaml
-
-from config.loader import parse_config_text
+from tollway.config.loader import parse_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import openai
-
-from proxy.tokens import TokenCounter
+from tollway.proxy.gateway.tokens import TokenCounter
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 

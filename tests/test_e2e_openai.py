@@ -7,8 +7,8 @@ import openai
 import pytest
 import requests
 import tiktoken
+from tollway.proxy.gateway.tokens import TokenCounter
 
-from proxy.tokens import TokenCounter
 from tests.fakeupstream import OPENAI_KEY
 
 HELLO = [{"role": "user", "content": "Say hello"}]  # the fake counts 2 words + 3 = 5 tokens
@@ -215,7 +215,7 @@ def test_upstream_error_is_relayed_and_free(stack):
 
 
 def test_upstream_unreachable_is_502_and_timeout_504(stack_factory):
-    from limits.embedded import free_port
+    from tollway.limits.embedded import free_port
 
     stack = stack_factory(extra_yaml="server: {upstream_read_timeout: 0.3}\n")
     client = stack.openai(stack.key())
@@ -277,7 +277,7 @@ def test_revocation_is_immediate_on_every_replica(stack):
     for client in (one, two):
         client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
         client.models.list()
-    from limits.apikeys import ApiKeys
+    from tollway.limits.apikeys import ApiKeys
 
     stack.run(ApiKeys(stack.store).revoke(record.key_id))
     for client in (one, two):

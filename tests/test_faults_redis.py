@@ -18,13 +18,13 @@ import anthropic
 import openai
 import orjson
 import pytest
+from tollway.limits.errors import StoreUnavailable
+from tollway.limits.meter import periods
+from tollway.limits.plans import Principal
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
+from tollway.limits.usage import Usage
 
-from limits.errors import StoreUnavailable
-from limits.meter import periods
-from limits.plans import Principal
-from limits.rkeys import Keys
-from limits.store import Store
-from limits.usage import Usage
 from tests.faultkit import (
     FaultStack,
     Script,
@@ -164,7 +164,7 @@ async def test_store_calls_fail_within_the_timeout(valkey: Valkey, fault: str) -
 async def test_an_exhausted_pool_fails_at_once(valkey: Valkey) -> None:
     """More calls in flight than pooled connections, on a store that does not answer: the
     extra calls fail at once rather than queue behind the stuck ones."""
-    from limits.connect import connect
+    from tollway.limits.connect import connect
 
     store = Store(connect(valkey.url, TIMEOUT, max_connections=2), Keys("t"))
     try:

@@ -14,11 +14,11 @@ import time
 import anthropic
 import openai
 import pytest
+from tollway.limits.embedded import free_port
+from tollway.limits.prices import cost_micro
+from tollway.limits.usage import Usage
+from tollway.proxy.gateway.tokens import TokenCounter
 
-from limits.embedded import free_port
-from limits.prices import cost_micro
-from limits.usage import Usage
-from proxy.tokens import TokenCounter
 from tests.faultkit import (
     CUT,
     Script,

@@ -10,15 +10,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from config import parse_config_text
-from limits.clock import ManualClock
-from limits.errors import StoreUnavailable
-from limits.journal import Entry, Journal, Replayer, Stopped
-from limits.meter import Meter
-from limits.plans import Principal
-from limits.store import Store
-from limits.usage import Usage
+from tollway.config import parse_config_text
+from tollway.limits.clock import ManualClock
+from tollway.limits.errors import StoreUnavailable
+from tollway.limits.journal import Entry, Journal, Replayer, Stopped
+from tollway.limits.meter import Meter
+from tollway.limits.plans import Principal
+from tollway.limits.store import Store
+from tollway.limits.usage import Usage
 
 P = Principal("acme", "key_1", "ws", "alice")
 

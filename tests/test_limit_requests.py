@@ -11,11 +11,11 @@ import aiohttp.web
 import openai
 import orjson
 import pytest
+from tollway.limits.limit_requests import LimitRequest, NoPendingRequest, RequestPending
+from tollway.limits.spend import UNLIMITED, PendingRequest, Spend, SpendError, UserStatus
+from tollway.proxy.gateway.member_requests import PATH
+from tollway.proxy.runtime.digest import Digest, build_digest
 
-from limits.limit_requests import LimitRequest, NoPendingRequest, RequestPending
-from limits.spend import UNLIMITED, PendingRequest, Spend, SpendError, UserStatus
-from proxy.digest import Digest, build_digest
-from proxy.limit_requests import PATH
 from tests.spendkit import C, World, chat, priced, spend_until_refused
 
 ORGS = """

@@ -20,9 +20,8 @@ import openai
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-
-from limits.credits import Credits
-from proxy.handler import ROUTES
+from tollway.limits.credits import Credits
+from tollway.proxy.gateway.handler import ROUTES
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 ORGS = """

@@ -21,11 +21,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tollway.limits.clock import ManualClock
+from tollway.limits.credits import Credits
+from tollway.limits.prices import cost_micro
+from tollway.limits.usage import Usage
 
-from limits.clock import ManualClock
-from limits.credits import Credits
-from limits.prices import cost_micro
-from limits.usage import Usage
 from tests.faultkit import (
     CUT,
     Script,

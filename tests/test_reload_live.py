@@ -20,8 +20,8 @@ import uuid
 import openai
 import pytest
 import requests
+from tollway.config.reload import watch
 
-from config.reload import watch
 from tests.faultkit import ProxyProcess, config_yaml, fetch, metric, wait_for
 
 RELOAD_BOUND = 2.0  # seconds: the promise

@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from datetime import date
 
 import pytest
-
-from limits import reports
-from limits.prices import cost_micro
-from limits.usage import Usage
+from tollway.limits import reports
+from tollway.limits.prices import cost_micro
+from tollway.limits.usage import Usage
 
 ORGS = """
 organizations:

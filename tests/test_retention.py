@@ -3,11 +3,11 @@ into a base that keeps the balance it implies exact."""
 
 from __future__ import annotations
 
-from config import parse_config_text
-from limits.apikeys import ApiKeys
-from limits.credits import Credits
-from limits.meter import Meter
-from limits.usage import Usage
+from tollway.config import parse_config_text
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.credits import Credits
+from tollway.limits.meter import Meter
+from tollway.limits.usage import Usage
 
 HEAD = """
 upstreams:

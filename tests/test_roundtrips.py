@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from tollway.limits.credits import Credits
 
-from limits.credits import Credits
 from tests.stack import Stack
 
 ORGS = """

@@ -14,10 +14,10 @@ import httpx2
 import openai
 import pytest
 import redis
+from tollway.limits.prices import cost_micro
+from tollway.limits.spend import UNLIMITED, Spend
+from tollway.limits.usage import Usage
 
-from limits.prices import cost_micro
-from limits.spend import UNLIMITED, Spend
-from limits.usage import Usage
 from tests.spendkit import (
     CLAUDE_COST,
     C,

@@ -15,9 +15,9 @@ import socket
 
 import pytest
 import redis as sync_redis
+from tollway.limits.apikeys import ApiKeys
+from tollway.proxy.admin.app import routes as admin_routes
 
-from limits.apikeys import ApiKeys
-from proxy.admin import routes as admin_routes
 from tests.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY
 from tests.faultkit import FaultStack, Script, ScriptedUpstream, TcpProxy, fetch, settled
 
@@ -168,18 +168,18 @@ def test_the_admin_api_refuses_a_missing_or_wrong_token(stack, monkeypatch) -> N
 def test_the_admin_token_is_compared_in_constant_time(stack, monkeypatch) -> None:
     """Every admin token check goes through hmac.compare_digest (whose time does not depend
     on where the strings differ): an attacker cannot guess the token byte by byte."""
-    import proxy.admin
+    import tollway.proxy.admin.app
 
     token = "admin-" + "q" * 40
     monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", token)
     seen: list[tuple[bytes, bytes]] = []
-    real = proxy.admin.hmac.compare_digest
+    real = tollway.proxy.admin.app.hmac.compare_digest
 
     def recording(a, b):
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(proxy.admin.hmac, "compare_digest", recording)
+    monkeypatch.setattr(tollway.proxy.admin.app.hmac, "compare_digest", recording)
     for guess in ("a", token[:-1] + "x", token):
         fetch("GET", stack.url + "/admin/orgs", headers=bearer(guess))
     assert [a.decode() for a, _ in seen] == ["a", token[:-1] + "x", token]

@@ -18,11 +18,12 @@ import threading
 import time
 from pathlib import Path
 
-from config import load_config
-from limits.clock import ManualClock
-from limits.credits import Credits
-from limits.rkeys import Keys
-from limits.store import Store
+from tollway.config import load_config
+from tollway.limits.clock import ManualClock
+from tollway.limits.credits import Credits
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
+
 from tests.fakeupstream import Behavior, run_in_thread
 from tests.faultkit import ProxyProcess, config_yaml, drive, expected_usage
 from tests.stack import ENV
@@ -55,7 +56,7 @@ RSS_GROWTH_LIMIT_KB = 40 * 1024
 
 
 async def _prepare(url: str, cfg) -> str:
-    from limits.apikeys import ApiKeys
+    from tollway.limits.apikeys import ApiKeys
 
     store = Store.from_url(url, Keys(cfg.store.key_prefix), timeout=2)
     try:

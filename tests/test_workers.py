@@ -26,11 +26,11 @@ import openai
 import orjson
 import pytest
 import redis
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.embedded import free_port
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
 
-from limits.apikeys import ApiKeys
-from limits.embedded import free_port
-from limits.rkeys import Keys
-from limits.store import Store
 from tests.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, run_in_thread
 from tests.stack import PRICES
 
@@ -47,7 +47,7 @@ class Server:
         env = {**os.environ, "OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
         env.pop("REDIS_URL", None)
         env["TOLLWAY_DATA"] = str(config.parent / "data")  # the embedded Valkey's, if used
-        cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
+        cmd = [sys.executable, "-m", "tollway.proxy.cli", "serve", "--config", str(config)]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
         cmd += ["--drain-timeout", str(drain)]
         self.url = f"http://127.0.0.1:{port}"

@@ -20,9 +20,8 @@ from urllib.parse import urlsplit
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 from redis.sentinel import Sentinel
-
-from limits.connect import CLUSTER, SENTINEL, parse_multi_host
-from limits.embedded import free_port
+from tollway.limits.connect import CLUSTER, SENTINEL, parse_multi_host
+from tollway.limits.embedded import free_port
 
 SLOTS = 16384
 READY_TIMEOUT = 20.0  # seconds; a 3-node cluster on loopback is ready in about 1 s
@@ -129,7 +128,7 @@ def valkey_sentinel(base: Path, service: str = "tollway") -> Iterator[tuple[str,
 
 
 def sync_client(url: str) -> Any:
-    """A synchronous client for a test's direct reads, of any URL `limits.connect` takes."""
+    """A synchronous client for a test's direct reads, of any URL `tollway.limits.connect` takes."""
     if url.startswith(CLUSTER + "://"):
         _, _, nodes = parse_multi_host(url, 6379)
         return RedisCluster(

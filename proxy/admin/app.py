@@ -1,0 +1,137 @@
+"""The admin API, mounted under ``/admin`` by `tollway.proxy.runtime.app.create_app`.
+
+Access: ``Authorization: Bearer <token>``, where the token is the value of the environment
+variable named by ``server.admin_token_env`` (default ``TOLLWAY_ADMIN_TOKEN``), read on
+every request and compared in constant time. With no token configured (the setting is
+null, or the variable is unset or empty) the admin API is disabled: every route answers
+403 saying so; it is never open. A missing or wrong token is a 401.
+
+Every answer is JSON (the usage report can also be CSV); errors are
+``{"error": {"message": ...}}``: 400 for invalid input, 404 for unknown names or routes,
+405 for a known route with another method, 409 when a limit-increase request is not in
+a state that allows the operation, 503 when the store is unreachable.
+
+The routes are the tables of the ``proxy.admin_*`` modules plus
+``GET /admin/openapi.json``, the OpenAPI 3.1 document built from those same tables.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiohttp import web
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.clock import Clock
+from tollway.limits.errors import LimitsError, StoreUnavailable
+from tollway.limits.spend import NoPendingRequest, RequestPending
+from tollway.limits.store import Store
+from tollway.proxy.admin import credits as admin_credits
+from tollway.proxy.admin import limits as admin_limits
+from tollway.proxy.admin import orgs as admin_core
+from tollway.proxy.admin import spend as admin_spend
+from tollway.proxy.admin.context import ADMIN, AdminContext, ApiError, answer, ctx, error
+from tollway.proxy.admin.openapi import Route, document
+
+log = logging.getLogger("tollway.admin")
+
+
+def _version() -> str:
+    try:
+        return version("tollway")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return answer(request.app[OPENAPI])
+
+
+def routes() -> list[Route]:
+    """Every admin route, the OpenAPI document's own included."""
+    table = [
+        *admin_core.ROUTES,
+        *admin_credits.ROUTES,
+        *admin_spend.ROUTES,
+        *admin_limits.ROUTES,
+    ]
+    schema = {"type": "object", "required": ["openapi", "paths"]}
+    table.append(
+        Route("GET", "/openapi.json", openapi_json, "This OpenAPI document.", "meta", schema)
+    )
+    return table
+
+
+OPENAPI = web.AppKey("admin_openapi", dict)
+ROUTE_TABLE = web.AppKey("admin_routes", list)
+
+
+def _bearer(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _same(given: str, token: str) -> bool:
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+    )
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Admin token first, then the handler with its errors turned into JSON answers."""
+    c = ctx(request)
+    token = c.token()
+    if token is None:
+        name = c.token_name()
+        how = f"set the environment variable {name}" if name else "set server.admin_token_env"
+        return error(403, f"The admin API is disabled: {how} to a secret token to enable it.")
+    given = _bearer(request)
+    if given is None or not _same(given, token):
+        headers = {"www-authenticate": 'Bearer realm="tollway-admin"'}
+        return error(401, "Missing or wrong admin token (Authorization: Bearer ...).", headers)
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error(e.status, e.message)
+    except StoreUnavailable as e:
+        log.warning("admin: store unavailable", extra={"path": request.path, "error": str(e)})
+        return error(503, "Tollway cannot reach its store right now; please retry.")
+    except (RequestPending, NoPendingRequest) as e:  # the request's state forbids it
+        return error(409, str(e))
+    except LimitsError as e:  # a refused operation (bad amount, identity already used...)
+        return error(400, str(e))
+
+
+async def _fallback(request: web.Request) -> web.Response:
+    """No route matched: 405 when the path exists with other methods, else 404."""
+    path = request.match_info["tail"]
+    path = "/" + path
+    allowed = sorted({r.method for r in request.app[ROUTE_TABLE] if r.matches(path)})
+    if allowed:
+        message = f"{request.method} is not allowed here; use {', '.join(allowed)}"
+        return error(405, message, {"allow": ", ".join(allowed)})
+    return error(404, f"no admin route {request.method} /admin{path}")
+
+
+def create_admin_app(
+    holder: Any,
+    store: Store,
+    clock: Clock,
+    apikeys: ApiKeys,
+    env: Mapping[str, str] | None = None,
+) -> web.Application:
+    """The admin sub-application (mount it with ``app.add_subapp("/admin", ...)``).
+    ``env`` is where the admin token is read (default: ``os.environ``, at each request)."""
+    app = web.Application(middlewares=[guard])
+    app[ADMIN] = AdminContext(holder, store, clock, apikeys, env)
+    table = routes()
+    app[ROUTE_TABLE] = table
+    app[OPENAPI] = document(table, _version())
+    for r in table:
+        app.router.add_route(r.method, r.path, r.handler)
+    app.router.add_route("*", "/{tail:.*}", _fallback)
+    return app

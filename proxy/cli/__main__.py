@@ -1,0 +1,3 @@
+from tollway.proxy.cli.main import main
+
+raise SystemExit(main())

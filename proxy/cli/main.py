@@ -1,0 +1,136 @@
+"""The `tollway` command line.
+
+Exit codes: 0 success; 1 the operation was refused (unknown key, bad amount...); 2 usage
+or config errors; 3 the store is unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from tollway.config import ConfigError, load_config
+from tollway.config.reload import ConfigHolder
+from tollway.limits.errors import LimitsError, StoreUnavailable
+from tollway.proxy.cli.output import fail as _fail
+from tollway.proxy.runtime import logs
+from tollway.proxy.runtime.locate import config_path, store_url
+
+EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
+
+# Subcommand modules register themselves here: (name, add_parser(subparsers)).
+COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _load(path_arg: str | None, *, secrets: bool = False):
+    """The config of this setup. Only `serve` needs the upstream keys' variables set."""
+    path = config_path(path_arg)
+    if not path.exists():
+        from tollway.proxy.runtime.serve import default_config_hint
+
+        raise SystemExit(_fail(default_config_hint(path), EXIT_USAGE))
+    try:
+        return path, load_config(path, secrets=secrets)
+    except ConfigError as e:
+        raise SystemExit(_fail(str(e), EXIT_USAGE)) from None
+
+
+def with_store(args: Any, fn: Callable[[Any, Any], Coroutine[Any, Any, int]]) -> int:
+    """Run `fn(cfg, store)` against this setup's store; map store errors to exit codes."""
+    path, cfg = _load(args.config)
+    handle = store_url(cfg, path)
+
+    async def go() -> int:
+        store = handle.open(cfg)
+        try:
+            return await fn(cfg, store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StoreUnavailable as e:
+        return _fail(f"store unavailable: {e}", EXIT_STORE)
+    except LimitsError as e:
+        return _fail(str(e), EXIT_REFUSED)
+    finally:
+        handle.stop()
+
+
+def cmd_serve(args: Any) -> int:
+    from tollway.proxy.runtime.serve import run
+
+    path, cfg = _load(args.config, secrets=True)
+    logs.setup(args.log_level)
+    holder = ConfigHolder(cfg)
+    host = args.host or cfg.server.host
+    port = args.port or cfg.server.port
+    if args.workers and args.workers > 1:
+        from tollway.proxy.runtime.workers import run_workers
+
+        return run_workers(holder, path, host, port, args.workers, args.drain_timeout)
+    run(holder, store_url(cfg, path), host, port, args.drain_timeout)
+    return 0
+
+
+def cmd_check_config(args: Any) -> int:
+    try:
+        load_config(args.file)
+    except ConfigError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        return _fail(f"cannot read {args.file}: {e.strerror}", EXIT_USAGE)
+    print(f"{args.file}: ok")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tollway", description="Tollway, a metering proxy for LLM APIs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the proxy")
+    p.add_argument("--config", help="config file (default: $TOLLWAY_CONFIG, ./tollway.yaml)")
+    p.add_argument("--host", help="address to listen on (default: server.host)")
+    p.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, seconds to finish in-flight requests and streams (default: 30)",
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("check-config", help="validate a config file without starting anything")
+    p.add_argument("file", help="the YAML config file to check")
+    p.set_defaults(func=cmd_check_config)
+
+    from tollway.proxy.cli import credits as cli_credits
+    from tollway.proxy.cli import keys as cli_keys
+    from tollway.proxy.cli import reports as cli_ops
+    from tollway.proxy.cli import spend as cli_spend
+
+    cli_keys.register(sub)
+    cli_credits.register(sub)
+    cli_ops.register(sub)
+    cli_spend.register(sub)
+    for register in COMMANDS:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

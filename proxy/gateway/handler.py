@@ -1,0 +1,428 @@
+"""The request pipeline: identify → admit → forward → meter → settle.
+
+Every request gets an id (``x-request-id``; ``request-id`` on Anthropic routes) that names
+it in logs, ledger events and settlement. A request refused before forwarding changes
+nothing; a forwarded one is settled exactly once, even when the client goes away or the
+server shuts down mid-stream (settlement is shielded from cancellation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.clock import Clock
+from tollway.limits.errors import StoreUnavailable, UnknownKey
+from tollway.limits.journal import Journal
+from tollway.limits.meter import Decision, Meter
+from tollway.limits.plans import Principal
+from tollway.limits.prices import cost_micro
+from tollway.limits.usage import Usage
+from tollway.proxy.gateway import providers
+from tollway.proxy.gateway.forward import relay, relay_whole, upstream_headers
+from tollway.proxy.gateway.member_requests import refusal_hint
+from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
+from tollway.proxy.gateway.settling import Settling
+from tollway.proxy.gateway.tokens import TokenCounter
+from tollway.proxy.metrics import Metrics
+from tollway.proxy.wire.taps import make_tap
+
+log = logging.getLogger("tollway.request")
+
+# path → (provider or None to choose by header, metered)
+ROUTES: dict[str, tuple[str | None, bool]] = {
+    "/v1/chat/completions": (OPENAI, True),
+    "/v1/completions": (OPENAI, True),
+    "/v1/embeddings": (OPENAI, True),
+    "/v1/responses": (OPENAI, True),
+    "/v1/messages": (ANTHROPIC, True),
+    "/v1/messages/count_tokens": (ANTHROPIC, False),
+    "/v1/models": (None, False),
+}
+# Routes whose streams take stream_options.include_usage.
+STREAM_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
+UNMETERED_KEY_MAX_AGE = 1.0
+
+
+class Reject(Exception):
+    """Answer the client with a problem, before anything was forwarded."""
+
+    def __init__(self, problem: Problem, headers: dict[str, str] | None = None) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+        self.headers = headers or {}
+
+
+@dataclass(slots=True)
+class Call:
+    """One request as it moves through the pipeline."""
+
+    rid: str
+    route: str
+    provider: str
+    started: float
+    org: str = "-"
+    model: str | None = None
+    outcome: str = "ok"
+
+
+# (base URL, auth headers, timeout, client headers not forwarded) of one upstream.
+_Upstream = tuple[str, dict[str, str], aiohttp.ClientTimeout, frozenset[str]]
+
+
+def _secret(headers: Any) -> str | None:
+    """The request's API key: a Bearer token or ``x-api-key``. Two different keys in one
+    request (repeated headers, or both headers) are refused: a proxy in front of Tollway
+    might have read the other one."""
+    found = set()
+    for auth in headers.getall("authorization", ()):
+        scheme, _, value = auth.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            found.add(value.strip())
+    found.update(key.strip() for key in headers.getall("x-api-key", ()) if key.strip())
+    if len(found) > 1:
+        raise Reject(Problem(401, "key", "Conflicting API keys: send one key, in one header."))
+    return found.pop() if found else None
+
+
+def _escapes(model_id: str) -> bool:
+    """A model id that is not one plain path segment: forwarded, it could name another
+    path of the upstream (`..`, an encoded slash an upstream decodes)."""
+    return "/" in model_id or "\\" in model_id or model_id in (".", "..")
+
+
+class ProxyHandler(Settling):
+    def __init__(
+        self,
+        holder: Any,
+        meter: Meter,
+        apikeys: ApiKeys,
+        client: aiohttp.ClientSession,
+        counter: TokenCounter,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self.holder = holder
+        self.meter = meter
+        self.apikeys = apikeys
+        self.client = client
+        self.counter = counter
+        self.metrics = metrics
+        self.clock = clock
+        self.settling: set[asyncio.Task[Any]] = set()
+        self.on_settled: list[Any] = []  # callbacks (principal, Settlement)
+        self._upstream_cfg: Any = None
+        self._upstreams: dict[str, _Upstream] = {}
+        # Where settlements go while the store is unavailable (None: they are lost).
+        self.journal: Journal | None = None
+
+    # --- entry point ------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        provider, metered = ROUTES.get(path, (None, False))
+        if provider is None:
+            provider = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
+        call = Call("req_" + secrets.token_hex(12), path, provider, time.perf_counter())
+        self.metrics.in_flight.inc()
+        try:
+            return await self._serve(request, call, metered)
+        except Reject as r:
+            return self._problem(call, r.problem, r.headers)
+        finally:
+            self.metrics.in_flight.dec()
+            # /v1/models/{id} is one label value: a path holding a client's text would make
+            # the label set unbounded.
+            route = call.route if call.route in ROUTES else "/v1/models/{model_id}"
+            self.metrics.requests.labels(route, call.outcome, call.org).inc()
+
+    def _problem(self, call: Call, problem: Problem, headers: dict[str, str]) -> web.Response:
+        if call.outcome == "ok":
+            call.outcome = {
+                "key": "unauthorized",
+                "unavailable": "unavailable",
+                "upstream": "upstream_error",
+                "timeout": "upstream_error",
+            }.get(problem.kind, "refused" if problem.status == 429 else "bad_request")
+        status, body = providers.error_body(call.provider, problem, call.rid)
+        h = {**headers, **providers.error_headers(call.provider, problem)}
+        h[providers.request_id_header(call.provider)] = call.rid
+        log.info(
+            "refused",
+            extra={
+                "rid": call.rid,
+                "org": call.org,
+                "route": call.route,
+                "status": status,
+                "kind": problem.kind,
+            },
+        )
+        return web.Response(status=status, body=body, headers=h)
+
+    # --- pipeline -----------------------------------------------------------------------
+    async def _serve(self, request: web.Request, call: Call, metered: bool) -> web.StreamResponse:
+        cfg = self.holder.current
+        secret = _secret(request.headers)
+        if secret is None:
+            raise Reject(Problem(401, "key", "Missing API key: send it as a Bearer token."))
+        try:
+            principal = await self.apikeys.resolve(
+                secret, None if metered else UNMETERED_KEY_MAX_AGE
+            )
+        except UnknownKey:
+            raise Reject(Problem(401, "key", "Invalid API key.")) from None
+        except StoreUnavailable:
+            # Fail-open serves a key this process already knows; an unknown key cannot be
+            # authenticated without the store, whatever the policy.
+            cached = self.apikeys.cached(secret) if cfg.store.on_unavailable == "open" else None
+            if cached is None:
+                raise Reject(self._store_down()) from None
+            principal = cached
+        if principal.org not in cfg.organizations:
+            raise Reject(Problem(401, "key", "Invalid API key: its organization is gone."))
+        call.org = principal.org
+        if _escapes(request.match_info.get("model_id", "")):
+            raise Reject(Problem(404, "not_found", "No such model."))
+        try:
+            async with asyncio.timeout(cfg.server.client_body_timeout):
+                body = await self._read_body(request, cfg.server.max_body_bytes)
+        except TimeoutError:
+            problem = Problem(408, "client_timeout", "The request body did not arrive in time.")
+            raise Reject(problem) from None
+        if not metered:
+            return await self._forward_unmetered(request, call, cfg, body)
+
+        payload = self._parse(body)
+        model = payload.get("model")
+        if not isinstance(model, str) or not model:
+            raise Reject(Problem(400, "bad_request", "The request has no 'model'."))
+        call.model = model
+        price = cfg.prices.get(model)
+        if price is None:
+            raise Reject(
+                Problem(
+                    400,
+                    "bad_request",
+                    f"The model '{model}' has no price configured in Tollway, so it cannot "
+                    "be metered. Ask your administrator to add it to the price table.",
+                )
+            )
+        est = self.counter.estimate_request(payload, call.route)
+        body, strip = self._with_stream_usage(call, payload, body)
+        try:
+            decision = await self.meter.admit(
+                principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
+            )
+        except StoreUnavailable:
+            if cfg.store.on_unavailable != "open":
+                raise Reject(self._store_down()) from None
+            # Fail-open: served without limits; its settlement goes to the journal.
+            self.metrics.store_unavailable.labels("open").inc()
+            decision = Decision(True)
+        headers = providers.ratelimit_headers(call.provider, decision, self.clock.now_ms())
+        self._observe_buckets(principal.org, decision)
+        if not decision.admitted:
+            self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
+            if decision.reason == "key":
+                self.apikeys.forget(secret)
+            hint = refusal_hint(decision, principal)
+            problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)
+            raise Reject(problem, headers)
+        self.metrics.added_latency.observe(time.perf_counter() - call.started)
+        session = self._session_id(request, cfg)
+        return await self._forward_metered(
+            request, call, cfg, principal, price, body, strip, est, headers, session
+        )
+
+    def _parse(self, body: bytes) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            problem = Problem(400, "bad_request", f"The request body is not valid JSON: {e}")
+            raise Reject(problem) from None
+        if not isinstance(payload, dict):
+            raise Reject(Problem(400, "bad_request", "The request body must be a JSON object."))
+        return payload
+
+    def _with_stream_usage(
+        self, call: Call, payload: dict[str, Any], body: bytes
+    ) -> tuple[bytes, bool]:
+        """Ask an OpenAI stream for its usage chunk when the client did not; the tap then
+        removes that chunk, so the client sees exactly what it asked for."""
+        if call.provider != OPENAI or call.route not in STREAM_USAGE_ROUTES:
+            return body, False
+        if payload.get("stream") is not True:
+            return body, False
+        options = payload.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            return body, False
+        payload["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
+        return orjson.dumps(payload), True
+
+    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+        declared = request.content_length
+        too_large = Problem(
+            413, "too_large", f"The request body is larger than the limit of {limit} bytes."
+        )
+        if declared is not None and declared > limit:
+            raise Reject(too_large)
+        chunks, size = [], 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                raise Reject(too_large)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _session_id(self, request: web.Request, cfg: Any) -> str | None:
+        for name in cfg.server.session_headers:
+            value = request.headers.get(name)
+            if value:
+                # Header bytes that are not UTF-8 arrive as surrogate escapes, which the
+                # store cannot encode: the settlement would fail.
+                return value[:128].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        return None
+
+    def _store_down(self) -> Problem:
+        """A refusal because the store is unavailable (counted as policy "closed": the
+        request was refused, whatever the configured policy)."""
+        self.metrics.store_unavailable.labels("closed").inc()
+        return Problem(
+            503, "unavailable", "Tollway cannot reach its store right now; please retry."
+        )
+
+    def _observe_buckets(self, org: str, decision: Decision) -> None:
+        for b in decision.buckets:
+            if b.spec.scope == "org":
+                self.metrics.bucket_remaining.labels(org, b.spec.limit).set(b.remaining)
+
+    # --- forwarding -------------------------------------------------------------------------
+    def _upstream(self, cfg: Any, call: Call) -> _Upstream:
+        """Where and how to reach `call`'s provider under `cfg`: built once per config and
+        provider (it was ~2% of a request's CPU, rebuilt per request)."""
+        if cfg is not self._upstream_cfg:
+            self._upstreams = {}
+            self._upstream_cfg = cfg
+        hit = self._upstreams.get(call.provider)
+        if hit is None:
+            up = cfg.upstreams[call.provider]
+            auth = providers.upstream_auth(call.provider, up.api_key.get_secret_value())
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                sock_connect=cfg.server.upstream_connect_timeout,
+                sock_read=up.timeout or cfg.server.upstream_read_timeout,
+            )
+            drop = frozenset(h.lower() for h in cfg.server.session_headers)
+            hit = self._upstreams[call.provider] = (up.base_url, auth, timeout, drop)
+        return hit
+
+    async def _open(
+        self, request: web.Request, call: Call, cfg: Any, body: bytes
+    ) -> aiohttp.ClientResponse:
+        base, auth, timeout, drop = self._upstream(cfg, call)
+        try:
+            return await self.client.request(
+                request.method,
+                base + request.rel_url.raw_path_qs,
+                data=body or None,
+                headers=upstream_headers(request.headers, auth, drop),
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except TimeoutError:
+            raise Reject(Problem(504, "timeout", "The model API did not answer in time.")) from None
+        except aiohttp.ClientError as e:
+            log.warning("upstream unreachable", extra={"rid": call.rid, "error": str(e)})
+            raise Reject(Problem(502, "upstream", "The model API could not be reached.")) from None
+
+    async def _forward_unmetered(
+        self, request: web.Request, call: Call, cfg: Any, body: bytes
+    ) -> web.StreamResponse:
+        ours = {providers.request_id_header(call.provider): call.rid}
+        started = time.perf_counter()
+        upstream = await self._open(request, call, cfg, body)
+        async with upstream:
+            resp, info = await self._relay(request, call, cfg, upstream, ours, None, started)
+        call.outcome = "ok" if info.status < 400 else "upstream_error"
+        if resp is None:
+            raise Reject(Problem(502, "upstream", "The model API's answer was cut off."))
+        return resp
+
+    async def _relay(
+        self,
+        request: web.Request,
+        call: Call,
+        cfg: Any,
+        upstream: aiohttp.ClientResponse,
+        ours: dict[str, str],
+        tap: Any,
+        started: float,
+    ) -> tuple[web.StreamResponse | None, Any]:
+        """Relay an upstream answer: streams as they come; a metered JSON answer, or an
+        error, read whole first (None when it was cut off or does not parse)."""
+        if upstream.content_type == "text/event-stream" or (tap is None and upstream.ok):
+            return await relay(request, upstream, ours, tap, started)
+        key = cfg.upstreams[call.provider].api_key.get_secret_value()
+        return await relay_whole(request, upstream, ours, tap, started, redact=key)
+
+    async def _forward_metered(
+        self,
+        request: web.Request,
+        call: Call,
+        cfg: Any,
+        principal: Principal,
+        price: Any,
+        body: bytes,
+        strip: bool,
+        est: int,
+        headers: dict[str, str],
+        session: str | None,
+    ) -> web.StreamResponse:
+        ours = {**headers, providers.request_id_header(call.provider): call.rid}
+        started = time.perf_counter()
+        usage: Usage | None = None
+        upstream_s = 0.0
+        tap = None
+        try:
+            upstream = await self._open(request, call, cfg, body)
+            async with upstream:
+                ok_status = 200 <= upstream.status < 300
+                streaming = upstream.content_type == "text/event-stream"
+                tap = make_tap(call.provider, call.route, streaming, strip) if ok_status else None
+                resp, info = await self._relay(request, call, cfg, upstream, ours, tap, started)
+            upstream_s = info.upstream_s
+            self.metrics.upstream_ttfb.labels(call.provider).observe(info.first_byte_s)
+            self.metrics.upstream_latency.labels(call.provider).observe(info.upstream_s)
+            usage = await self._charged_usage(info.result, info.streaming, est)
+            if resp is None:
+                call.outcome = "upstream_error"
+                message = "The model API sent an incomplete or malformed answer."
+                raise Reject(Problem(502, "upstream", message), headers)
+            if usage is None:
+                call.outcome = "upstream_error" if not ok_status else "failed"
+            return resp
+        except asyncio.CancelledError:
+            # Only a shutdown whose drain timeout ran out cancels a handler: the answer is
+            # cut, and charged what was relayed, like any stream cut short.
+            if tap is not None and usage is None:
+                usage = self._cut_usage(tap.finish()[1], est)
+            raise
+        finally:
+            # Runs on success, on failure, on a client that left and on cancellation alike.
+            task = asyncio.ensure_future(
+                self._settle(call, principal, price, usage, session, int(upstream_s * 1000))
+            )
+            self.settling.add(task)
+            task.add_done_callback(self.settling.discard)
+            # Cancelled or not, the settlement runs to its end (shutdown waits for it).
+            await asyncio.shield(task)

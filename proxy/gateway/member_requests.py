@@ -1,0 +1,216 @@
+"""The client-facing limit-increase endpoint: a user stopped by a spend cap or by the end
+of their included usage asks for more with their own Tollway key.
+
+    POST /v1/tollway/limit-requests   body {"reason": "..."} (optional; may be empty)
+         201 the request filed         409 one is pending already (the pending one is named)
+         400 a key without a user, bad JSON, a reason that is not text or too long
+    GET  /v1/tollway/limit-requests
+         200 the caller's latest request (pending, approved or denied) and their month
+         404 they never filed one
+
+Answers are JSON; errors are in the caller's provider format (Anthropic when the request
+carries ``anthropic-version``, else OpenAI), like every other Tollway error, with 401 for
+a bad or revoked key and 503 while the store is unreachable. These routes are not
+metered and take nothing from any bucket. `setup` wires them and, when configured, the
+daily digest task (`tollway.proxy.runtime.digest`).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import Any
+
+import orjson
+from aiohttp import web
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.clock import Clock
+from tollway.limits.errors import StoreUnavailable, UnknownKey
+from tollway.limits.limit_requests import LimitRequest, RequestPending
+from tollway.limits.meter import Decision
+from tollway.limits.plans import Principal
+from tollway.limits.spend import Spend, SpendError, UserStatus
+from tollway.limits.store import Store
+from tollway.proxy.gateway import providers
+from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
+
+log = logging.getLogger("tollway.limit_requests")
+
+PATH = "/v1/tollway/limit-requests"
+HINT = f" To ask for a higher limit, POST {PATH} with this key."
+MAX_BODY = 64 * 1024
+SPEND = web.AppKey("spend", Spend)
+
+
+def refusal_hint(decision: Decision, principal: Principal) -> str:
+    """What to append to a refusal the caller can ask an admin about: a spend cap or the
+    end of the included usage, for a key that belongs to a user."""
+    if decision.reason in ("cap", "included") and principal.user:
+        return HINT
+    return ""
+
+
+def rfc3339(ms: int | None) -> str | None:
+    return None if ms is None else providers.rfc3339(ms)
+
+
+def request_json(r: LimitRequest) -> dict[str, Any]:
+    """A request as the endpoint shows it."""
+    return {
+        "object": "tollway.limit_request",
+        "id": r.id,
+        "organization": r.org,
+        "user": r.user,
+        "status": r.status,
+        "reason": r.reason,
+        "created_at": rfc3339(r.asked_ms),
+        "decided_at": rfc3339(r.decided_ms),
+        "note": r.note,
+        "decision": r.decision,
+    }
+
+
+def month_json(s: UserStatus, resets_at_ms: int) -> dict[str, Any]:
+    """The caller's month so far (micro-USD; cap None: no cap of their own)."""
+    return {
+        "seat": s.seat,
+        "included_usage": s.included,
+        "spend": s.spend,
+        "extra_usage_spend": s.extra,
+        "cap": s.cap,
+        "extra_usage_enabled": s.extra_usage,
+        "resets_at": rfc3339(resets_at_ms),
+    }
+
+
+class Endpoint:
+    """The two views, bound to the app's config holder, keys and `Spend`."""
+
+    def __init__(self, holder: Any, spend: Spend, apikeys: ApiKeys) -> None:
+        self.holder = holder
+        self.spend = spend
+        self.apikeys = apikeys
+
+    # --- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _provider(request: web.Request) -> str:
+        return ANTHROPIC if "anthropic-version" in request.headers else OPENAI
+
+    def _error(self, request: web.Request, problem: Problem) -> web.Response:
+        provider = self._provider(request)
+        rid = "req_" + secrets.token_hex(12)
+        status, body = providers.error_body(provider, problem, rid)
+        headers = providers.error_headers(provider, problem)
+        headers[providers.request_id_header(provider)] = rid
+        return web.Response(status=status, body=body, headers=headers)
+
+    async def _principal(self, request: web.Request) -> Principal:
+        # Imported here: the handler imports this module for the refusal hint.
+        from tollway.proxy.gateway.handler import _secret
+
+        secret = _secret(request.headers)
+        if secret is None:
+            raise _Fail(Problem(401, "key", "Missing API key: send it as a Bearer token."))
+        try:
+            principal = await self.apikeys.resolve(secret, 1.0)
+        except UnknownKey:
+            raise _Fail(Problem(401, "key", "Invalid API key.")) from None
+        if principal.org not in self.holder.current.organizations:
+            raise _Fail(Problem(401, "key", "Invalid API key: its organization is gone."))
+        if not principal.user:
+            raise _Fail(
+                Problem(
+                    400,
+                    "bad_request",
+                    "This key belongs to no user: limit-increase requests are filed by users "
+                    "with their own key. Ask your administrator to change the limits.",
+                )
+            )
+        return principal
+
+    async def _reason(self, request: web.Request) -> str:
+        body = await request.content.read(MAX_BODY + 1)
+        if len(body) > MAX_BODY:
+            raise _Fail(Problem(413, "too_large", f"The body is larger than {MAX_BODY} bytes."))
+        if not body.strip():
+            return ""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise _Fail(Problem(400, "bad_request", f"The body is not valid JSON: {e}")) from None
+        if not isinstance(payload, dict):
+            raise _Fail(Problem(400, "bad_request", "The body must be a JSON object."))
+        reason = payload.get("reason", "")
+        if not isinstance(reason, str):
+            raise _Fail(Problem(400, "bad_request", "'reason' must be a string."))
+        return reason
+
+    async def _guard(self, request: web.Request, view: Any) -> web.StreamResponse:
+        try:
+            return await view(request)
+        except _Fail as f:
+            return self._error(request, f.problem)
+        except StoreUnavailable:
+            problem = Problem(503, "unavailable", "Tollway cannot reach its store; retry later.")
+            return self._error(request, problem)
+
+    # --- views ---------------------------------------------------------------------------
+    async def file(self, request: web.Request) -> web.StreamResponse:
+        return await self._guard(request, self._file)
+
+    async def latest(self, request: web.Request) -> web.StreamResponse:
+        return await self._guard(request, self._latest)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        p = await self._principal(request)
+        reason = await self._reason(request)
+        try:
+            filed = await self.spend.file_request(p.org, p.user or "", reason, key_id=p.key_id)
+        except RequestPending as e:
+            message = (
+                f"You already have a pending limit-increase request ({e.request.id}, filed "
+                f"{rfc3339(e.request.asked_ms)}); an administrator will approve or deny it."
+            )
+            raise _Fail(Problem(409, "bad_request", message)) from None
+        except SpendError as e:
+            raise _Fail(Problem(400, "bad_request", str(e))) from None
+        log.info("limit request filed", extra={"org": p.org, "user": p.user, "request": filed.id})
+        return web.json_response(request_json(filed), status=201, dumps=_dumps)
+
+    async def _latest(self, request: web.Request) -> web.Response:
+        p = await self._principal(request)
+        user = p.user or ""
+        latest = await self.spend.latest_request(p.org, user)
+        if latest is None:
+            raise _Fail(Problem(404, "not_found", "You have not filed a limit-increase request."))
+        body = request_json(latest)
+        try:
+            status = await self.spend.user_status(p.org, user)
+            body["month"] = month_json(status, self.spend.month_bounds()[2])
+        except SpendError:  # a user no longer in the config: the request alone
+            pass
+        return web.json_response(body, dumps=_dumps)
+
+
+class _Fail(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def setup(app: web.Application, holder: Any, store: Store, clock: Clock, apikeys: ApiKeys) -> None:
+    """Wire the endpoint into the proxy app (and `app[SPEND]`); start the daily digest of
+    pending requests when ``notifications.limit_requests_webhook`` is configured."""
+    from tollway.proxy.runtime import digest
+
+    spend = Spend(store, clock, lambda: holder.current)
+    app[SPEND] = spend
+    endpoint = Endpoint(holder, spend, apikeys)
+    app.router.add_post(PATH, endpoint.file)
+    app.router.add_get(PATH, endpoint.latest)
+    if holder.current.notifications.limit_requests_webhook is not None:
+        app.cleanup_ctx.append(digest.lifecycle(holder, spend, clock))

@@ -1,0 +1,189 @@
+"""The aiohttp application: `create_app` wires routes, and resources open and close in
+`cleanup_ctx`. State lives under typed `web.AppKey`s; there are no module globals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from tollway.limits.apikeys import ApiKeys
+from tollway.limits.clock import Clock, SystemClock
+from tollway.limits.embedded import data_dir_for
+from tollway.limits.journal import Journal, Replayer
+from tollway.limits.meter import Meter
+from tollway.limits.store import Store
+from tollway.proxy.admin.app import create_admin_app
+from tollway.proxy.gateway import member_requests as limit_requests
+from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
+from tollway.proxy.gateway.tokens import TokenCounter
+from tollway.proxy.metrics import CONTENT_TYPE, Metrics
+from tollway.proxy.runtime.autoreload import AutoReloader
+
+log = logging.getLogger("tollway")
+
+HOLDER = web.AppKey("holder", Any)
+STORE = web.AppKey("store", Store)
+METRICS = web.AppKey("metrics", Metrics)
+CLOCK = web.AppKey("clock", Clock)
+APIKEYS = web.AppKey("apikeys", ApiKeys)
+METER = web.AppKey("meter", Meter)
+HANDLER = web.AppKey("handler", ProxyHandler)
+COUNTER = web.AppKey("counter", TokenCounter)
+DATA_DIR = web.AppKey("data_dir", Path)
+JOURNAL = web.AppKey("journal", Journal)
+REPLAYER = web.AppKey("replayer", Replayer)
+RELOADER = web.AppKey("reloader", AutoReloader)
+ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
+
+SETTLE_WAIT = 10.0  # seconds shutdown waits for cut requests to settle
+
+
+def create_app(
+    holder: Any,
+    store: Store,
+    clock: Clock | None = None,
+    metrics: Metrics | None = None,
+    *,
+    close_store: bool = True,
+    data_dir: str | Path | None = None,
+) -> web.Application:
+    """The proxy app. `holder.current` is the live `Config`; `store` is connected lazily.
+    `data_dir` (default: `data_dir_for` the config file) holds the settlement journal."""
+    cfg = holder.current
+    app = web.Application(
+        client_max_size=cfg.server.max_body_bytes + 1,
+        # aiohttp closes a connection that has no complete request within its keep-alive
+        # time, counted from the connection's start: the guard against slow headers.
+        handler_args={"keepalive_timeout": cfg.server.client_header_timeout},
+    )
+    app[HOLDER] = holder
+    app[STORE] = store
+    app[CLOCK] = clock or SystemClock()
+    app[METRICS] = metrics or Metrics()
+    app[APIKEYS] = ApiKeys(store)
+    app[METER] = Meter(store, app[CLOCK], lambda: holder.current)
+    app[ACTIVE] = set()
+    app[COUNTER] = TokenCounter(cfg.metering.tiktoken_encoding)
+    app[DATA_DIR] = Path(data_dir) if data_dir is not None else data_dir_for(cfg.source)
+    store.observers.append(app[METRICS].observe_store)
+    listen = getattr(holder, "add_listener", None)
+    if listen is not None:
+        listen(lambda _cfg: app[METRICS].config_reloaded(True))
+    listen_failures = getattr(holder, "add_failure_listener", None)
+    if listen_failures is not None:
+        listen_failures(lambda _err: app[METRICS].config_reloaded(False))
+    app.cleanup_ctx.append(_upstream_client)
+    app.cleanup_ctx.append(_store_lifecycle(close_store))
+    app.cleanup_ctx.append(_auto_reload)
+    app.cleanup_ctx.append(_journal)
+    app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    for path in ROUTES:
+        app.router.add_route("*", path, _proxy_view)
+    app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
+    app.add_subapp("/admin", create_admin_app(holder, store, app[CLOCK], app[APIKEYS]))
+    limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
+    return app
+
+
+async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+    client = aiohttp.ClientSession(
+        connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+    )
+    app[HANDLER] = ProxyHandler(
+        app[HOLDER], app[METER], app[APIKEYS], client, app[COUNTER], app[METRICS], app[CLOCK]
+    )
+    yield
+    await client.close()
+
+
+async def _settlements(app: web.Application) -> AsyncIterator[None]:
+    """At shutdown, requests cut by the drain timeout (their handlers were just cancelled)
+    and their settlements finish before anything they use closes: the journal, the
+    auto-reloader, the store."""
+    yield
+    deadline = asyncio.get_running_loop().time() + SETTLE_WAIT
+    while pending := [*app[ACTIVE], *app[HANDLER].settling]:
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            log.error("shutdown: settlements still running", extra={"count": len(pending)})
+            return
+        await asyncio.wait(pending, timeout=left)
+
+
+async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
+    """Auto-reload purchases, started by settlements; stopped before the store closes."""
+    handler = app[HANDLER]
+    reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], handler.client)
+    app[RELOADER] = reloader
+    handler.on_settled.append(reloader.on_settled)
+    yield
+    await reloader.stop()
+
+
+async def _journal(app: web.Application) -> AsyncIterator[None]:
+    """The journal of settlements the store could not take, and its replayer (stopped
+    before the store closes; what it has not replayed waits on disk for the next start)."""
+    handler = app[HANDLER]
+    journal = Journal(app[DATA_DIR] / "journal", app[HOLDER].current.store.journal_max_bytes)
+    journal.observers.append(app[METRICS].observe_journal)
+    handler.journal = journal
+    app[JOURNAL] = journal
+    app[REPLAYER] = replayer = Replayer(journal, handler.settle_entry, app[STORE].ping)
+    task = asyncio.ensure_future(replayer.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    journal.close()
+
+
+def _store_lifecycle(close_store: bool):
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        with contextlib.suppress(Exception):
+            await app[STORE].load_scripts()
+        yield
+        if close_store:
+            await app[STORE].close()
+
+    return lifecycle
+
+
+async def _proxy_view(request: web.Request) -> web.StreamResponse:
+    active, task = request.app[ACTIVE], asyncio.current_task()
+    active.add(task)  # type: ignore[arg-type]
+    try:
+        return await request.app[HANDLER].handle(request)
+    finally:
+        active.discard(task)  # type: ignore[arg-type]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process answers."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: fails while the store is unreachable in fail-closed mode."""
+    app = request.app
+    cfg = app[HOLDER].current
+    store_ok = await app[STORE].ping()
+    ready = store_ok or cfg.store.on_unavailable == "open"
+    body = {"status": "ready" if ready else "unavailable", "store": store_ok}
+    return web.json_response(body, status=200 if ready else 503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    return web.Response(
+        body=request.app[METRICS].exposition(), headers={"content-type": CONTENT_TYPE}
+    )

@@ -1,0 +1,43 @@
+"""What every command of one setup shares: where the config is and which store to use.
+
+``--config`` defaults to ``$TOLLWAY_CONFIG``, then ``./tollway.yaml``. The store is
+``$REDIS_URL`` when set, else ``store.redis_url`` from the config, else the embedded Valkey
+of the data directory (``$TOLLWAY_DATA``, default ``.tollway/`` beside the config).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tollway.limits.embedded import EmbeddedValkey, data_dir_for
+from tollway.limits.rkeys import Keys
+from tollway.limits.store import Store
+
+
+def config_path(given: str | None) -> Path:
+    return Path(given or os.environ.get("TOLLWAY_CONFIG") or "tollway.yaml")
+
+
+@dataclass
+class StoreHandle:
+    url: str
+    embedded: EmbeddedValkey | None
+
+    def open(self, cfg: Any) -> Store:
+        return Store.from_url(self.url, Keys(cfg.store.key_prefix), cfg.store.timeout_seconds)
+
+    def stop(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def store_url(cfg: Any, path: Path) -> StoreHandle:
+    """The store URL of this setup, starting the embedded Valkey when it is the store."""
+    url = os.environ.get("REDIS_URL") or cfg.store.redis_url
+    if url:
+        return StoreHandle(url, None)
+    embedded = EmbeddedValkey(data_dir_for(path))
+    return StoreHandle(embedded.start(), embedded)

@@ -1,0 +1,88 @@
+"""`tollway serve`: run the proxy on one port until SIGINT/SIGTERM.
+
+The config file is watched and applied live; SIGHUP reloads it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from tollway.config.reload import ConfigHolder, watch
+from tollway.proxy.runtime.app import create_app
+from tollway.proxy.runtime.locate import StoreHandle
+
+log = logging.getLogger("tollway")
+
+
+async def serve(
+    holder: ConfigHolder,
+    handle: StoreHandle,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    drain_seconds: float = 30.0,
+    ready: Any = None,
+) -> None:
+    cfg = holder.current
+    store = handle.open(cfg)
+    app = create_app(holder, store)
+    runner = web.AppRunner(app, handler_cancellation=False, shutdown_timeout=drain_seconds)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
+    await site.start()
+    log.info("tollway listening", extra={"host": host, "port": port, "store": _redact(handle.url)})
+    if ready is not None:
+        ready()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, holder.reload)
+    watcher = asyncio.ensure_future(watch(holder)) if cfg.source else None
+    try:
+        await stop.wait()
+    finally:
+        log.info("tollway stopping: draining in-flight requests")
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await runner.cleanup()
+
+
+def _redact(url: str) -> str:
+    """A store URL without its password, for logs."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def run(
+    holder: ConfigHolder, handle: StoreHandle, host: str, port: int, drain_seconds: float = 30.0
+) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        pass
+    try:
+        asyncio.run(serve(holder, handle, host, port, drain_seconds=drain_seconds))
+    finally:
+        handle.stop()
+
+
+def default_config_hint(path: Path) -> str:
+    return (
+        f"no config at {path}: pass --config FILE, set TOLLWAY_CONFIG, or copy "
+        "config/examples/tollway.yaml to ./tollway.yaml"
+    )
