@@ -18,7 +18,7 @@ _LINE = re.compile(r":\d+\)")
 
 
 def _frame(f: str) -> str:
-    """``handle (proxy/gateway/handler.py:123)`` → ``handle (proxy/gateway/handler.py)``, paths shortened."""
+    """``handle (gateway/handler.py:123)`` → ``handle (gateway/handler.py)``: paths shortened."""
     f = _LINE.sub(")", f)
     for marker in ("site-packages/", "/work/main/", "python3.11/"):
         if marker in f:

@@ -93,7 +93,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         calls = toll["redis_calls_per_req"]
         sha, ev = calls.get("evalsha", 0.0), calls.get("eval", 0.0)
         out.append(("Redis round trips per metered request: 2 script calls (EVALSHA), "
-                    "nothing else (exact, with MONITOR: tests/test_roundtrips.py)",
+                    "nothing else (exact, with MONITOR: tests/e2e/test_roundtrips.py)",
                     f"EVALSHA {sha:.3f}/request, EVAL {ev:.3f} (server commandstats over "
                     "the c50 run; commands run inside the scripts are not round trips)",
                     abs(sha - 2) < 0.01 and ev == 0))  # fmt: skip

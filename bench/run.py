@@ -286,7 +286,7 @@ class Bench:
             if "workers" not in self.extra:
                 self.notes.append(
                     "`tollway serve --workers` is not available in this tree: the x2 Tollway "
-                    "rows run two `tollway.proxy.runtime.serve.serve(..., reuse_port=True)` processes "
+                    "rows run two `serve(..., reuse_port=True)` processes "
                     "(`bench.worker --reuse-port`) on one port."
                 )
             self.extra["workers"] = "reuse_port processes"

@@ -1,6 +1,6 @@
 """A fast fake model API for load tests: OpenAI chat and Anthropic messages, JSON and SSE.
 
-`tests/fakeupstream.py` is the faithful fake (every route, every hook, SDK-checked); it
+`tests/support/fakeupstream.py` is the faithful fake (every route, every hook, SDK-checked); it
 builds each answer from dicts and costs ~0.3 ms of CPU per request, which on a 2-core
 machine would be taken from the proxy under test. This one is a raw asyncio protocol with
 answers prebuilt at start-up: ~30 µs per request. It speaks enough HTTP/1.1 for wrk, aiohttp

@@ -1,10 +1,10 @@
 """One Tollway process for the benchmark, in one of two modes.
 
-``--reuse-port``: exactly what ``tollway serve`` runs (`tollway.proxy.runtime.serve.serve`), bound with
+``--reuse-port``: exactly what ``tollway serve`` runs (`runtime.serve.serve`), bound with
 SO_REUSEPORT so that several such processes share one port. The benchmark uses it for
 the two-worker rows when ``tollway serve --workers`` is not available.
 
-``--lag-probe``: Tollway's app (`tollway.proxy.runtime.app.create_app`, full metering) plus a probe task
+``--lag-probe``: Tollway's app (`runtime.app.create_app`, full metering) plus a probe task
 that sleeps 1 ms in a loop and records how late it wakes up: the longest time the event
 loop was held by anything else. ``GET /bench/lag`` returns the lags recorded since the
 previous call (max, p99, p50 in ms, count) and starts a new window.

@@ -2,8 +2,8 @@
 
     from tollway.config import Config, ConfigError, load_config, parse_config_text
 
-See ``tollway.config.schema`` for the models and units, ``tollway.config.loader`` for how files are read
-and errors reported, and ``tollway.config.reload`` for hot reload.
+See ``tollway.config.schema`` for the models and units, ``tollway.config.loader`` for how
+files are read and errors reported, and ``tollway.config.reload`` for hot reload.
 
 Names are imported lazily (PEP 562) so that ``python -m tollway.config.schema``, which regenerates
 ``config/tollway.schema.json``, runs without importing its own module twice.

@@ -11,7 +11,8 @@ Contract of `PaymentProvider.charge`:
 
 Credits are created by the caller (``Credits.buy``) only after a successful charge; a
 provider never touches the store. Implementations: `NoPaymentProvider` here (no payment
-method registered), ``tollway.proxy.runtime.payment_webhook.WebhookPaymentProvider`` (HTTP, hence in ``proxy/``).
+method registered), ``tollway.proxy.runtime.payment_webhook.WebhookPaymentProvider``
+(HTTP, hence in ``proxy/``).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from tollway.limits.clock import ManualClock
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 
-from tests.stack import Stack
+from tests.support.stack import Stack
 
 
 @contextlib.contextmanager

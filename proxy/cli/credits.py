@@ -2,8 +2,8 @@
 
 Amounts are USD on the command line, parsed exactly (`tollway.limits.money.parse_usd`, at most 6
 decimals, never a float) and printed with `format_usd`. Durations (``--expires-in``) are
-``<N>h``, ``<N>d`` or ``<N>w``. Exit codes as in `tollway.proxy.cli.main`: 1 the operation was refused
-(bad amount, identity already used...), 2 usage or config errors (unknown organization),
+``<N>h``, ``<N>d`` or ``<N>w``. Exit codes as in `tollway.proxy.cli.main`: 1 the operation was
+refused (bad amount, identity already used...), 2 usage or config errors (unknown organization),
 3 the store is unavailable. A refused operation changes nothing.
 """
 

@@ -1,7 +1,7 @@
 """`tollway usage`, `tollway session` and `tollway recommend`.
 
-Exit codes as in `tollway.proxy.cli.main`: 0 ok; 1 refused (no such session); 2 usage or config errors
-(unknown organization, bad date, bad number of users); 3 the store is unavailable.
+Exit codes as in `tollway.proxy.cli.main`: 0 ok; 1 refused (no such session); 2 usage or
+config errors (unknown organization, bad date, bad number of users); 3 the store is unavailable.
 ``--format json`` (and ``csv`` for usage, ``yaml`` for recommend) print only the data, for
 pipes; ``table`` is for people.
 """

@@ -137,7 +137,7 @@ def _cap_arg(text: str) -> int | str:
 
 def _run(args: Any, action: Action) -> int:
     """Check the organization, then run `action(spend)` against the store. An unknown
-    name is a usage error (2); any other refusal exits 1 (see `tollway.proxy.cli.main.with_store`)."""
+    name is a usage error (2); any other refusal exits 1 (see `with_store`)."""
     from tollway.proxy.cli.main import EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:

@@ -23,8 +23,7 @@ Contracts:
   chunk, and holds back only an incomplete trailing event, which `finish` releases.
 - Results never depend on how the network split the body.
 
-The wire formats live in `tollway.proxy.wire.openai` and `tollway.proxy.wire.anthropic`, SSE framing in
-`tollway.proxy.wire.sse`.
+The wire formats live in `wire.openai` and `wire.anthropic`, SSE framing in `wire.sse`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,161 @@
+"""A metered request costs exactly two Redis round trips: the admit script and the settle
+script, and no other command.
+
+The counts come from the server itself, on a Valkey started for this module alone so that
+no other test's traffic is counted: ``INFO commandstats`` after ``CONFIG RESETSTAT`` finds
+two EVALSHA and no EVAL (it also counts the commands the scripts run inside, which are no
+round trips), and MONITOR, which tells the commands clients sent from those scripts ran
+(``lua``), finds exactly two commands sent: EVALSHA of the admit script, then EVALSHA of
+the settle script. One warm-up request comes first: the key lookup it makes is then
+cached in the process, as it is for every request after a key's first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from tollway.limits.credits import Credits
+
+from tests.support.stack import Stack
+
+ORGS = """
+organizations:
+  acme:
+    limits: {rpm: 1000, tpm: 1000000}
+    billing: {mode: prepaid}
+    spend_caps: {monthly: 1000.00}
+    extra_usage: {enabled: true}
+    seat_tiers:
+      standard: {included: 0.01, monthly_cap: 500.00}
+    workspaces:
+      eng: {limits: {rpm: 500, tpm: 500000}, spend_caps: {monthly: 800.00}}
+    users:
+      alice: {seat: standard, workspace: eng, limits: {rpm: 100, tpm: 100000}}
+"""
+
+
+@pytest.fixture
+def metered(own_valkey: str, tmp_path: Path) -> Iterator[tuple[Stack, str]]:
+    """A stack with every kind of limit on (org, workspace and user buckets, seat, extra
+    usage, caps at three levels, prepaid credits) and the key of user alice."""
+    stack = Stack(own_valkey, tmp_path, ORGS)
+    try:
+        credits = Credits(stack.store, stack.clock, lambda: stack.holder.current)
+        stack.run(credits.buy("acme", 100_000_000))
+        yield stack, stack.key("acme", "eng", "alice")
+    finally:
+        stack.close()
+
+
+def _count(stack: Stack, request) -> tuple[int, int, list[str]]:
+    """(EVALSHA calls, EVAL calls, commands clients sent, scripts named) for the second of
+    two requests."""
+    request()  # warm-up: resolves the key (3 reads) and caches it
+    stack.wait_settled()
+    probe = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    names = {s.sha: s.name for s in stack.store.scripts.values()}
+    sent: list[str] = []
+    try:
+        probe.config_resetstat()
+        with redis.Redis.from_url(stack.redis_url).monitor() as monitor:
+            request()
+            stack.wait_settled()
+            probe.echo(END)
+            while True:  # the monitor's stream ends with our ECHO
+                c = monitor.next_command()
+                if c["command"] == f"ECHO {END}":
+                    break
+                if c["client_type"] == "lua":
+                    continue  # run by a script: part of its one round trip
+                words = c["command"].split(" ", 2)
+                if words[0].upper() in ("EVALSHA", "EVAL"):
+                    words[1] = names.get(words[1], words[1])
+                sent.append(" ".join(words[:2]).lower())
+        stats = probe.info("commandstats")
+    finally:
+        probe.close()
+    calls = {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
+    return calls.get("evalsha", 0), calls.get("eval", 0), sent
+
+
+END = "roundtrips-probe-end"
+EXPECTED = (2, 0, ["evalsha admit", "evalsha settle"])
+
+
+def test_openai_json_request_is_two_script_calls(metered) -> None:
+    stack, key = metered
+    client = stack.openai(key)
+
+    def request() -> None:
+        r = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
+        )
+        assert r.usage is not None and r.usage.completion_tokens == 5
+
+    assert _count(stack, request) == EXPECTED
+
+
+def test_openai_stream_with_injected_usage_is_two_script_calls(metered) -> None:
+    stack, key = metered
+    client = stack.openai(key)
+
+    def request() -> None:
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "Hi"}], stream=True
+            )
+        )
+        assert chunks and all(c.usage is None for c in chunks)  # the usage chunk was removed
+
+    assert _count(stack, request) == EXPECTED
+
+
+def test_anthropic_stream_is_two_script_calls(metered) -> None:
+    stack, key = metered
+    client = stack.anthropic(key)
+
+    def request() -> None:
+        with client.messages.stream(
+            model="claude-sonnet-4-5",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "Say hello"}],
+        ) as stream:
+            message = stream.get_final_message()
+        assert message.usage.output_tokens == 5
+
+    assert _count(stack, request) == EXPECTED
+
+
+def test_anthropic_json_request_is_two_script_calls(metered) -> None:
+    stack, key = metered
+    client = stack.anthropic(key)
+
+    def request() -> None:
+        message = client.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "Say hello"}],
+        )
+        assert message.usage.output_tokens == 5
+
+    assert _count(stack, request) == EXPECTED
+
+
+def test_the_request_is_charged(metered) -> None:
+    """The two calls did the whole job: the second request has its own debit event."""
+    stack, key = metered
+    client = stack.openai(key)
+    ledger = stack.keys.ledger("acme")
+
+    def request() -> None:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
+        )
+
+    before = stack.redis.xlen(ledger)
+    assert _count(stack, request) == EXPECTED
+    events = stack.redis.xrange(ledger)[before:]
+    assert [e[1]["type"] for e in events] == ["debit", "debit"]

@@ -1,0 +1,1 @@
+"""What the tests share: the fake upstream, the stack, fault and spend helpers."""
