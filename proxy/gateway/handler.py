@@ -210,7 +210,8 @@ class ProxyHandler(Settling):
         if record is not None and not record.allows(model):
             message = f"This API key may not use the model '{model}'."
             raise Reject(Problem(403, "permission", message))
-        price = cfg.prices.get(model)
+        # The price in force now, at admission, is the one the request pays.
+        price = cfg.price_book.find(model, self.clock.now_ms())
         if price is None:
             raise Reject(
                 Problem(
