@@ -24,16 +24,19 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
+from tollway.config.overlay import Overlay
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import LimitsError, StoreUnavailable
 from tollway.limits.spend import NoPendingRequest, RequestPending
 from tollway.limits.store import Store
+from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin import credits as admin_credits
 from tollway.proxy.admin import keys as admin_keys
 from tollway.proxy.admin import limits as admin_limits
 from tollway.proxy.admin import orgs as admin_core
 from tollway.proxy.admin import spend as admin_spend
+from tollway.proxy.admin import users as admin_users
 from tollway.proxy.admin.context import ADMIN, AdminContext, ApiError, answer, ctx, error
 from tollway.proxy.admin.openapi import Route, document
 
@@ -58,6 +61,7 @@ def routes() -> list[Route]:
         *admin_keys.ROUTES,
         *admin_credits.ROUTES,
         *admin_spend.ROUTES,
+        *admin_users.ROUTES,
         *admin_limits.ROUTES,
     ]
     schema = {"type": "object", "required": ["openapi", "paths"]}
@@ -96,6 +100,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         headers = {"www-authenticate": 'Bearer realm="tollway-admin"'}
         return error(401, "Missing or wrong admin token (Authorization: Bearer ...).", headers)
     try:
+        org = request.match_info.get("org")
+        if org is not None and org in c.holder.base.organizations:
+            await c.holder.refresh(org)  # run-time users, as every replica sees them
         return await handler(request)
     except ApiError as e:
         return error(e.status, e.message)
@@ -125,11 +132,17 @@ def create_admin_app(
     clock: Clock,
     apikeys: ApiKeys,
     env: Mapping[str, str] | None = None,
+    users: RuntimeUsers | None = None,
 ) -> web.Application:
     """The admin sub-application (mount it with ``app.add_subapp("/admin", ...)``).
     ``env`` is where the admin token is read (default: ``os.environ``, at each request)."""
     app = web.Application(middlewares=[guard])
-    app[ADMIN] = AdminContext(holder, store, clock, apikeys, env)
+    if not isinstance(holder, Overlay):
+        holder = Overlay(holder)
+    if users is None:
+        users = RuntimeUsers(store, holder.update)
+        holder.reader = users.entries
+    app[ADMIN] = AdminContext(holder, store, clock, apikeys, env, users)
     table = routes()
     app[ROUTE_TABLE] = table
     app[OPENAPI] = document(table, _version())
