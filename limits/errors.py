@@ -4,6 +4,7 @@
      ├── StoreUnavailable      Redis did not answer (connection, timeout, cluster down):
      │                          the caller applies `store.on_unavailable` (closed | open)
      ├── UnknownKey            an API key that does not exist or was revoked
+     │    └── UnknownCredential an organization's admin credential, likewise
      ├── UnknownPrice          a metered model with no price in the table
      └── CreditError           a credit operation refused (bad amount, identity already used)
 
@@ -22,6 +23,10 @@ class StoreUnavailable(LimitsError):
 
 
 class UnknownKey(LimitsError):
+    pass
+
+
+class UnknownCredential(UnknownKey):
     pass
 
 

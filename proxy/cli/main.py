@@ -112,12 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the YAML config file to check")
     p.set_defaults(func=cmd_check_config)
 
+    from tollway.proxy.cli import admins as cli_admins
     from tollway.proxy.cli import credits as cli_credits
     from tollway.proxy.cli import keys as cli_keys
     from tollway.proxy.cli import reports as cli_ops
     from tollway.proxy.cli import spend as cli_spend
 
     cli_keys.register(sub)
+    cli_admins.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
     cli_spend.register(sub)
