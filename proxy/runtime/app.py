@@ -22,7 +22,7 @@ from tollway.proxy.admin.app import create_admin_app
 from tollway.proxy.gateway import member_requests as limit_requests
 from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
 from tollway.proxy.gateway.tokens import TokenCounter
-from tollway.proxy.metrics import CONTENT_TYPE, Metrics
+from tollway.proxy.metrics import Metrics
 from tollway.proxy.runtime.autoreload import AutoReloader
 
 log = logging.getLogger("tollway")
@@ -86,7 +86,7 @@ def create_app(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    # No /metrics here: the client port answers 404 (see runtime/metrics_server.py).
     for path in ROUTES:
         app.router.add_route("*", path, _proxy_view)
     app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
@@ -181,9 +181,3 @@ async def readyz(request: web.Request) -> web.Response:
     ready = store_ok or cfg.store.on_unavailable == "open"
     body = {"status": "ready" if ready else "unavailable", "store": store_ok}
     return web.json_response(body, status=200 if ready else 503)
-
-
-async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(
-        body=request.app[METRICS].exposition(), headers={"content-type": CONTENT_TYPE}
-    )
