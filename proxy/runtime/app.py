@@ -71,7 +71,7 @@ def create_app(
     app[STORE] = store
     app[CLOCK] = clock or SystemClock()
     app[METRICS] = metrics or Metrics()
-    app[APIKEYS] = ApiKeys(store)
+    app[APIKEYS] = ApiKeys(store, app[CLOCK])
     app[METER] = Meter(store, app[CLOCK], lambda: holder.current)
     app[ACTIVE] = set()
     app[COUNTER] = TokenCounter(cfg.metering.tiktoken_encoding)
