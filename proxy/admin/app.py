@@ -34,6 +34,7 @@ from tollway.limits.spend import NoPendingRequest, RequestPending
 from tollway.limits.store import Store
 from tollway.proxy.admin import admins as admin_admins
 from tollway.proxy.admin import credits as admin_credits
+from tollway.proxy.admin import keys as admin_keys
 from tollway.proxy.admin import limits as admin_limits
 from tollway.proxy.admin import orgs as admin_core
 from tollway.proxy.admin import spend as admin_spend
@@ -59,6 +60,7 @@ def routes() -> list[Route]:
     """Every admin route, the OpenAPI document's own included."""
     table = [
         *admin_core.ROUTES,
+        *admin_keys.ROUTES,
         *admin_credits.ROUTES,
         *admin_spend.ROUTES,
         *admin_limits.ROUTES,

@@ -61,7 +61,13 @@ MEMBER_ROUTES = frozenset(
     {("GET", "/orgs/{org}/users/{user}"), ("POST", "/orgs/{org}/limit-requests")}
 )
 # Routes without an {org} that an organization reaches for its own things.
-KEY_ROUTES = frozenset({("GET", "/keys/{key_id}"), ("POST", "/keys/{key_id}/revoke")})
+KEY_ROUTES = frozenset(
+    {
+        ("GET", "/keys/{key_id}"),
+        ("POST", "/keys/{key_id}/revoke"),
+        ("POST", "/keys/{key_id}/rotate"),
+    }
+)
 OPEN_ROUTES = frozenset({("GET", "/orgs"), ("GET", "/openapi.json")})
 
 

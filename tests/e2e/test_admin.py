@@ -48,7 +48,15 @@ organizations:
 # A valid body for every route that takes one, by operationId: a new body route without
 # an example here fails test_every_documented_route_answers.
 BODIES: dict[str, dict[str, Any]] = {
-    "post_orgs_org_keys": {"name": "ci", "workspace": "cc", "user": "alice"},
+    "post_orgs_org_keys": {
+        "name": "ci",
+        "workspace": "cc",
+        "user": "alice",
+        "expires_in": "30d",
+        "models": ["gpt-4o*"],
+        "tags": ["team-a"],
+    },
+    "post_keys_key_id_rotate": {"overlap": "1h"},
     "post_orgs_org_credits_purchases": {"amount": "25.00"},
     "post_orgs_org_credits_grants": {"amount": 5, "expires_in": "30d", "identity": "id-1"},
     "put_orgs_org_auto_reload": {"threshold": "5.00", "target": "20.00"},

@@ -256,7 +256,7 @@ def test_no_key_reaches_logs_metrics_errors_or_the_upstream(stack, caplog) -> No
     bodies.append(fetch("POST", stack.url + "/v1/chat/completions", json=HELLO,
                         headers=bearer(secret)))  # fmt: skip
     settled(stack)
-    bodies.append(fetch("GET", stack.url + "/metrics"))
+    bodies.append(fetch("GET", stack.metrics_url + "/metrics"))
     for reply in bodies:
         text = reply.body.decode(errors="replace") + repr(reply.headers)
         for s in secrets:

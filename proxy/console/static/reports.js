@@ -22,12 +22,20 @@ page("keys", "Keys", ["owner", "admin"], async (root) => {
   });
   const revoke = (k) => el("button", { type: "button", class: "danger", "aria-label": "Revoke key " + (k.name || k.id),
     onclick: () => act(async () => { await api("POST", "/keys/" + encodeURIComponent(k.id) + "/revoke"); return "Key " + k.id + " revoked."; }) }, "Revoke");
+  const rotate = (k) => el("button", { type: "button", class: "secondary", "aria-label": "Rotate key " + (k.name || k.id),
+    onclick: () => act(async () => {
+      const r = await api("POST", "/keys/" + encodeURIComponent(k.id) + "/rotate", {});
+      TW.flash = card("New secret of " + (r.name || r.id),
+        el("p", {}, "Copy this secret now: it is shown only this once. The old one works until " + when(r.old_secret_until_ms) + "."),
+        el("code", { class: "secret", id: "new-secret", tabindex: "0" }, r.key));
+      return "Key " + k.id + " rotated.";
+    }) }, "Rotate");
   root.append(card("Create a key", create));
   root.append(card("Keys", table("Keys of the organization", [
     ["Name", (k) => k.name || "—"], ["Key", (k) => k.hint], ["Id", (k) => k.id],
     ["User", (k) => k.user || "—"], ["Workspace", (k) => k.workspace || "—"],
-    ["Created", (k) => when(k.created_ms)], ["Status", (k) => (k.revoked ? "revoked" : "active")],
-    ["Actions", (k) => (k.revoked ? "" : revoke(k))],
+    ["Created", (k) => when(k.created_ms)], ["Status", (k) => k.status || (k.revoked ? "revoked" : "active")],
+    ["Actions", (k) => (k.revoked ? "" : el("div", { class: "row-actions" }, rotate(k), revoke(k)))],
   ], keys.keys, "No keys yet.")));
 });
 
