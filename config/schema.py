@@ -528,6 +528,20 @@ class Config(_Model):
     notifications: Notifications = Notifications()
     _source: str | None = PrivateAttr(default=None)
 
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _base_url_from_env(cls, value: Any, info: ValidationInfo) -> Any:
+        """``$TOLLWAY_<NAME>_BASE_URL`` (``TOLLWAY_OPENAI_BASE_URL``...), when set, replaces
+        that upstream's ``base_url``: a local or test server without editing the file."""
+        if not isinstance(value, Mapping):
+            return value
+        env = _env(info)
+        for name, upstream in value.items():
+            url = env.get(f"TOLLWAY_{str(name).upper()}_BASE_URL")
+            if url and isinstance(upstream, Mapping):
+                value = {**value, name: {**upstream, "base_url": url}}
+        return value
+
     @model_validator(mode="after")
     def _remember_source(self, info: ValidationInfo) -> Config:
         self._source = (info.context or {}).get("source")

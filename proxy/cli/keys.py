@@ -89,9 +89,13 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    from tollway.proxy.cli.main import with_store
+    from tollway.proxy.cli.main import EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:
+        if args.org not in cfg.organizations:
+            known = ", ".join(sorted(cfg.organizations)) or "none"
+            print(f"tollway: unknown organization {args.org!r} (known: {known})", file=sys.stderr)
+            return EXIT_USAGE
         records = [key_dict(r) for r in await ApiKeys(store).list(args.org)]
         if args.format == "json":
             print(json.dumps(records))
