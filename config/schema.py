@@ -54,6 +54,7 @@ from tollway.config.values import (
     Seconds,
     StrictBool,
     empty_map,
+    environment,
     fail,
     integer,
     resolve_secret,
@@ -372,7 +373,7 @@ class Config(FrozenModel):
         that upstream's ``base_url``: a local or test server without editing the file."""
         if not isinstance(value, Mapping):
             return value
-        env = _env(info)
+        env = environment(info)
         for name, upstream in value.items():
             url = env.get(f"TOLLWAY_{str(name).upper()}_BASE_URL")
             if url and isinstance(upstream, Mapping):
