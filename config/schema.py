@@ -129,6 +129,14 @@ class ServerConfig(FrozenModel):
     client_body_timeout: Seconds = 60.0
     """Seconds a client has to send the whole request body."""
     admin_token_env: EnvName | None = "TOLLWAY_ADMIN_TOKEN"
+    metrics_host: str = "127.0.0.1"
+    """Address of the operators' listener serving /metrics (never the client port, which
+    answers 404 there): loopback by default, so only this machine can scrape it."""
+    metrics_port: Annotated[int, integer(0, 65535), Field(ge=0, le=65535)] = 9464
+    """Port of the metrics listener; 0: no metrics listener at all."""
+    metrics_token_env: EnvName | None = None
+    """Environment variable holding a bearer token the metrics listener requires (null:
+    none; then keep metrics_host on an operators-only network)."""
     timezone: str = "UTC"
     """IANA time zone whose month boundaries reset spend caps."""
     session_headers: tuple[Annotated[str, Strict()], ...] = (

@@ -59,6 +59,8 @@ def _name_check(noun: str, forbidden: str) -> Callable[[str], str]:
     listed = ", ".join(f"'{c}'" for c in forbidden)
 
     def check(value: str) -> str:
+        # Names that look alike are one name: "café" typed with a combining accent or not.
+        value = unicodedata.normalize("NFC", value)
         if not value:
             raise ValueError("name must not be empty")
         bad = (c in forbidden or c.isspace() or unicodedata.category(c)[0] == "C" for c in value)
