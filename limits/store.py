@@ -22,7 +22,7 @@ from tollway.limits.connect import connect
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.rkeys import Keys
 
-SCRIPT_NAMES = ("admit", "settle", "add_lot", "expire", "reload_lock")
+SCRIPT_NAMES = ("admit", "settle", "add_lot", "expire", "reload_lock", "release")
 
 _UNAVAILABLE = (
     rexc.ConnectionError,
