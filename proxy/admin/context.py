@@ -60,6 +60,9 @@ class AdminContext:
 
 
 ADMIN = web.AppKey("admin_context", AdminContext)
+# The organization's payment provider, `(org config) -> PaymentProvider`, set on the proxy
+# app by the auto-reloader and read through `request.config_dict` (absent: none).
+PAYMENTS = web.AppKey("admin_payments", object)
 
 
 class ApiError(Exception):

@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 from tollway.limits import reports
+from tollway.proxy.admin.auth import caller
 from tollway.proxy.admin.context import (
     INT,
     NULLABLE_STR,
@@ -39,8 +40,10 @@ def _org_summary(name: str, o: Any) -> dict[str, Any]:
 
 
 async def list_orgs(request: web.Request) -> web.Response:
+    """Every organization for the operator; an organization's credential sees its own."""
     orgs = ctx(request).cfg.organizations
-    return answer({"orgs": [_org_summary(n, orgs[n]) for n in sorted(orgs)]})
+    who = caller(request)
+    return answer({"orgs": [_org_summary(n, orgs[n]) for n in sorted(orgs) if who.sees(n)]})
 
 
 # --- reports ---------------------------------------------------------------------------------

@@ -23,6 +23,8 @@ from tollway.limits.meter import Meter
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 from tollway.proxy.admin.app import create_admin_app
+from tollway.proxy.admin.context import ADMIN, PAYMENTS
+from tollway.proxy.console.app import setup as setup_console
 from tollway.proxy.gateway import member_requests as limit_requests
 from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
 from tollway.proxy.gateway.tokens import TokenCounter
@@ -105,7 +107,9 @@ def create_app(
     for path in ROUTES:
         app.router.add_route("*", path, _proxy_view)
     app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
-    app.add_subapp("/admin", create_admin_app(holder, store, app[CLOCK], app[APIKEYS]))
+    admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS])
+    app.add_subapp("/admin", admin)
+    setup_console(app, admin[ADMIN])
     limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
     return app
 
@@ -141,6 +145,7 @@ async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     handler = app[HANDLER]
     reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], handler.client)
     app[RELOADER] = reloader
+    app[PAYMENTS] = reloader.provider  # the console's purchases pay through the same seam
     handler.on_settled.append(reloader.on_settled)
     yield
     await reloader.stop()

@@ -14,6 +14,7 @@ import requests
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 from tollway.config import parse_config_text
 from tollway.config.reload import ConfigHolder
+from tollway.limits.admins import Credentials
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock
 from tollway.limits.rkeys import Keys
@@ -66,6 +67,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "put_orgs_org_extra_usage": {"enabled": True},
     "put_orgs_org_extra_usage_users_user": {"enabled": False},
     "post_orgs_org_limit_requests": {"user": "carol", "reason": "deadline"},
+    "post_orgs_org_admins": {"role": "billing", "name": "finance"},
     "post_orgs_org_limit_requests_user_approve": {"cap": "20.00", "note": "ok"},
     "post_orgs_org_limit_requests_user_deny": {"note": "not now"},
 }
@@ -135,9 +137,11 @@ def _values(stack) -> dict[str, str]:
     spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
     for user in ("alice", "bob"):
         stack.run(spend.file_request("acme", user, "more please"))
+    credential, _ = stack.run(Credentials(stack.store).create("acme", "admin", 0, "ops"))
     return {
         "org": "acme",
         "key_id": record.key_id,
+        "admin_id": credential.cred_id,
         "session_id": "sess-1",
         "user": "alice",
         "workspace": "cc",
