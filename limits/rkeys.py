@@ -107,6 +107,11 @@ class Keys:
     def promo_identity(self, digest: str) -> str:
         return f"{self.prefix}:promo-identity:{digest}"
 
+    def revocations(self) -> str:
+        """zset key id -> when it was revoked (ms): what every process polls, so that a
+        revocation reaches a process serving fail-open from its cache."""
+        return f"{self.prefix}:revocations"
+
     def admin_hash(self, digest: str) -> str:
         return f"{self.prefix}:admhash:{digest}"
 

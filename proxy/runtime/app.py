@@ -13,9 +13,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from tollway.config.overlay import Overlay
-from tollway.limits.apikeys import ApiKeys
+from tollway.limits.apikeys import REVOCATION_POLL, ApiKeys
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
+from tollway.limits.errors import StoreUnavailable
 from tollway.limits.history import History
 from tollway.limits.journal import Journal, Replayer
 from tollway.limits.ledgerdb import open_ledger
@@ -104,6 +105,7 @@ def create_app(
     app.cleanup_ctx.append(_shipping(close_store))
     app.cleanup_ctx.append(_auto_reload)
     app.cleanup_ctx.append(_journal)
+    app.cleanup_ctx.append(_revocations)
     app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
 
     app.router.add_get("/healthz", healthz)
@@ -154,6 +156,27 @@ async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     handler.on_settled.append(reloader.on_settled)
     yield
     await reloader.stop()
+
+
+async def _revocations(app: web.Application) -> AsyncIterator[None]:
+    """Poll the revocation list every second while the store answers, so that fail-open
+    never serves a key revoked before an outage (`ApiKeys.poll_revocations`)."""
+
+    async def poll() -> None:
+        while True:
+            try:
+                await app[APIKEYS].poll_revocations()
+            except StoreUnavailable:
+                pass  # fail-open relies on the last poll; the next one catches up
+            except Exception:
+                log.exception("revocation poll failed")
+            await asyncio.sleep(REVOCATION_POLL)
+
+    task = asyncio.ensure_future(poll())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _journal(app: web.Application) -> AsyncIterator[None]:
