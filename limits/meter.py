@@ -213,6 +213,8 @@ class Meter:
         admitted, reason, detail, retry = int(raw[0]), raw[1], raw[2], int(raw[3])
         if reason == "key":
             return Decision(False, "key", "revoked key")
+        if reason == "late":
+            return Decision(False, "late", "released before it ran")
         states = tuple(
             BucketState(spec, int(raw[4 + 2 * i]), int(raw[5 + 2 * i]))
             for i, spec in enumerate(specs)
@@ -238,6 +240,16 @@ class Meter:
                 False, reason, "", resets_at_ms=next_month, amount=int(detail), buckets=states
             )
         return Decision(False, reason, detail, buckets=states)
+
+    async def release(self, principal: Principal, rid: str) -> bool:
+        """Give back the admission of `rid`, which nobody waits for any more (its admit
+        timed out), and make an admission of it that runs later take nothing. True when
+        there was one to give back. Safe before or after the request's settlement."""
+        cfg = self.config()
+        k, org = self.keys, principal.org
+        keys = [k.hold(org, rid), k.holds(org), k.account(org)]
+        ttl = cfg.store.hold_ttl_seconds * 1000
+        return bool(await self.store.run("release", keys, [self.clock.now_ms(), rid, ttl]))
 
     async def settle(
         self,

@@ -31,7 +31,8 @@ ARGV
                  tier's user is the user's cap, not the tier's)
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
-  reason: '' | key | rate | included | cap | credit. detail: index (1-based) of the refusing
+  reason: '' | key | late | rate | included | cap | credit (late: release.lua ran first).
+  detail: index (1-based) of the refusing
   bucket; "<label>|<cap>" of the refusing cap (micro-USD); the seat's included amount
   (micro-USD) when its included usage is used up. retry_ms: when the refused bucket can admit
   again (-1: never). remaining_i: whole tokens/requests left in bucket i after this request;
@@ -46,6 +47,12 @@ local K_HOLD, K_HOLDS, K_ACCT, K_LOTS, K_LOTEXP, K_LEDGER, K_MONTH, K_CFG, K_API
 local revoked = redis.call('HGET', K_APIKEY, 'revoked')
 if revoked ~= '0' then
   return {0, 'key', '', 0}
+end
+
+-- A hold key before admission is release.lua's tombstone: this admission came too late
+-- (Tollway answered without it), so it takes nothing.
+if redis.call('EXISTS', K_HOLD) == 1 then
+  return {0, 'late', '', 0}
 end
 
 purge_holds(K_HOLDS, K_ACCT, plan.hp, now)
