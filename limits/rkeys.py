@@ -78,6 +78,10 @@ class Keys:
     def api_key(self, org: str, key_id: str) -> str:
         return self.org(org, "key", key_id)
 
+    def users(self, org: str) -> str:
+        """Users added or changed at run time (`tollway.limits.users`)."""
+        return self.org(org, "users")
+
     def api_keys(self, org: str) -> str:
         return self.org(org, "keys")
 
