@@ -16,6 +16,7 @@ Tollway's start-up line.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -155,3 +156,77 @@ def test_make_test_installs_no_system_package_and_touches_no_service():
         assert forbidden not in code
     assert "apt-get download" in script and "dpkg-deb -x" in script
     assert re.search(r"^test: .*\btools\b", makefile, re.M)
+
+
+def readme_claude_code_command() -> str:
+    text = README.read_text()
+    return re.search(
+        r"```sh\n(ANTHROPIC_BASE_URL=\S+ ANTHROPIC_API_KEY=tw-\.\.\. claude)\n```", text
+    )[1]
+
+
+def test_the_readme_claude_code_recipe_with_the_shipped_config(
+    fake_upstream, tmp_path, monkeypatch, capsys
+):
+    """What Claude Code sends when started as the README says, through `tollway serve` with
+    config/examples/tollway.yaml unchanged: streamed beta Messages requests
+    (`/v1/messages?beta=true`, its beta header and session header) for the models it uses,
+    a main model and a small fast one. Every one is answered, priced and billed to the
+    session, which `tollway session` then reports per model."""
+    import anthropic
+    from tollway.proxy.cli.main import main
+
+    from tests.support.faultkit import ProxyProcess
+
+    fake, upstream = fake_upstream
+    command = readme_claude_code_command()
+    base_url = re.search(r"ANTHROPIC_BASE_URL=(\S+)", command)[1]
+    assert base_url == "http://127.0.0.1:8080"  # the README's; the test's own port below
+    monkeypatch.setenv("TOLLWAY_ANTHROPIC_BASE_URL", upstream)
+    monkeypatch.setenv("TOLLWAY_OPENAI_BASE_URL", upstream)
+    monkeypatch.setenv("TOLLWAY_DATA", str(tmp_path / "data"))
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    config = ROOT / "config" / "examples" / "tollway.yaml"
+    proc = ProxyProcess(config, tmp_path / "data")
+    try:
+        proc.wait_ready(timeout=60)
+        for name, value in {
+            "OPENAI_API_KEY": OPENAI_KEY,
+            "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
+        }.items():
+            monkeypatch.setenv(name, value)
+        assert main(["keys", "create", "--org", "acme", "--config", str(config)]) == 0
+        key = re.search(r"^key:\s+(tw-\S+)$", capsys.readouterr().out, re.M)[1]
+        assert (
+            main(["credits", "buy", "--org", "acme", "--amount", "20", "--config", str(config)])
+            == 0
+        )
+        client = anthropic.Anthropic(base_url=proc.url, api_key=key, max_retries=0)
+        session = "0b9e6a3c-claude-code"
+        for model in ("claude-sonnet-4-6", "claude-haiku-4-5-20251001", "claude-opus-4-6"):
+            with client.beta.messages.stream(
+                model=model,
+                max_tokens=1024,
+                messages=[{"role": "user", "content": "Explain this repository"}],
+                betas=["claude-code-20250219", "interleaved-thinking-2025-05-14"],
+                extra_headers={"x-claude-code-session-id": session},
+                extra_query={"beta": "true"},  # Claude Code's TypeScript SDK adds it
+            ) as stream:
+                assert stream.get_final_text() == fake.behavior.text
+        assert {(r.path, r.query.get("beta")) for r in fake.requests} == {("/v1/messages", "true")}
+
+        def settled() -> bool:
+            capsys.readouterr()
+            if main(["session", session, "--format", "json", "--config", str(config)]) != 0:
+                return False
+            return json.loads(capsys.readouterr().out)["sessions"][0]["requests"] == 3
+
+        wait_for(settled, 10, "the three settlements")
+        assert main(["session", session, "--format", "json", "--config", str(config)]) == 0
+        [report] = json.loads(capsys.readouterr().out)["sessions"]
+        models = {m["model"]: m for m in report["models"]}
+        assert set(models) == {"claude-sonnet-4-6", "claude-haiku-4-5-20251001", "claude-opus-4-6"}
+        assert all(m["cost_micro"] > 0 for m in models.values())
+        assert report["cost_micro"] == sum(m["cost_micro"] for m in models.values())
+    finally:
+        proc.stop()
