@@ -187,7 +187,7 @@ def test_the_readme_claude_code_recipe_with_the_shipped_config(
     monkeypatch.setenv("TOLLWAY_DATA", str(tmp_path / "data"))
     monkeypatch.delenv("REDIS_URL", raising=False)
     config = ROOT / "config" / "examples" / "tollway.yaml"
-    proc = ProxyProcess(config, tmp_path / "data")
+    proc = ProxyProcess(config, tmp_path / "data", log_path=tmp_path / "proxy.log")
     try:
         proc.wait_ready(timeout=60)
         for name, value in {
