@@ -27,7 +27,7 @@ from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable, UnknownKey
 from tollway.limits.limit_requests import LimitRequest, RequestPending
-from tollway.limits.meter import Decision
+from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.plans import Principal
 from tollway.limits.spend import Spend, SpendError, UserStatus
 from tollway.limits.store import Store
@@ -45,7 +45,7 @@ SPEND = web.AppKey("spend", Spend)
 def refusal_hint(decision: Decision, principal: Principal) -> str:
     """What to append to a refusal the caller can ask an admin about: a spend cap or the
     end of the included usage, for a key that belongs to a user."""
-    if decision.reason in ("cap", "included") and principal.user:
+    if decision.reason in (Refusal.CAP, Refusal.INCLUDED) and principal.user:
         return HINT
     return ""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-from tollway.limits.meter import BucketState, Decision
+from tollway.limits.outcomes import BucketState, Decision, Refusal
 
 # What a refusal means, in each format: (status, openai type, openai code, anthropic type).
 OPENAI = "openai"
@@ -155,9 +155,9 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
     """The problem to answer for a refused admission; `hint` is appended to money
     refusals (how to ask for a higher limit)."""
     reason = decision.reason
-    if reason == "key":
+    if reason is Refusal.KEY:
         return Problem(401, "key", "Invalid API key: this key has been revoked.")
-    if reason == "rate":
+    if reason is Refusal.RATE:
         retry = decision.retry_after_ms
         seconds = math.ceil(retry / 1000) if retry is not None else 60
         kind = "rate" if decision.detail.startswith("rpm") else "rate_tokens"
@@ -166,7 +166,7 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
         else:
             msg = f"Rate limit reached for {decision.detail}. Please try again in {seconds}s."
         return Problem(429, kind, msg, retry_after_s=max(seconds, 1))
-    if reason == "credit":
+    if reason is Refusal.CREDIT:
         if provider == ANTHROPIC:
             msg = (
                 "Your credit balance is too low to access the Anthropic API. "
@@ -179,7 +179,7 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
             )
         return Problem(429, "quota", msg + hint, should_retry=False)
     resets = rfc3339(decision.resets_at_ms or now_ms)
-    if reason == "included":
+    if reason is Refusal.INCLUDED:
         msg = (
             "You have used all the usage included in your seat for this month and extra "
             f"usage is not enabled. Your usage resets at {resets}."
