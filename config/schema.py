@@ -278,6 +278,26 @@ class StoreConfig(_Model):
         return value
 
 
+_LEDGER_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+class LedgerConfig(_Model):
+    url: str | None = None
+    """Ledger database: null for a SQLite file in the data directory (beside the embedded
+    Valkey), ``sqlite:///path`` or ``postgresql://user@host:port/db``."""
+    ship_interval_seconds: Seconds = 1.0
+    """How often the shipper moves new ledger events from Redis to the database."""
+    ship_batch: PositiveInt = 500
+    """Events per database transaction."""
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in _LEDGER_SCHEMES:
+            raise ValueError(f"URL scheme must be one of: {', '.join(_LEDGER_SCHEMES)}")
+        return value
+
+
 class ServerConfig(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, _integer(1, 65535), Field(ge=1, le=65535)] = 8080
@@ -519,6 +539,7 @@ class Notifications(_Model):
 
 class Config(_Model):
     store: StoreConfig = StoreConfig()
+    ledger: LedgerConfig = LedgerConfig()
     server: ServerConfig = ServerConfig()
     upstreams: FrozenMap[Upstream] = Field(default_factory=_empty_map)
     prices: ModelMap[Price] = Field(default_factory=_empty_map)
