@@ -121,8 +121,15 @@ class Meter:
                 retry_after_ms=retry if retry >= 0 else None,
                 buckets=states,
             )
-        if reason in (Refusal.CAP, Refusal.INCLUDED):
-            return Decision(False, reason, detail, resets_at_ms=next_month, buckets=states)
+        if reason is Refusal.CAP:
+            label, _, cap = detail.rpartition("|")
+            return Decision(
+                False, reason, label, resets_at_ms=next_month, amount=int(cap), buckets=states
+            )
+        if reason is Refusal.INCLUDED:
+            return Decision(
+                False, reason, "", resets_at_ms=next_month, amount=int(detail), buckets=states
+            )
         return Decision(False, reason, detail, buckets=states)
 
     async def settle(
@@ -154,6 +161,7 @@ class Meter:
             tpm_input=usage.tpm_input(cfg.metering.count_cache_reads_in_tpm),
             cost=cost,
             session=session_id is not None,
+            session_id=session_id or "",
             upstream_ms=upstream_ms,
         )
         keys = scriptplans.settle_keys(self.keys, org, rid, month, day, session_id or "-")

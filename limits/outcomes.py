@@ -35,6 +35,7 @@ class Decision:
     detail: str = ""  # the limit or cap that refused, in words
     retry_after_ms: int | None = None  # rate limits: when to retry; None: never by waiting
     resets_at_ms: int | None = None  # caps and included usage: start of next period
+    amount: int | None = None  # micro-USD: the cap reached, or the seat's included usage
     buckets: tuple[BucketState, ...] = ()
 
 

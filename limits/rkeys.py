@@ -70,6 +70,10 @@ class Keys:
     def session(self, org: str, session_id: str) -> str:
         return self.org(org, "sess", session_id)
 
+    def sessions(self, org: str) -> str:
+        """Sorted set of the organization's session ids, scored by their last request end."""
+        return self.org(org, "sessions")
+
     def ledger(self, org: str) -> str:
         return self.org(org, "ledger")
 

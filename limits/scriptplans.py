@@ -44,6 +44,7 @@ SETTLE_KEYS = (
     "day",
     "session",
     "overrides",
+    "sessions",
 )
 
 
@@ -118,6 +119,7 @@ class SettlePlan:
     tpm_input: int
     cost: int
     session: bool
+    session_id: str
     upstream_ms: int
 
 
@@ -132,6 +134,7 @@ def encode(plan: AdmitPlan | SettlePlan) -> bytes:
             "tpm_input": plan.tpm_input,
             "cost": plan.cost,
             "session": plan.session,
+            "session_id": plan.session_id,
             "upstream_ms": plan.upstream_ms,
         }
         # Two JSON objects joined into one: "{request..." + "," + "...static}".
@@ -230,4 +233,5 @@ def settle_keys(k: Keys, org: str, rid: str, month: str, day: str, session: str)
         k.day(org, day),
         k.session(org, session),
         k.overrides(org),
+        k.sessions(org),
     ]

@@ -30,8 +30,9 @@ ARGV
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
   reason (outcomes.Refusal): '' | key | rate | included | cap | credit. detail: index
-  (1-based) of the refusing bucket, or the label of the refusing cap. retry_ms: when the
-  refused bucket can admit again (-1: never). remaining_i: whole tokens/requests left in
+  (1-based) of the refusing bucket; "<label>|<cap>" of the refusing cap (micro-USD); the
+  seat's included amount (micro-USD) when its included usage is used up. retry_ms: when
+  the refused bucket can admit again (-1: never). remaining_i: whole tokens/requests left in
   bucket i after this request; reset_ms_i: ms until bucket i is full.
 ]]
 
@@ -115,7 +116,7 @@ local function check_money(money)
     end
     extra_now = num(redis.call('HGET', K.month, seat.spent)) >= included
     if extra_now and not extra_usage_on(money.extra) then
-      return 'included', ''
+      return 'included', int(included)
     end
   end
   if not extra_now then
@@ -124,7 +125,7 @@ local function check_money(money)
   for _, c in ipairs(money.caps) do
     local cap, label = cap_in_force(c)
     if cap >= 0 and num(redis.call('HGET', K.month, c.spent)) >= cap then
-      return 'cap', label
+      return 'cap', label .. '|' .. int(cap)
     end
   end
   if money.prepaid then

@@ -8,6 +8,7 @@ KEYS (named in this order by limits/scriptplans.py SETTLE_KEYS)
   session    tw:{org}:sess:<id>        session counters (any name when plan.session is false)
   overrides  tw:{org}:cfg              run-time overrides (the seat's included amount,
                                        reload:off, reload:threshold, reload:target)
+  sessions   tw:{org}:sessions         sorted set: session id -> its last request end (ms)
   then the buckets, as in admit.lua
 
 ARGV
@@ -22,7 +23,9 @@ ARGV
     month_fields  [{spend, extra}, ...]: the month fields the spend and its extra part are
                added to, one pair per scope (org, ws=W, user=U, key=K)
     dims       report dimensions: ["org", "ws=W", "user=U", "key=K", "model=M"]
-    session    true when KEYS session is a session to update; upstream_ms: upstream time
+    session    true when KEYS session is a session to update (and sessions its index);
+               session_id its id; upstream_ms: upstream time (ms): the request started at
+               now - upstream_ms
     buckets    [{kind, rate, unit}, ...] as in admit.lua
     hold_prefix, lot_prefix   key prefixes of holds and lots
     keep_ms    ms to keep the month and day counters and sessions
@@ -39,7 +42,7 @@ RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if 
 
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'settled', 'day', 'session', 'overrides'})
+  'month', 'settled', 'day', 'session', 'overrides', 'sessions'})
 
 local earlier = redis.call('GET', K.settled)
 if earlier then
@@ -173,18 +176,43 @@ local function count_day(cost)
   redis.call('PEXPIRE', K.day, int(plan.keep_ms))
 end
 
+-- A session: totals, the same per model ("m|<model>|<metric>"), and its span: first is the
+-- earliest request start (now - upstream_ms), last the latest request end, whatever the
+-- order in which concurrent requests settle.
 local function count_session(cost)
-  redis.call('HINCRBY', K.session, 'req', 1)
-  redis.call('HINCRBY', K.session, 'up_ms', int(plan.upstream_ms))
-  if plan.ok then
-    redis.call('HINCRBY', K.session, 'cost', int(cost))
-    redis.call('HINCRBY', K.session, 'in',
-      int(usage.input_tokens + usage.cache_write_tokens + usage.cache_read_tokens))
-    redis.call('HINCRBY', K.session, 'out', int(usage.output_tokens))
+  local model
+  for _, d in ipairs(plan.dims) do
+    if string.sub(d, 1, 6) == 'model=' then
+      model = string.sub(d, 7)
+    end
   end
-  redis.call('HSETNX', K.session, 'first', int(now))
-  redis.call('HSET', K.session, 'last', int(now))
+  local sm = {req = 1, up_ms = plan.upstream_ms}
+  if plan.ok then
+    sm.cost, sm['in'], sm.out = cost, usage.input_tokens, usage.output_tokens
+    sm.cw, sm.cr = usage.cache_write_tokens, usage.cache_read_tokens
+  else
+    sm.fail = 1
+  end
+  for name, v in pairs(sm) do
+    if v ~= 0 then
+      redis.call('HINCRBY', K.session, name, int(v))
+      if model then
+        redis.call('HINCRBY', K.session, 'm|' .. model .. '|' .. name, int(v))
+      end
+    end
+  end
+  local start = now - plan.upstream_ms
+  local span = redis.call('HMGET', K.session, 'first', 'last')
+  if not span[1] or start < tonumber(span[1]) then
+    redis.call('HSET', K.session, 'first', int(start))
+  end
+  if not span[2] or now > tonumber(span[2]) then
+    redis.call('HSET', K.session, 'last', int(now))
+  end
   redis.call('PEXPIRE', K.session, int(plan.keep_ms))
+  redis.call('ZADD', K.sessions, 'GT', int(now), plan.session_id)
+  redis.call('ZREMRANGEBYSCORE', K.sessions, '-inf', int(now - plan.keep_ms))
+  redis.call('PEXPIRE', K.sessions, int(plan.keep_ms))
 end
 
 local function ledger_debit(cost, included, extra, debits)

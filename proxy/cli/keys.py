@@ -145,9 +145,12 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    from tollway.proxy.cli.main import with_store
+    from tollway.proxy.cli.main import EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:
+        if args.org not in cfg.organizations:
+            known = ", ".join(sorted(cfg.organizations)) or "none"
+            return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
         records = await ApiKeys(store).list(args.org)
         if args.format == "json":
             print(json.dumps([key_dict(r) for r in records]))

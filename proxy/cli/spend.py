@@ -59,7 +59,10 @@ def register(sub: Any) -> None:
 
     caps = sub.add_parser("caps", help="monthly spend caps on extra usage: show, set, clear")
     csub = caps.add_subparsers(dest="caps_command", required=True, metavar="ACTION")
-    p = csub.add_parser("show", help="every cap in force and where it comes from")
+    p = csub.add_parser(
+        "show", help="every cap in force and where it comes from, or those of one level"
+    )
+    _level(p, required=False)
     _common(p)
     p.set_defaults(func=caps_show)
     p = csub.add_parser("set", help="override a cap at run time (the next request obeys)")
@@ -207,6 +210,7 @@ def caps_show(args: Any) -> int:
         rows = [{"level": "organization", "name": "-", **caps["organization"]}]
         for level, key in (("workspace", "workspaces"), ("tier", "tiers"), ("user", "users")):
             rows += [{"level": level, "name": n, **c} for n, c in caps[key].items()]
+        rows = _only_level(args, rows)
         if args.format == "json":
             _print_json([{**r, "cap": _money(r["cap"])} for r in rows])
             return 0
@@ -214,6 +218,20 @@ def caps_show(args: Any) -> int:
         return 0
 
     return _run(args, action)
+
+
+def _only_level(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the level `caps show` was asked for (all rows without one). A workspace,
+    tier or user the organization does not have is an `UnknownName` (exit 2)."""
+    if not (args.org_wide or args.workspace or args.tier or args.user):
+        return rows
+    level, name = _where(args)
+    if level == "org":
+        return [r for r in rows if r["level"] == "organization"]
+    picked = [r for r in rows if r["level"] == level and r["name"] == name]
+    if not picked:
+        raise UnknownName(f"unknown {level} {name!r} in {args.org!r}")
+    return picked
 
 
 def caps_set(args: Any) -> int:

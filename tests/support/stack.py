@@ -33,7 +33,6 @@ prices:
   gpt-4o-mini: {input: 0.15, output: 0.60, cache_read: 0.075}
   gpt-4o: {input: 2.50, output: 10.00, cache_read: 1.25}
   text-embedding-3-small: {input: 0.02, output: 0}
-  claude-sonnet-4-5: {input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}
   claude-sonnet-4-6: {input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}
   claude-haiku-4-5: {input: 1.00, output: 5.00, cache_write: 1.25, cache_read: 0.10}
 """
