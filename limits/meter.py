@@ -106,6 +106,8 @@ class Meter:
         reason = Refusal(raw[1]) if raw[1] else None
         if reason is Refusal.KEY:
             return Decision(False, reason, "revoked key")
+        if reason is Refusal.LATE:
+            return Decision(False, reason, "released before it ran")
         states = tuple(
             BucketState(spec, int(raw[4 + 2 * i]), int(raw[5 + 2 * i]))
             for i, spec in enumerate(specs)
@@ -131,6 +133,16 @@ class Meter:
                 False, reason, "", resets_at_ms=next_month, amount=int(detail), buckets=states
             )
         return Decision(False, reason, detail, buckets=states)
+
+    async def release(self, principal: Principal, rid: str) -> bool:
+        """Give back the admission of `rid`, which nobody waits for any more (its admit
+        timed out), and make an admission of it that runs later take nothing. True when
+        there was one to give back. Safe before or after the request's settlement."""
+        cfg = self.config()
+        k, org = self.keys, principal.org
+        keys = [k.hold(org, rid), k.holds(org), k.account(org)]
+        ttl = cfg.store.hold_ttl_seconds * 1000
+        return bool(await self.store.run("release", keys, [self.clock.now_ms(), rid, ttl]))
 
     async def settle(
         self,

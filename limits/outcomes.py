@@ -15,6 +15,7 @@ from tollway.limits.plans import BucketSpec
 
 class Refusal(StrEnum):
     KEY = "key"  # the key is revoked
+    LATE = "late"  # release.lua ran first: Tollway answered without this admission
     RATE = "rate"  # a token or request bucket is empty
     INCLUDED = "included"  # included usage used up and extra usage off
     CAP = "cap"  # a monthly spend cap reached (settled + held)

@@ -29,7 +29,8 @@ ARGV
                a refusal names the label of the override that set the cap, else `label`
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
-  reason (outcomes.Refusal): '' | key | rate | included | cap | credit. detail: index
+  reason (outcomes.Refusal): '' | key | late | rate | included | cap | credit (late:
+  release.lua ran first). detail: index
   (1-based) of the refusing bucket; "<label>|<cap>" of the refusing cap (micro-USD); the
   seat's included amount (micro-USD) when its included usage is used up. retry_ms: when
   the refused bucket can admit again (-1: never). remaining_i: whole tokens/requests left in
@@ -157,6 +158,11 @@ end
 
 if redis.call('HGET', K.apikey, 'revoked') ~= '0' then
   return {0, 'key', '', 0}
+end
+-- A hold key before admission is release.lua's tombstone: this admission came too late
+-- (Tollway answered without it), so it takes nothing.
+if redis.call('EXISTS', K.hold) == 1 then
+  return {0, 'late', '', 0}
 end
 purge_holds(K.holds, K.account, plan.hold_prefix, now)
 

@@ -145,12 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     from tollway.proxy.cli import keys as cli_keys
     from tollway.proxy.cli import reports as cli_ops
     from tollway.proxy.cli import spend as cli_spend
+    from tollway.proxy.cli import users as cli_users
 
     cli_keys.register(sub)
     cli_admins.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
     cli_spend.register(sub)
+    cli_users.register(sub)
     for register in COMMANDS:
         register(sub)
     return parser
