@@ -83,6 +83,10 @@ class Keys:
     def api_key(self, org: str, key_id: str) -> str:
         return self.org(org, "key", key_id)
 
+    def alert(self, org: str, what: str) -> str:
+        """The claim of one threshold alert (`tollway.limits.alerts`)."""
+        return self.org(org, "alert", what)
+
     def users(self, org: str) -> str:
         """Users added or changed at run time (`tollway.limits.users`)."""
         return self.org(org, "users")
