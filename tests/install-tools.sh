@@ -8,6 +8,7 @@ while read -r cmd pkg; do
   command -v "$cmd" >/dev/null 2>&1 || needed+=("$pkg")
 done <<'LIST'
 promtool prometheus
+chromium chromium
 LIST
 if [ ${#needed[@]} -gt 0 ]; then
   sudo=""
