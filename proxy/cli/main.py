@@ -81,8 +81,10 @@ def cmd_serve(args: Any) -> int:
 
 
 def cmd_check_config(args: Any) -> int:
+    # Like every command but `serve`, checking needs no upstream key: a missing variable
+    # is not an error here (serve still refuses to start without it).
     try:
-        load_config(args.file)
+        load_config(args.file, secrets=False)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
@@ -92,10 +94,23 @@ def cmd_check_config(args: Any) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" when Tollway
+    runs from a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("tollway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tollway", description="Tollway, a metering proxy for LLM APIs."
     )
+    parser.add_argument("--version", action="version", version=f"tollway {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the proxy")
@@ -130,12 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     from tollway.proxy.cli import keys as cli_keys
     from tollway.proxy.cli import reports as cli_ops
     from tollway.proxy.cli import spend as cli_spend
+    from tollway.proxy.cli import users as cli_users
 
     cli_keys.register(sub)
     cli_admins.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
     cli_spend.register(sub)
+    cli_users.register(sub)
     for register in COMMANDS:
         register(sub)
     return parser

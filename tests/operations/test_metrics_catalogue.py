@@ -40,6 +40,7 @@ OUTAGE_ONLY = {
     "tollway_store_errors_total",
     "tollway_store_unavailable_requests_total",
     "tollway_journal_entries_total",
+    "tollway_absurd_usage_total",  # only after an absurd usage report
 }
 HELLO = [{"role": "user", "content": "Say hello"}]
 
