@@ -96,8 +96,10 @@ def console_world(stack_factory, monkeypatch) -> Iterator[World]:
     stack.run(runner.cleanup())
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    """Chromium for one test module: Playwright's sync API keeps an event loop running in
+    this thread while it is open, which asyncio.run() and async tests elsewhere refuse."""
     assert Path(CHROMIUM).exists(), "chromium is missing: run tests/install-tools.sh"
     with sync_playwright() as p:
         b = p.chromium.launch(
