@@ -23,7 +23,8 @@ from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import ExpiredKey, StoreUnavailable, UnknownKey
 from tollway.limits.journal import Journal
-from tollway.limits.meter import Decision, Meter
+from tollway.limits.meter import Meter
+from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.plans import Principal
 from tollway.limits.prices import cost_micro
 from tollway.limits.usage import Usage
@@ -241,8 +242,8 @@ class ProxyHandler(Settling):
         headers = providers.ratelimit_headers(call.provider, decision, self.clock.now_ms())
         self._observe_buckets(principal.org, decision)
         if not decision.admitted:
-            self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
-            if decision.reason == "key":
+            self.metrics.refusals.labels(str(decision.reason or ""), principal.org).inc()
+            if decision.reason is Refusal.KEY:
                 self.apikeys.forget(secret)
             hint = refusal_hint(decision, principal)
             problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)

@@ -31,6 +31,7 @@ from tollway.proxy.gateway import member_requests as limit_requests
 from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
+from tollway.proxy.runtime.alerts import AlertSender
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.shipping import ShippingTask
 
@@ -49,6 +50,7 @@ DATA_DIR = web.AppKey("data_dir", Path)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
 RELOADER = web.AppKey("reloader", AutoReloader)
+ALERTS = web.AppKey("alerts", AlertSender)
 SHIPPING = web.AppKey("shipping", ShippingTask)
 ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
 
@@ -104,6 +106,7 @@ def create_app(
     app.cleanup_ctx.append(_store_lifecycle(close_store))
     app.cleanup_ctx.append(_shipping(close_store))
     app.cleanup_ctx.append(_auto_reload)
+    app.cleanup_ctx.append(_alerts)
     app.cleanup_ctx.append(_journal)
     app.cleanup_ctx.append(_revocations)
     app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
@@ -145,6 +148,16 @@ async def _settlements(app: web.Application) -> AsyncIterator[None]:
             log.error("shutdown: settlements still running", extra={"count": len(pending)})
             return
         await asyncio.wait(pending, timeout=left)
+
+
+async def _alerts(app: web.Application) -> AsyncIterator[None]:
+    """Threshold alerts, checked after settlements; stopped before the store closes."""
+    handler = app[HANDLER]
+    sender = AlertSender(app[HOLDER], app[STORE], app[CLOCK], handler.client)
+    app[ALERTS] = sender
+    handler.on_settled.append(sender.on_settled)
+    yield
+    await sender.stop()
 
 
 async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
