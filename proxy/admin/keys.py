@@ -23,6 +23,7 @@ from tollway.limits.apikeys import (
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
 from tollway.limits.plans import KeyLimits
+from tollway.limits.seats import MAX_AMOUNT
 from tollway.proxy.admin.context import (
     BOOL,
     INT,
@@ -84,6 +85,13 @@ class KeyCreate(Body):
     def _models(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and not parse_list(v, "models"):
             raise ValueError("give at least one pattern (omit models to allow every model)")
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: int | None) -> int | None:
+        if v is not None and v > MAX_AMOUNT:
+            raise ValueError(f"at most {MAX_AMOUNT // 1_000_000} USD")
         return v
 
     @field_validator("tags")

@@ -27,6 +27,7 @@ from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
 from tollway.limits.money import parse_usd
 from tollway.limits.plans import KeyLimits
+from tollway.limits.seats import MAX_AMOUNT
 from tollway.limits.users import RuntimeUsers
 from tollway.limits.windows import PERIODS
 from tollway.proxy.cli.output import fail as _fail
@@ -142,6 +143,8 @@ def _settings(args: Any, now_ms: int) -> KeySettings:
     if args.budget is not None:
         try:
             found["budget"] = parse_usd(args.budget)
+            if found["budget"] > MAX_AMOUNT:
+                raise ValueError(f"at most {MAX_AMOUNT // 1_000_000} USD")
         except ValueError as e:
             raise ValueError(f"--budget: {e}") from None
         found["budget_period"] = args.budget_period
