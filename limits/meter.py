@@ -241,14 +241,16 @@ class Meter:
             )
         return Decision(False, reason, detail, buckets=states)
 
-    async def release(self, principal: Principal, rid: str) -> bool:
+    async def release(self, principal: Principal, rid: str, keep_ms: int | None = None) -> bool:
         """Give back the admission of `rid`, which nobody waits for any more (its admit
-        timed out), and make an admission of it that runs later take nothing. True when
-        there was one to give back. Safe before or after the request's settlement."""
+        timed out; or a count_tokens request, done), and make an admission of it that runs
+        later take nothing (for `keep_ms`, default the hold TTL; 0: no such guard, for an
+        admission known to have run). True when there was one to give back. Safe before or
+        after the request's settlement."""
         cfg = self.config()
         k, org = self.keys, principal.org
         keys = [k.hold(org, rid), k.holds(org), k.account(org)]
-        ttl = cfg.store.hold_ttl_seconds * 1000
+        ttl = cfg.store.hold_ttl_seconds * 1000 if keep_ms is None else keep_ms
         return bool(await self.store.run("release", keys, [self.clock.now_ms(), rid, ttl]))
 
     async def settle(
