@@ -283,6 +283,13 @@ class ApiKeys:
         self._forget_key(key_id)
         return replace(record, revoked=True)
 
+    async def revoke_user(self, org: str, user: str) -> list[str]:
+        """Revoke every live key of a user (removed from the organization): their ids."""
+        ids = [r.key_id for r in await self.list(org) if r.user == user and not r.revoked]
+        for key_id in ids:
+            await self.revoke(key_id)
+        return ids
+
     async def rotate(
         self, key_id: str, now_ms: int, overlap_ms: int = DEFAULT_OVERLAP_MS
     ) -> tuple[KeyRecord, str]:

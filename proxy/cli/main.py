@@ -17,7 +17,7 @@ from tollway.config.reload import ConfigHolder
 from tollway.limits.errors import LimitsError, StoreUnavailable
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.runtime import logs
-from tollway.proxy.runtime.locate import config_path, store_url
+from tollway.proxy.runtime.locate import config_path, store_url, version
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
@@ -94,18 +94,6 @@ def cmd_check_config(args: Any) -> int:
     return 0
 
 
-def version() -> str:
-    """The installed distribution's version (pyproject.toml), or "unknown" when Tollway
-    runs from a checkout that was never installed."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("tollway")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tollway", description="Tollway, a metering proxy for LLM APIs."
@@ -145,12 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     from tollway.proxy.cli import keys as cli_keys
     from tollway.proxy.cli import reports as cli_ops
     from tollway.proxy.cli import spend as cli_spend
+    from tollway.proxy.cli import users as cli_users
 
     cli_keys.register(sub)
     cli_admins.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
     cli_spend.register(sub)
+    cli_users.register(sub)
     for register in COMMANDS:
         register(sub)
     return parser

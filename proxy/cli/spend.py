@@ -19,10 +19,12 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from tollway.config.overlay import with_users
 from tollway.limits.clock import SystemClock
 from tollway.limits.money import format_usd, parse_usd
 from tollway.limits.spend import UNLIMITED, Spend, SpendError, UnknownName
 from tollway.limits.statement import statement_csv
+from tollway.limits.users import RuntimeUsers
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
@@ -147,8 +149,10 @@ def _run(args: Any, action: Action) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
+        # Users added or changed at run time count like YAML users.
+        live = with_users(cfg, {args.org: await RuntimeUsers(store).entries(args.org)})
         try:
-            return await action(Spend(store, SystemClock(), lambda: cfg))
+            return await action(Spend(store, SystemClock(), lambda: live))
         except UnknownName as e:
             return _fail(str(e), EXIT_USAGE)
 

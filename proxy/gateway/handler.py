@@ -9,6 +9,7 @@ server shuts down mid-stream (settlement is shielded from cancellation).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -22,7 +23,8 @@ from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import ExpiredKey, StoreUnavailable, UnknownKey
 from tollway.limits.journal import Journal
-from tollway.limits.meter import Decision, Meter
+from tollway.limits.meter import Meter
+from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.plans import Principal
 from tollway.limits.prices import cost_micro
 from tollway.limits.usage import Usage
@@ -193,6 +195,10 @@ class ProxyHandler(Settling):
         if principal.org not in cfg.organizations:
             raise Reject(Problem(401, "key", "Invalid API key: its organization is gone."))
         call.org = principal.org
+        refresh = getattr(self.holder, "refresh", None)
+        if refresh is not None:  # run-time users of the organization (cached ~1 s)
+            with contextlib.suppress(StoreUnavailable):  # admit applies the store policy
+                await refresh(principal.org)
         model_id = request.match_info.get("model_id")
         if model_id is not None and (_escapes(model_id) or not self._usable(cfg, secret)(model_id)):
             # A model the key may not use is as unknown to it as one that does not exist.
@@ -247,8 +253,8 @@ class ProxyHandler(Settling):
         headers = providers.ratelimit_headers(call.provider, decision, self.clock.now_ms())
         self._observe_buckets(principal.org, decision)
         if not decision.admitted:
-            self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
-            if decision.reason == "key":
+            self.metrics.refusals.labels(str(decision.reason or ""), principal.org).inc()
+            if decision.reason is Refusal.KEY:
                 self.apikeys.forget(secret)
             hint = refusal_hint(decision, principal)
             problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)

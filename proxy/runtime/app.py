@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from tollway.config.overlay import Overlay
 from tollway.limits.apikeys import REVOCATION_POLL, ApiKeys
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
@@ -22,6 +23,7 @@ from tollway.limits.ledgerdb import open_ledger
 from tollway.limits.meter import Meter
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
+from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin.app import create_admin_app
 from tollway.proxy.admin.context import ADMIN, PAYMENTS
 from tollway.proxy.console.app import setup as setup_console
@@ -30,12 +32,14 @@ from tollway.proxy.gateway.handler import ProxyHandler
 from tollway.proxy.gateway.routes import ROUTES
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
+from tollway.proxy.runtime.alerts import AlertSender
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.shipping import ShippingTask
 
 log = logging.getLogger("tollway")
 
 HOLDER = web.AppKey("holder", Any)
+USERS = web.AppKey("users", RuntimeUsers)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK = web.AppKey("clock", Clock)
@@ -47,6 +51,7 @@ DATA_DIR = web.AppKey("data_dir", Path)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
 RELOADER = web.AppKey("reloader", AutoReloader)
+ALERTS = web.AppKey("alerts", AlertSender)
 SHIPPING = web.AppKey("shipping", ShippingTask)
 ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
 
@@ -71,6 +76,10 @@ def create_app(
         # time, counted from the connection's start: the guard against slow headers.
         handler_args={"keepalive_timeout": cfg.server.client_header_timeout},
     )
+    # Run-time users (`tollway users ...`) merged over the YAML's, for every part below.
+    holder = Overlay(holder)
+    app[USERS] = RuntimeUsers(store, holder.update)
+    holder.reader = app[USERS].entries
     app[HOLDER] = holder
     app[STORE] = store
     app[CLOCK] = clock or SystemClock()
@@ -98,6 +107,7 @@ def create_app(
     app.cleanup_ctx.append(_store_lifecycle(close_store))
     app.cleanup_ctx.append(_shipping(close_store))
     app.cleanup_ctx.append(_auto_reload)
+    app.cleanup_ctx.append(_alerts)
     app.cleanup_ctx.append(_journal)
     app.cleanup_ctx.append(_revocations)
     app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
@@ -107,7 +117,7 @@ def create_app(
     # No /metrics here: the client port answers 404 (see runtime/metrics_server.py).
     for route in ROUTES:
         app.router.add_route("*", route.path, _proxy_view)
-    admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS])
+    admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS], users=app[USERS])
     app.add_subapp("/admin", admin)
     setup_console(app, admin[ADMIN])
     limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
@@ -140,6 +150,16 @@ async def _settlements(app: web.Application) -> AsyncIterator[None]:
             log.error("shutdown: settlements still running", extra={"count": len(pending)})
             return
         await asyncio.wait(pending, timeout=left)
+
+
+async def _alerts(app: web.Application) -> AsyncIterator[None]:
+    """Threshold alerts, checked after settlements; stopped before the store closes."""
+    handler = app[HANDLER]
+    sender = AlertSender(app[HOLDER], app[STORE], app[CLOCK], handler.client)
+    app[ALERTS] = sender
+    handler.on_settled.append(sender.on_settled)
+    yield
+    await sender.stop()
 
 
 async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
