@@ -250,17 +250,18 @@ def test_model_lists_show_only_usable_models(two_orgs) -> None:
         stack.openai(secret).models.retrieve("ft:gpt-4o-mini:othercorp::9xQa1")
     assert hits(stack) == before  # refused without asking the upstream
     assert stack.openai(secret).models.retrieve("gpt-4o").id == "gpt-4o"
-    # Anthropic: its own list format; claude-opus-4-6 and the dated haiku are unpriced.
+    # Anthropic: its own list format; the dated haiku snapshot is unpriced (claude-opus-4-6
+    # is priced by the pattern claude-opus-4-*).
     page = stack.anthropic(secret).models.list()
-    assert [m.id for m in page.data] == ["claude-sonnet-4-6"]
+    assert [m.id for m in page.data] == ["claude-sonnet-4-6", "claude-opus-4-6"]
     body = orjson.loads(
         fetch("GET", stack.url + "/v1/models",
               headers={"x-api-key": secret, "anthropic-version": "2023-06-01"}).body
     )  # fmt: skip
     assert body == {**body, "has_more": False, "first_id": "claude-sonnet-4-6",
-                    "last_id": "claude-sonnet-4-6"}  # fmt: skip
+                    "last_id": "claude-opus-4-6"}  # fmt: skip
     with pytest.raises(anthropic.NotFoundError):
-        stack.anthropic(secret).models.retrieve("claude-opus-4-6")
+        stack.anthropic(secret).models.retrieve("claude-haiku-4-5-20251001")
 
 
 async def _narrow_key(stack, models: list[str]) -> str:
