@@ -1,8 +1,10 @@
 """Admission and settlement: one script call each.
 
-`Meter.admit` answers a `Decision`; `Meter.settle` answers a `Settlement`. Both are plain
-data; `proxy/` turns them into HTTP. The config is read through a getter on every call, so
-a live reload applies to the very next request.
+`Meter.admit` answers a `Decision`; `Meter.settle` takes a `Charge` (what one finished
+request is charged) and answers a `Settlement`. All three are plain data; `proxy/` turns
+them into HTTP, and the journal stores a `Charge` as it is when the store cannot take it.
+The config is read through a getter on every call, so a live reload applies to the very
+next request.
 """
 
 from __future__ import annotations
@@ -39,6 +41,23 @@ class Decision:
     retry_after_ms: int | None = None  # rate limits: when to retry; None: never by waiting
     resets_at_ms: int | None = None  # caps and included usage: start of next period
     buckets: tuple[BucketState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One finished request, as `Meter.settle` takes it (and the journal keeps it)."""
+
+    principal: Principal
+    rid: str
+    model: str | None
+    usage: Usage
+    cost: int  # micro-USD, priced when the request ended
+    ok: bool  # False: a failure, charged nothing; its reservation is given back
+    session: str | None = None
+    upstream_ms: int = 0
+    # When the request ended (None: the meter's clock). A journal replay passes the
+    # request's own time, so it lands in its own day and month.
+    now_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,32 +250,20 @@ class Meter:
             return Decision(False, reason, detail, resets_at_ms=next_month, buckets=states)
         return Decision(False, reason, detail, buckets=states)
 
-    async def settle(
-        self,
-        principal: Principal,
-        rid: str,
-        model: str | None,
-        usage: Usage,
-        cost: int,
-        ok: bool,
-        session_id: str | None = None,
-        upstream_ms: int = 0,
-        now_ms: int | None = None,
-    ) -> Settlement:
+    async def settle(self, charge: Charge) -> Settlement:
         """Replace the reservation by actual usage; exactly once per request id.
 
-        A failed request (ok False) is charged nothing and gives its reservation back.
-        `now_ms` (default: the clock) is when the request ended: a journal replay passes
-        it so the settlement lands in the request's own day and month."""
+        A failed request (`charge.ok` False) is charged nothing and gives its reservation
+        back."""
         cfg = self.config()
-        org = principal.org
-        now = self.clock.now_ms() if now_ms is None else now_ms
+        org, rid, usage = charge.principal.org, charge.rid, charge.usage
+        now = self.clock.now_ms() if charge.now_ms is None else charge.now_ms
         month, day, _ = self._periods(now, cfg.server.timezone)
-        parts = self._plan_parts(cfg, principal, model)
+        parts = self._plan_parts(cfg, charge.principal, charge.model)
         k = self.keys
         plan: dict[str, Any] = {
             **parts.settle,
-            "ok": ok,
+            "ok": charge.ok,
             "u": [
                 usage.input_tokens,
                 usage.output_tokens,
@@ -264,16 +271,16 @@ class Meter:
                 usage.cache_read_tokens,
             ],
             "tin": usage.tpm_input(cfg.metering.count_cache_reads_in_tpm),
-            "cost": cost,
+            "cost": charge.cost,
             "dims": parts.dims,
-            "sess": session_id is not None,
-            "up": upstream_ms,
+            "sess": charge.session is not None,
+            "up": charge.upstream_ms,
         }
         keys = self._common_keys(org, rid, month)
         keys += [
             k.settled(org, rid),
             k.day(org, day),
-            k.session(org, session_id or "-"),
+            k.session(org, charge.session or "-"),
             k.overrides(org),
         ]
         keys += parts.bucket_keys
