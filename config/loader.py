@@ -31,7 +31,8 @@ from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from tollway.config.schema import Config, show
+from tollway.config.schema import Config
+from tollway.config.values import show
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 KeyPath = tuple[str | int, ...]

@@ -64,6 +64,9 @@ class Store:
         self.keys = keys or Keys()
         self.scripts = {name: Script(name) for name in SCRIPT_NAMES}
         self.observers: list[Observer] = []
+        # The ledger database's reader (tollway.limits.history.History), attached by whoever
+        # opens both: reports, statements and the ledger replay read it.
+        self.history: Any = None
 
     @classmethod
     def from_url(cls, url: str, keys: Keys | None = None, timeout: float = 0.5) -> Store:

@@ -141,6 +141,26 @@ class Metrics:
             ["org", "result"],
             registry=r,
         )
+        self.ledger_backlog = Gauge(
+            "tollway_ledger_backlog_events",
+            "Ledger events waiting in Redis to be shipped to the ledger database.",
+            registry=r,
+        )
+        self.ledger_backlog_age = Gauge(
+            "tollway_ledger_backlog_oldest_seconds",
+            "Age of the oldest ledger event waiting in Redis (0: none waits).",
+            registry=r,
+        )
+        self.ledger_shipped = Counter(
+            "tollway_ledger_shipped_events",
+            "Ledger events shipped from Redis to the ledger database by this replica.",
+            registry=r,
+        )
+        self.ledger_ship_failures = Counter(
+            "tollway_ledger_ship_failures",
+            "Shipping passes that failed (the database or Redis did not answer).",
+            registry=r,
+        )
         self.in_flight = Gauge("tollway_requests_in_flight", "Requests being served.", registry=r)
         # A label lookup validates the values, takes a lock and searches a dict: with ~10
         # per request it was ~3% of a request's CPU (bench/README.md). Each metric's

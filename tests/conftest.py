@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 from tollway.limits.clock import ManualClock
+from tollway.limits.history import History
+from tollway.limits.ledgerdb import SqliteLedger
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 
@@ -59,12 +61,50 @@ def own_valkey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[Store]:
+async def store(redis_url: str, tmp_path: Path) -> AsyncIterator[Store]:
+    """A store with its own key prefix, and a SQLite ledger database of its own."""
     s = Store.from_url(redis_url, Keys("t" + uuid.uuid4().hex[:10]), timeout=2.0)
+    s.history = History(s, SqliteLedger(tmp_path / "ledger.sqlite3"))
     try:
         yield s
     finally:
+        await s.history.close()
         await s.close()
+
+
+PG_ADMIN_URL = os.environ.get("TOLLWAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database of its own on the PostgreSQL server of ``$TOLLWAY_TEST_POSTGRES``
+    (default: the machine's server, trust auth), dropped at the end of the session."""
+    import asyncio
+    import threading
+
+    import asyncpg
+
+    name = "tollway_" + uuid.uuid4().hex[:10]
+
+    async def run_sql(sql: str) -> None:
+        conn = await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    def admin(sql: str) -> None:
+        # In a thread of its own: the fixture may be first asked from inside a test's loop.
+        t = threading.Thread(target=asyncio.run, args=(run_sql(sql),))
+        t.start()
+        t.join()
+
+    admin(f"CREATE DATABASE {name}")
+    base, _, _ = PG_ADMIN_URL.rpartition("/")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture

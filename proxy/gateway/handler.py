@@ -154,7 +154,8 @@ class ProxyHandler:
         if not isinstance(model, str) or not model:
             raise Reject(Problem(400, "bad_request", "The request has no 'model'."))
         call.model = model
-        call.price = price = cfg.prices.get(model)
+        # The price in force now, at admission, is the one the request pays.
+        call.price = price = cfg.price_book.find(model, self.clock.now_ms())
         if price is None:
             raise Reject(
                 Problem(

@@ -15,8 +15,11 @@ from aiohttp import web
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
+from tollway.limits.history import History
 from tollway.limits.journal import Journal, Replayer
+from tollway.limits.ledgerdb import open_ledger
 from tollway.limits.meter import Meter
+from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 from tollway.proxy.admin.app import create_admin_app
 from tollway.proxy.gateway import member_requests as limit_requests
@@ -25,6 +28,7 @@ from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import CONTENT_TYPE, Metrics
 from tollway.proxy.runtime.autoreload import AutoReloader
+from tollway.proxy.runtime.shipping import ShippingTask
 
 log = logging.getLogger("tollway")
 
@@ -41,6 +45,7 @@ DATA_DIR = web.AppKey("data_dir", Path)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
 RELOADER = web.AppKey("reloader", AutoReloader)
+SHIPPING = web.AppKey("shipping", ShippingTask)
 ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
 
 SETTLE_WAIT = 10.0  # seconds shutdown waits for cut requests to settle
@@ -74,6 +79,13 @@ def create_app(
     app[COUNTER] = TokenCounter(cfg.metering.tiktoken_encoding)
     app[DATA_DIR] = Path(data_dir) if data_dir is not None else data_dir_for(cfg.source)
     store.observers.append(app[METRICS].observe_store)
+    if store.history is None:  # the ledger database of this setup (ledger.url)
+        store.history = History(store, open_ledger(cfg.ledger.url, app[DATA_DIR]))
+    shipper = Shipper(
+        store, store.history.db, lambda: holder.current.organizations, cfg.ledger.ship_batch
+    )
+    store.history.shipper = shipper
+    app[SHIPPING] = ShippingTask(shipper, lambda: holder.current, app[METRICS])
     listen = getattr(holder, "add_listener", None)
     if listen is not None:
         listen(lambda _cfg: app[METRICS].config_reloaded(True))
@@ -82,6 +94,7 @@ def create_app(
         listen_failures(lambda _err: app[METRICS].config_reloaded(False))
     app.cleanup_ctx.append(_upstream_client)
     app.cleanup_ctx.append(_store_lifecycle(close_store))
+    app.cleanup_ctx.append(_shipping(close_store))
     app.cleanup_ctx.append(_auto_reload)
     app.cleanup_ctx.append(_journal)
     app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
@@ -167,6 +180,19 @@ def _store_lifecycle(close_store: bool):
         yield
         if close_store:
             await app[STORE].close()
+
+    return lifecycle
+
+
+def _shipping(close_store: bool):
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        """Ship ledger events in the background; at shutdown (after the last settlements,
+        before the store closes) ship what they left."""
+        app[SHIPPING].start()
+        yield
+        await app[SHIPPING].stop()
+        if close_store:
+            await app[STORE].history.close()
 
     return lifecycle
 

@@ -94,6 +94,12 @@ EXPECTED = {
         "5: upstreams.openai.api_key_env: environment variable TOLLWAY_TEST_UNSET_KEY is not set"
     ],
     "missing_key": ["3: upstreams.openai.base_url: missing required key"],
+    "absurd_price": [
+        "3: prices.gpt-4o-mini.output: the largest single-request cost at this price, "
+        "100000000000000004.50 USD (every count at metering.max_tokens_per_request, every tool "
+        "at metering.max_tool_requests), is above 2^53 micro-USD: it cannot be counted exactly"
+    ],
+    "bad_price_dates": ["7: prices.gpt-5.changes[0].since: must be later than the price before it"],
     "too_many_decimals": ["3: prices.gpt-4o-mini.output: more than 6 decimal places"],
     "syntax_error": ["4: syntax error: mapping values are not allowed here"],
     "duplicate_key": ["7: organizations.acme.users.alice: duplicate key (first defined on line 5)"],
@@ -238,6 +244,8 @@ def test_yaml_money_never_goes_through_float() -> None:
         "  a: {input: 0.1, output: 0.2, cache_write: 19.999999, cache_read: 1_000_000.000001}\n"
         "  b: {input: 9007199254.740993, output: '10.00'}\n"
         "organizations:\n  o: {spend_caps: {monthly: 0.3}}\n"
+        # b's largest request must stay below 2^53 micro-USD (tollway.config.pricing).
+        "metering: {max_tokens_per_request: 100}\n"
     )
     config = parse_config_text(text, env={})
     a = config.prices["a"]
