@@ -129,7 +129,7 @@ upstreams:
   anthropic: {{base_url: "{up}", api_key_env: ANTHROPIC_API_KEY}}
 prices:
   gpt-4o-mini: {{input: 0.15, output: 0.60, cache_read: 0.075}}
-  claude-sonnet-4-5: {{input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}}
+  claude-sonnet-4-6: {{input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}}
 organizations:
   {ORG}:
     limits: {{rpm: 1000000, tpm: 1000000000}}
@@ -277,6 +277,7 @@ class Bench:
         port = free_port()
         tollway_bin = str(Path(PY).with_name("tollway"))
         serve = [tollway_bin, "serve", "--config", str(self.config), "--port", str(port)]
+        serve += ["--metrics-port", "0"]  # two servers at once: no fixed metrics port
         if workers == 1:
             procs = [Proc(name, serve, cpus_, self.tmp / f"{name}.log", self.env).start()]
         elif self.has_workers():

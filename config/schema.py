@@ -54,6 +54,7 @@ from tollway.config.values import (
     Seconds,
     StrictBool,
     empty_map,
+    environment,
     fail,
     integer,
     resolve_secret,
@@ -128,6 +129,14 @@ class ServerConfig(FrozenModel):
     client_body_timeout: Seconds = 60.0
     """Seconds a client has to send the whole request body."""
     admin_token_env: EnvName | None = "TOLLWAY_ADMIN_TOKEN"
+    metrics_host: str = "127.0.0.1"
+    """Address of the operators' listener serving /metrics (never the client port, which
+    answers 404 there): loopback by default, so only this machine can scrape it."""
+    metrics_port: Annotated[int, integer(0, 65535), Field(ge=0, le=65535)] = 9464
+    """Port of the metrics listener; 0: no metrics listener at all."""
+    metrics_token_env: EnvName | None = None
+    """Environment variable holding a bearer token the metrics listener requires (null:
+    none; then keep metrics_host on an operators-only network)."""
     timezone: str = "UTC"
     """IANA time zone whose month boundaries reset spend caps."""
     session_headers: tuple[Annotated[str, Strict()], ...] = (
@@ -364,6 +373,20 @@ class Config(FrozenModel):
     notifications: Notifications = Notifications()
     _source: str | None = PrivateAttr(default=None)
     _book: PriceBook = PrivateAttr()
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _base_url_from_env(cls, value: Any, info: ValidationInfo) -> Any:
+        """``$TOLLWAY_<NAME>_BASE_URL`` (``TOLLWAY_OPENAI_BASE_URL``...), when set, replaces
+        that upstream's ``base_url``: a local or test server without editing the file."""
+        if not isinstance(value, Mapping):
+            return value
+        env = environment(info)
+        for name, upstream in value.items():
+            url = env.get(f"TOLLWAY_{str(name).upper()}_BASE_URL")
+            if url and isinstance(upstream, Mapping):
+                value = {**value, name: {**upstream, "base_url": url}}
+        return value
 
     @model_validator(mode="after")
     def _remember_source(self, info: ValidationInfo) -> Config:

@@ -59,6 +59,8 @@ def _name_check(noun: str, forbidden: str) -> Callable[[str], str]:
     listed = ", ".join(f"'{c}'" for c in forbidden)
 
     def check(value: str) -> str:
+        # Names that look alike are one name: "café" typed with a combining accent or not.
+        value = unicodedata.normalize("NFC", value)
         if not value:
             raise ValueError("name must not be empty")
         bad = (c in forbidden or c.isspace() or unicodedata.category(c)[0] == "C" for c in value)
@@ -191,13 +193,13 @@ def fail(title: str, *errors: tuple[tuple[str | int, ...], str, Any]) -> NoRetur
     )
 
 
-def _env(info: ValidationInfo) -> Mapping[str, str]:
+def environment(info: ValidationInfo) -> Mapping[str, str]:
     context = info.context or {}
     return context.get("env") if context.get("env") is not None else os.environ
 
 
 def resolve_secret(info: ValidationInfo, title: str, key: str, name: str) -> SecretStr:
-    value = _env(info).get(name)
+    value = environment(info).get(name)
     if not value and (info.context or {}).get("secrets") is False:
         return SecretStr("")
     if value is None:

@@ -6,7 +6,10 @@ Data (one hash per organization per day of the server's time zone, kept ~13 mont
                        dim    org | ws=W | user=U | key=K | model=M
                        metric req (successful requests) | fail (failed requests)
                               | in | out | cw | cr (tokens) | cost (micro-USD)
-    sess:<id>          req, up_ms, cost, in, out, first, last (ms since the epoch)
+    sess:<id>          req, fail, up_ms, cost, in, out, cw, cr, the same per model as
+                       "m|<model>|<metric>", first (earliest request start), last (latest
+                       request end), in ms since the epoch
+    sessions           sorted set: session id -> last request end (ms)
 
 A day hash holds at most 7 fields per workspace, user, key and model seen that day, so its
 size is bounded by the organization's own size, whatever the traffic.
@@ -99,6 +102,15 @@ def _bump(t: Totals, metric: str, value: int) -> None:
 class UsageRow:
     group: str | None  # the workspace, user, key, model or day; None: requests without one
     totals: Totals
+    name: str | None = None  # by key: the key's name, when it has one
+
+
+def name_keys(report: UsageReport, names: dict[str, str]) -> UsageReport:
+    """Label the rows of a report by key with the keys' names (key id -> name)."""
+    if report.by == "key":
+        for row in report.rows:
+            row.name = names.get(row.group or "")
+    return report
 
 
 @dataclass(slots=True)
@@ -193,9 +205,15 @@ def report_dict(report: UsageReport) -> dict[str, Any]:
         "by": report.by,
         "from": report.start.isoformat(),
         "to": report.end.isoformat(),
-        "rows": [{report.by: r.group, **r.totals.as_dict()} for r in report.rows],
+        "rows": [_row_dict(report.by, r) for r in report.rows],
         "total": report.total.as_dict(),
     }
+
+
+def _row_dict(by: str, r: UsageRow) -> dict[str, Any]:
+    if by == "key":
+        return {by: r.group, "name": r.name, **r.totals.as_dict()}
+    return {by: r.group, **r.totals.as_dict()}
 
 
 def to_json(report: UsageReport) -> str:
@@ -218,10 +236,12 @@ def to_csv(report: UsageReport) -> str:
     without one) and no total line, so that the file sums cleanly in a spreadsheet."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([report.by, *CSV_COLUMNS])
+    names = ["name"] if report.by == "key" else []
+    w.writerow([report.by, *names, *CSV_COLUMNS])
     for r in report.rows:
         d = r.totals.as_dict()
-        w.writerow([r.group or "", *(d[c] for c in CSV_COLUMNS)])
+        label = [r.name or ""] if names else []
+        w.writerow([r.group or "", *label, *(d[c] for c in CSV_COLUMNS)])
     return buf.getvalue()
 
 
@@ -229,40 +249,92 @@ def to_csv(report: UsageReport) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """One model's share of a session. Tokens by kind; cost in micro-USD."""
+
+    model: str
+    requests: int
+    failures: int
+    cost: int
+    input_tokens: int
+    output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(ModelUsage) if f.name != "cost"}
+        return {**out, "cost_micro": self.cost, "cost_usd": format_usd(self.cost)}
+
+
+@dataclass(frozen=True, slots=True)
 class SessionReport:
-    """A session's totals, like a coding assistant's ``/cost``. Durations in ms; ``wall_ms``
-    runs from the first request's settlement to the last one's; ``api_ms`` is the sum of
-    upstream time. ``input_tokens`` includes cache writes and reads."""
+    """A session's totals, like a coding assistant's ``/cost``. Durations in ms:
+    ``wall_ms`` runs from the start of its first request (when it was sent upstream) to
+    the end of its last one, so it is never shorter than one request; ``api_ms`` is the
+    sum of upstream time (above ``wall_ms`` when requests ran in parallel).
+    ``input_tokens`` is uncached input; cache writes and reads are counted apart, and
+    ``models`` splits everything by model (most expensive first)."""
 
     org: str
     session_id: str
     requests: int
+    failures: int
     cost: int
     api_ms: int
     wall_ms: int
     input_tokens: int
     output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
     first_ms: int
     last_ms: int
+    models: tuple[ModelUsage, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(SessionReport) if f.name != "cost"}
-        return {**out, "cost_micro": self.cost, "cost_usd": format_usd(self.cost)}
+        skip = ("cost", "models")
+        out = {f.name: getattr(self, f.name) for f in fields(SessionReport) if f.name not in skip}
+        return {
+            **out,
+            "cost_micro": self.cost,
+            "cost_usd": format_usd(self.cost),
+            "models": [m.as_dict() for m in self.models],
+        }
+
+
+_SESSION_METRICS = {
+    "requests": "req",
+    "failures": "fail",
+    "cost": "cost",
+    "input_tokens": "in",
+    "output_tokens": "out",
+    "cache_write_tokens": "cw",
+    "cache_read_tokens": "cr",
+}
 
 
 def session_from_hash(org: str, session_id: str, h: dict[str, str]) -> SessionReport:
+    """Read a ``sess:<id>`` hash (totals, ``m|<model>|<metric>`` fields, first, last).
+    Sessions settled before the cache kinds were kept apart have them inside ``in``."""
     first, last = int(h.get("first", 0)), int(h.get("last", 0))
+    per_model: dict[str, dict[str, int]] = {}
+    for name, value in h.items():
+        if name.startswith("m|"):
+            model, _, metric = name[2:].rpartition("|")
+            per_model.setdefault(model, {})[metric] = int(value)
+    models = [
+        ModelUsage(model=m, **{f: v.get(k, 0) for f, k in _SESSION_METRICS.items()})
+        for m, v in per_model.items()
+    ]
+    models.sort(key=lambda m: (-m.cost, m.model))
     return SessionReport(
         org=org,
         session_id=session_id,
-        requests=int(h.get("req", 0)),
-        cost=int(h.get("cost", 0)),
+        **{f: int(h.get(k, 0)) for f, k in _SESSION_METRICS.items()},
         api_ms=int(h.get("up_ms", 0)),
         wall_ms=max(0, last - first),
-        input_tokens=int(h.get("in", 0)),
-        output_tokens=int(h.get("out", 0)),
         first_ms=first,
         last_ms=last,
+        models=tuple(models),
     )
 
 
@@ -276,3 +348,18 @@ async def find_sessions(store: Store, orgs: Iterable[str], session_id: str) -> l
         pipe.hgetall(store.keys.session(org, session_id))
     found = await store.call("session_report", pipe.execute)
     return [session_from_hash(o, session_id, h) for o, h in zip(names, found, strict=True) if h]
+
+
+async def list_sessions(store: Store, org: str, limit: int = 20) -> list[SessionReport]:
+    """The organization's ``limit`` most recent sessions (by their last request's end),
+    newest first, read in two round trips. Sessions are kept as long as the day counters."""
+    ids = await store.call(
+        "session_list", store.client.zrevrange, store.keys.sessions(org), 0, limit - 1
+    )
+    if not ids:
+        return []
+    pipe = store.client.pipeline(transaction=False)
+    for sid in ids:
+        pipe.hgetall(store.keys.session(org, sid))
+    found = await store.call("session_report", pipe.execute)
+    return [session_from_hash(org, sid, h) for sid, h in zip(ids, found, strict=True) if h]

@@ -9,7 +9,8 @@ KEYS
   10 session  tw:{org}:sess:<id>       session counters (any name when plan.sess is false)
   11 overrides tw:{org}:cfg            run-time overrides (the seat's included amount,
                                        reload:off, reload:threshold, reload:target)
-  12..        buckets, as in admit.lua
+  12 sessions tw:{org}:sessions        sorted set: session id -> its last request end (ms)
+  13..        buckets, as in admit.lua
 
 ARGV
   1 now (ms)   2 request id   3 plan, JSON:
@@ -22,7 +23,8 @@ ARGV
     seat     {f = month field of the user's spend, inc = included, ov = override field} or absent
     scopes   month scopes the spend is added to: ["org", "ws=W", "user=U", "key=K"]
     dims     report dimensions: ["org", "ws=W", "user=U", "key=K", "model=M"]
-    sess     true when KEYS[10] is a session to update; up = upstream time (ms)
+    sess     true when KEYS[10] is a session to update (and KEYS[12] its index); sid its
+             id; up = upstream time (ms): the request started at now - up
     b        [[kind, rate, unit], ...] as in admit.lua
     hp, lp   key prefixes of holds and lots
     keep     ms to keep the month and day counters and sessions
@@ -39,7 +41,7 @@ RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if 
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local K_HOLD, K_HOLDS, K_ACCT, K_LOTS, K_LOTEXP, K_LEDGER, K_MONTH, K_SETTLED, K_DAY, K_SESS =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_CFG = KEYS[11]
+local K_CFG, K_SESSIONS = KEYS[11], KEYS[12]
 
 local earlier = redis.call('GET', K_SETTLED)
 if earlier then
@@ -74,7 +76,7 @@ end
 for i, b in ipairs(plan.b) do
   local kind, rate, unit = b[1], b[2], b[3]
   if kind ~= 'req' then
-    local key = KEYS[11 + i]
+    local key = KEYS[12 + i]
     local actual = 0
     if kind == 'tok' then
       actual = (tin + out) * unit
@@ -161,17 +163,42 @@ for _, d in ipairs(plan.dims) do
 end
 redis.call('PEXPIRE', K_DAY, int(plan.keep))
 
+-- A session: totals, the same per model ("m|<model>|<metric>"), and its span: first is the
+-- earliest request start (now - up), last the latest request end, whatever the order in
+-- which concurrent requests settle.
 if plan.sess then
-  redis.call('HINCRBY', K_SESS, 'req', 1)
-  redis.call('HINCRBY', K_SESS, 'up_ms', int(plan.up))
-  if plan.ok then
-    redis.call('HINCRBY', K_SESS, 'cost', int(cost))
-    redis.call('HINCRBY', K_SESS, 'in', int(u[1] + u[3] + u[4]))
-    redis.call('HINCRBY', K_SESS, 'out', int(u[2]))
+  local model
+  for _, d in ipairs(plan.dims) do
+    if string.sub(d, 1, 6) == 'model=' then
+      model = string.sub(d, 7)
+    end
   end
-  redis.call('HSETNX', K_SESS, 'first', int(now))
-  redis.call('HSET', K_SESS, 'last', int(now))
+  local sm = {req = 1, up_ms = plan.up}
+  if plan.ok then
+    sm.cost, sm['in'], sm.out, sm.cw, sm.cr = cost, u[1], u[2], u[3], u[4]
+  else
+    sm.fail = 1
+  end
+  for name, v in pairs(sm) do
+    if v ~= 0 then
+      redis.call('HINCRBY', K_SESS, name, int(v))
+      if model then
+        redis.call('HINCRBY', K_SESS, 'm|' .. model .. '|' .. name, int(v))
+      end
+    end
+  end
+  local start = now - plan.up
+  local span = redis.call('HMGET', K_SESS, 'first', 'last')
+  if not span[1] or start < tonumber(span[1]) then
+    redis.call('HSET', K_SESS, 'first', int(start))
+  end
+  if not span[2] or now > tonumber(span[2]) then
+    redis.call('HSET', K_SESS, 'last', int(now))
+  end
   redis.call('PEXPIRE', K_SESS, int(plan.keep))
+  redis.call('ZADD', K_SESSIONS, 'GT', int(now), plan.sid)
+  redis.call('ZREMRANGEBYSCORE', K_SESSIONS, '-inf', int(now - plan.keep))
+  redis.call('PEXPIRE', K_SESSIONS, int(plan.keep))
 end
 
 if cost > 0 then

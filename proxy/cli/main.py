@@ -68,17 +68,23 @@ def cmd_serve(args: Any) -> int:
     holder = ConfigHolder(cfg)
     host = args.host or cfg.server.host
     port = args.port or cfg.server.port
+    metrics = (
+        args.metrics_host or cfg.server.metrics_host,
+        cfg.server.metrics_port if args.metrics_port is None else args.metrics_port,
+    )
     if args.workers and args.workers > 1:
         from tollway.proxy.runtime.workers import run_workers
 
-        return run_workers(holder, path, host, port, args.workers, args.drain_timeout)
-    run(holder, store_url(cfg, path), host, port, args.drain_timeout)
+        return run_workers(holder, path, host, port, args.workers, args.drain_timeout, metrics)
+    run(holder, store_url(cfg, path), host, port, args.drain_timeout, metrics)
     return 0
 
 
 def cmd_check_config(args: Any) -> int:
+    # Like every command but `serve`, checking needs no upstream key: a missing variable
+    # is not an error here (serve still refuses to start without it).
     try:
-        load_config(args.file)
+        load_config(args.file, secrets=False)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
@@ -88,16 +94,38 @@ def cmd_check_config(args: Any) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" when Tollway
+    runs from a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("tollway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tollway", description="Tollway, a metering proxy for LLM APIs."
     )
+    parser.add_argument("--version", action="version", version=f"tollway {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the proxy")
     p.add_argument("--config", help="config file (default: $TOLLWAY_CONFIG, ./tollway.yaml)")
     p.add_argument("--host", help="address to listen on (default: server.host)")
     p.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+    p.add_argument(
+        "--metrics-host",
+        help="address of the operators' /metrics listener (default: server.metrics_host)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of the operators' /metrics listener (default: server.metrics_port; 0: off)",
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument(
         "--drain-timeout",
@@ -112,15 +140,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the YAML config file to check")
     p.set_defaults(func=cmd_check_config)
 
+    from tollway.proxy.cli import admins as cli_admins
     from tollway.proxy.cli import credits as cli_credits
     from tollway.proxy.cli import keys as cli_keys
     from tollway.proxy.cli import reports as cli_ops
     from tollway.proxy.cli import spend as cli_spend
+    from tollway.proxy.cli import users as cli_users
 
     cli_keys.register(sub)
+    cli_admins.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
     cli_spend.register(sub)
+    cli_users.register(sub)
     for register in COMMANDS:
         register(sub)
     return parser

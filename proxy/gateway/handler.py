@@ -9,6 +9,7 @@ server shuts down mid-stream (settlement is shielded from cancellation).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -138,6 +139,10 @@ class ProxyHandler:
             )
         except StoreUnavailable:
             raise Reject(self._store_down()) from None
+        refresh = getattr(self.holder, "refresh", None)
+        if refresh is not None:  # run-time users of the organization (cached ~1 s)
+            with contextlib.suppress(StoreUnavailable):  # admit applies the store policy
+                await refresh(call.principal.org)
         if _escapes(request.match_info.get("model_id", "")):
             raise Reject(Problem(404, "not_found", "No such model."))
         try:
@@ -154,6 +159,10 @@ class ProxyHandler:
         if not isinstance(model, str) or not model:
             raise Reject(Problem(400, "bad_request", "The request has no 'model'."))
         call.model = model
+        record = self.apikeys.record(call.secret) if call.secret is not None else None
+        if record is not None and not record.allows(model):
+            message = f"This API key may not use the model '{model}'."
+            raise Reject(Problem(403, "permission", message))
         # The price in force now, at admission, is the one the request pays.
         call.price = price = cfg.price_book.find(model, self.clock.now_ms())
         if price is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from multidict import CIMultiDictProxy
 from tollway.config.schema import Config
 from tollway.limits.apikeys import UNMETERED_MAX_AGE, ApiKeys
-from tollway.limits.errors import StoreUnavailable, UnknownKey
+from tollway.limits.errors import ExpiredKey, StoreUnavailable, UnknownKey
 from tollway.limits.plans import Principal
 from tollway.proxy.gateway.call import Reject
 from tollway.proxy.gateway.providers import Problem
@@ -45,6 +45,8 @@ async def identify(
         raise Reject(Problem(401, "key", "Missing API key: send it as a Bearer token."))
     try:
         principal = await apikeys.resolve(secret, None if metered else UNMETERED_MAX_AGE)
+    except ExpiredKey as e:  # its message says since when
+        raise Reject(Problem(401, "key", str(e))) from None
     except UnknownKey:
         raise Reject(Problem(401, "key", "Invalid API key.")) from None
     except StoreUnavailable:

@@ -12,27 +12,33 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from tollway.limits.apikeys import ApiKeys
+from tollway.config.overlay import Overlay
+from tollway.limits.apikeys import REVOCATION_POLL, ApiKeys
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
+from tollway.limits.errors import StoreUnavailable
 from tollway.limits.history import History
 from tollway.limits.journal import Journal, Replayer
 from tollway.limits.ledgerdb import open_ledger
 from tollway.limits.meter import Meter
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
+from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin.app import create_admin_app
+from tollway.proxy.admin.context import ADMIN, PAYMENTS
+from tollway.proxy.console.app import setup as setup_console
 from tollway.proxy.gateway import member_requests as limit_requests
 from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
 from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
-from tollway.proxy.metrics import CONTENT_TYPE, Metrics
+from tollway.proxy.metrics import Metrics
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.shipping import ShippingTask
 
 log = logging.getLogger("tollway")
 
 HOLDER = web.AppKey("holder", Any)
+USERS = web.AppKey("users", RuntimeUsers)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK = web.AppKey("clock", Clock)
@@ -69,11 +75,15 @@ def create_app(
         # time, counted from the connection's start: the guard against slow headers.
         handler_args={"keepalive_timeout": cfg.server.client_header_timeout},
     )
+    # Run-time users (`tollway users ...`) merged over the YAML's, for every part below.
+    holder = Overlay(holder)
+    app[USERS] = RuntimeUsers(store, holder.update)
+    holder.reader = app[USERS].entries
     app[HOLDER] = holder
     app[STORE] = store
     app[CLOCK] = clock or SystemClock()
     app[METRICS] = metrics or Metrics()
-    app[APIKEYS] = ApiKeys(store)
+    app[APIKEYS] = ApiKeys(store, app[CLOCK])
     app[METER] = Meter(store, app[CLOCK], lambda: holder.current)
     app[ACTIVE] = set()
     app[COUNTER] = TokenCounter(cfg.metering.tiktoken_encoding)
@@ -97,15 +107,18 @@ def create_app(
     app.cleanup_ctx.append(_shipping(close_store))
     app.cleanup_ctx.append(_auto_reload)
     app.cleanup_ctx.append(_journal)
+    app.cleanup_ctx.append(_revocations)
     app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    # No /metrics here: the client port answers 404 (see runtime/metrics_server.py).
     for path in ROUTES:
         app.router.add_route("*", path, _proxy_view)
     app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
-    app.add_subapp("/admin", create_admin_app(holder, store, app[CLOCK], app[APIKEYS]))
+    admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS], users=app[USERS])
+    app.add_subapp("/admin", admin)
+    setup_console(app, admin[ADMIN])
     limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
     return app
 
@@ -151,9 +164,31 @@ async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     client = app[HANDLER].client
     reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], client)
     app[RELOADER] = reloader
+    app[PAYMENTS] = reloader.provider  # the console's purchases pay through the same seam
     app[SETTLER].on_settled.append(reloader.on_settled)
     yield
     await reloader.stop()
+
+
+async def _revocations(app: web.Application) -> AsyncIterator[None]:
+    """Poll the revocation list every second while the store answers, so that fail-open
+    never serves a key revoked before an outage (`ApiKeys.poll_revocations`)."""
+
+    async def poll() -> None:
+        while True:
+            try:
+                await app[APIKEYS].poll_revocations()
+            except StoreUnavailable:
+                pass  # fail-open relies on the last poll; the next one catches up
+            except Exception:
+                log.exception("revocation poll failed")
+            await asyncio.sleep(REVOCATION_POLL)
+
+    task = asyncio.ensure_future(poll())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _journal(app: web.Application) -> AsyncIterator[None]:
@@ -219,9 +254,3 @@ async def readyz(request: web.Request) -> web.Response:
     ready = store_ok or cfg.store.on_unavailable == "open"
     body = {"status": "ready" if ready else "unavailable", "store": store_ok}
     return web.json_response(body, status=200 if ready else 503)
-
-
-async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(
-        body=request.app[METRICS].exposition(), headers={"content-type": CONTENT_TYPE}
-    )

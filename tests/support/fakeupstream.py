@@ -65,7 +65,7 @@ ANTHROPIC_KEY = "sk-ant-upstream-test"
 OPENAI_MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 ANTHROPIC_MODELS = {
     "claude-sonnet-4-6": "Claude Sonnet 4.6",
-    "claude-sonnet-4-5": "Claude Sonnet 4.5",
+    "claude-opus-4-6": "Claude Opus 4.6",
     "claude-haiku-4-5-20251001": "Claude Haiku 4.5",
 }
 _GENERATION = {

@@ -102,7 +102,7 @@ def test_anthropic_messages_json():
     assert result.usage == Usage(
         input_tokens=27, output_tokens=71, cache_write_tokens=1843, cache_read_tokens=14012
     )
-    assert result.model == "claude-sonnet-4-5-20250929"
+    assert result.model == "claude-sonnet-4-6"
     assert result.generated_text() == (
         "I'll check the weather in San Francisco for you."
         '{"location":"San Francisco, CA","unit":"celsius"}'
@@ -277,7 +277,7 @@ def test_anthropic_stream_message_delta_usage_is_cumulative(ending):
     assert forwarded == payload
     # Last message_delta wins: 89, neither 48 + 89 nor 3 + 48 + 89.
     assert usage == Usage(input_tokens=412, output_tokens=89, cache_read_tokens=3186)
-    assert (failed, complete, model) == (False, True, "claude-sonnet-4-5-20250929")
+    assert (failed, complete, model) == (False, True, "claude-sonnet-4-6")
     assert text == (
         "The user wants the weather; I should call the tool."
         "Je regarde la météo à Zürich 🌦️."
