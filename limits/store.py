@@ -57,7 +57,7 @@ def unavailable_reply(e: Exception) -> bool:
 
 def load_script(name: str) -> str:
     """The source of a script: common.lua followed by ``<name>.lua``."""
-    folder = resources.files("limits") / "scripts"
+    folder = resources.files("tollway.limits") / "scripts"
     common = (folder / "common.lua").read_text(encoding="utf-8")
     return common + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
 

@@ -17,7 +17,7 @@ from tollway.config.reload import ConfigHolder
 from tollway.limits.errors import LimitsError, StoreUnavailable
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.runtime import logs
-from tollway.proxy.runtime.locate import config_path, store_url
+from tollway.proxy.runtime.locate import config_path, store_url, version
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
@@ -92,18 +92,6 @@ def cmd_check_config(args: Any) -> int:
         return _fail(f"cannot read {args.file}: {e.strerror}", EXIT_USAGE)
     print(f"{args.file}: ok")
     return 0
-
-
-def version() -> str:
-    """The installed distribution's version (pyproject.toml), or "unknown" when Tollway
-    runs from a checkout that was never installed."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("tollway")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def build_parser() -> argparse.ArgumentParser:

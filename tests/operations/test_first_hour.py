@@ -14,6 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 from tollway.limits import reports
+from tollway.proxy.cli.keys import LIST_COLUMNS
 from tollway.proxy.cli.main import main
 
 from tests.support.faultkit import ProxyProcess, config_yaml, wait_for
@@ -52,7 +53,7 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 def test_keys_list_of_an_organization_without_keys(stack, capsys):
     code, out, err = run(capsys, "keys", "list", "--org", "empty")
     assert (code, err) == (0, "")
-    assert out.split() == ["ID", "NAME", "WORKSPACE", "USER", "HINT", "CREATED", "REVOKED"]
+    assert out.split() == [c.upper() for c in LIST_COLUMNS]
     code, out, _ = run(capsys, "keys", "list", "--org", "empty", "--format", "json")
     assert (code, json.loads(out)) == (0, [])
 
