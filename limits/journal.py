@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.meter import Charge
+from tollway.limits.outcomes import Charge
 from tollway.limits.plans import Principal
 from tollway.limits.usage import Usage
 

@@ -22,7 +22,8 @@ from tollway.config.schema import Config
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.meter import Decision, Meter
+from tollway.limits.meter import Meter
+from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.prices import cost_micro
 from tollway.limits.usage import Usage
 from tollway.proxy.gateway import providers
@@ -191,8 +192,8 @@ class ProxyHandler:
         call.headers = providers.ratelimit_headers(call.provider, decision, self.clock.now_ms())
         self._observe_buckets(principal.org, decision)
         if not decision.admitted:
-            self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
-            if decision.reason == "key" and call.secret is not None:
+            self.metrics.refusals.labels(str(decision.reason or ""), principal.org).inc()
+            if decision.reason is Refusal.KEY and call.secret is not None:
                 self.apikeys.forget(call.secret)
             hint = refusal_hint(decision, principal)
             problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)

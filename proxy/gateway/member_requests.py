@@ -27,7 +27,7 @@ from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.limit_requests import LimitRequest, RequestPending
-from tollway.limits.meter import Decision
+from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.plans import Principal
 from tollway.limits.spend import Spend, SpendError, UserStatus
 from tollway.limits.store import Store
@@ -50,9 +50,9 @@ def refusal_hint(decision: Decision, principal: Principal) -> str:
     """The next step to append to a money refusal: a user stopped by a spend cap or the
     end of their included usage can file a limit-increase request with their own key;
     anyone else (a key without a user, no credit left) asks the administrator."""
-    if decision.reason == "credit":
+    if decision.reason is Refusal.CREDIT:
         return CREDIT_HINT
-    if decision.reason in ("cap", "included"):
+    if decision.reason in (Refusal.CAP, Refusal.INCLUDED):
         return HINT if principal.user else ADMIN_HINT
     return ""
 

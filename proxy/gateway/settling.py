@@ -18,7 +18,8 @@ from tollway.limits.clock import Clock
 from tollway.limits.credits import Credits
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.journal import Journal
-from tollway.limits.meter import Charge, Meter, Settlement
+from tollway.limits.meter import Meter
+from tollway.limits.outcomes import Charge, Settlement
 from tollway.limits.plans import Principal
 from tollway.limits.prices import cost_micro
 from tollway.limits.usage import ZERO, Usage, within_ceiling

@@ -32,6 +32,7 @@ from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
 from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
+from tollway.proxy.runtime.alerts import AlertSender
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.shipping import ShippingTask
 
@@ -51,6 +52,7 @@ DATA_DIR = web.AppKey("data_dir", Path)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
 RELOADER = web.AppKey("reloader", AutoReloader)
+ALERTS = web.AppKey("alerts", AlertSender)
 SHIPPING = web.AppKey("shipping", ShippingTask)
 ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
 
@@ -106,6 +108,7 @@ def create_app(
     app.cleanup_ctx.append(_store_lifecycle(close_store))
     app.cleanup_ctx.append(_shipping(close_store))
     app.cleanup_ctx.append(_auto_reload)
+    app.cleanup_ctx.append(_alerts)
     app.cleanup_ctx.append(_journal)
     app.cleanup_ctx.append(_revocations)
     app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
@@ -157,6 +160,15 @@ async def _settlements(app: web.Application) -> AsyncIterator[None]:
             log.error("shutdown: settlements still running", extra={"count": len(pending)})
             return
         await asyncio.wait(pending, timeout=left)
+
+
+async def _alerts(app: web.Application) -> AsyncIterator[None]:
+    """Threshold alerts, checked after settlements; stopped before the store closes."""
+    sender = AlertSender(app[HOLDER], app[STORE], app[CLOCK], app[HANDLER].client)
+    app[ALERTS] = sender
+    app[SETTLER].on_settled.append(sender.on_settled)
+    yield
+    await sender.stop()
 
 
 async def _auto_reload(app: web.Application) -> AsyncIterator[None]:

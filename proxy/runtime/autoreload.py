@@ -1,6 +1,6 @@
 """Auto-reload: buy credit when a settlement leaves a prepaid balance below its threshold.
 
-`AutoReloader.on_settled` is a `ProxyHandler.on_settled` callback. When a settlement
+`AutoReloader.on_settled` is a `Settler.on_settled` callback. When a settlement
 reports ``reload > 0`` (settle.lua compares the balance with the threshold in force), the
 reloader starts one purchase for that organization in the background:
 
