@@ -192,6 +192,12 @@ class MeteringConfig(FrozenModel):
     against it (see ``tollway.config.pricing``)."""
     max_tool_requests: PositiveInt = 1_000
     """The same ceiling for one request's count of server-side tool requests."""
+    drain_max_bytes: PositiveInt = 16_777_216
+    """After a client leaves a metered stream, Tollway reads on (without relaying) until
+    the upstream's usage arrives, at most this many bytes..."""
+    drain_max_seconds: Seconds = 120.0
+    """... and at most this many seconds; past either bound it hangs up and charges the
+    input (as reported, else as estimated) and the tokens of the text generated so far."""
 
 
 LimitKind = Literal["rpm", "tpm", "input_tpm", "output_tpm"]

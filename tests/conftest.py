@@ -117,10 +117,10 @@ def stack_factory(redis_url: str, tmp_path: Path) -> Iterator[type]:
     """Build a `Stack` with a given organizations YAML: ``stack_factory(orgs_yaml)``."""
     made: list[Stack] = []
 
-    def make(orgs_yaml: str | None = None, extra_yaml: str = "") -> Stack:
+    def make(orgs_yaml: str | None = None, extra_yaml: str = "", **kw: str) -> Stack:
         path = tmp_path / f"stack{len(made)}"
         path.mkdir()
-        kwargs = {} if orgs_yaml is None else {"orgs_yaml": orgs_yaml}
+        kwargs = {**kw} if orgs_yaml is None else {"orgs_yaml": orgs_yaml, **kw}
         s = Stack(redis_url, path, extra_yaml=extra_yaml, **kwargs)
         made.append(s)
         return s

@@ -28,7 +28,7 @@ from tollway.limits.prices import cost_micro
 from tollway.limits.usage import Usage
 from tollway.proxy.gateway import providers
 from tollway.proxy.gateway.call import Call, Reject
-from tollway.proxy.gateway.forward import Relayed, relay, relay_whole, upstream_headers
+from tollway.proxy.gateway.forward import Drain, Relayed, relay, relay_whole, upstream_headers
 from tollway.proxy.gateway.identify import identify
 from tollway.proxy.gateway.member_requests import refusal_hint
 from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
@@ -160,6 +160,14 @@ class ProxyHandler:
         if not isinstance(model, str) or not model:
             raise Reject(Problem(400, "bad_request", "The request has no 'model'."))
         call.model = model
+        if call.route == "/v1/responses" and payload.get("background") is True:
+            # Its answer is fetched later on a route Tollway does not meter, so its usage
+            # could never be charged: refused before anything is spent (README, Decisions).
+            message = (
+                "Background responses ('background': true) are not supported through "
+                "Tollway: their usage cannot be metered. Send the request without it."
+            )
+            raise Reject(Problem(400, "bad_request", message))
         record = self.apikeys.record(call.secret) if call.secret is not None else None
         if record is not None and not record.allows(model):
             message = f"This API key may not use the model '{model}'."
@@ -332,7 +340,9 @@ class ProxyHandler:
         """Relay an upstream answer: streams as they come; a metered JSON answer, or an
         error, read whole first (None when it was cut off or does not parse)."""
         if upstream.content_type == "text/event-stream" or (tap is None and upstream.ok):
-            return await relay(request, upstream, ours, tap, started)
+            m = cfg.metering
+            drain = Drain(m.drain_max_bytes, m.drain_max_seconds)
+            return await relay(request, upstream, ours, tap, started, drain)
         key = cfg.upstreams[call.provider].api_key.get_secret_value()
         return await relay_whole(request, upstream, ours, tap, started, redact=key)
 
@@ -359,7 +369,7 @@ class ProxyHandler:
             call.upstream_ms = int(info.upstream_s * 1000)
             self.metrics.upstream_ttfb.labels(call.provider).observe(info.first_byte_s)
             self.metrics.upstream_latency.labels(call.provider).observe(info.upstream_s)
-            usage = await self.settler.charged_usage(info.result, info.streaming, call.est)
+            usage = await self.settler.charged_usage(info, call.est)
             if resp is None:
                 call.outcome = "upstream_error"
                 message = "The model API sent an incomplete or malformed answer."

@@ -24,6 +24,7 @@ from tollway.limits.plans import Principal
 from tollway.limits.prices import cost_micro
 from tollway.limits.usage import ZERO, Usage, within_ceiling
 from tollway.proxy.gateway.call import Call
+from tollway.proxy.gateway.forward import Relayed
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
 from tollway.proxy.wire.taps import TapResult
@@ -77,27 +78,28 @@ class Settler:
         text = result.generated_text()
         return with_output(result, est, self.counter.count(text)) if text else None
 
-    async def charged_usage(
-        self, result: TapResult | None, streaming: bool, est: int
-    ) -> Usage | None:
-        """What a relayed answer is charged for; None when it is a failure (free).
+    async def charged_usage(self, info: Relayed, est: int) -> Usage | None:
+        """What a relayed answer is charged for; None when the upstream failed it (free).
 
-        A complete answer is charged its reported usage. A stream that ended early (cut
-        off, client gone) is charged its input (as reported at its start, else the
-        estimate) and the output tokens counted in the text relayed, provided it relayed
-        some; a stream that relayed nothing, a body with no usage and an answer that
-        ended in an error event are failures."""
+        A complete answer is charged its reported usage (a client that left was waited
+        for, within the drain bounds, so that usage arrives). An answer that ended early
+        is charged its input (as reported at its start, else the estimate) and the output
+        tokens counted in the text it generated, text or none, when the client left or a
+        drain bound stopped it; when the upstream cut it, only if it generated text. A
+        JSON body without usage and an answer that ended in an error event are failures."""
+        result = info.result
         if result is None or result.failed:
             return None
         if result.complete and result.usage is not None:
             return result.usage
-        if not streaming:
+        if not info.streaming:
             return None
         # Extracting the text walks every relayed event: off the loop (rare, can be long).
         text = await asyncio.get_running_loop().run_in_executor(None, result.generated_text)
-        if not text:
+        if not text and (info.upstream_cut or not info.client_gone):
             return None
-        return with_output(result, est, await self.counter.count_async(text))
+        output = await self.counter.count_async(text) if text else 0
+        return with_output(result, est, output)
 
     # --- settling ------------------------------------------------------------------------
     async def finish(self, call: Call, usage: Usage | None) -> Settlement | None:

@@ -73,8 +73,14 @@ ENV = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
 
 class Stack:
     def __init__(
-        self, redis_url: str, tmp: Path, orgs_yaml: str = DEFAULT_ORGS, extra_yaml: str = ""
+        self,
+        redis_url: str,
+        tmp: Path,
+        orgs_yaml: str = DEFAULT_ORGS,
+        extra_yaml: str = "",
+        prices_yaml: str = PRICES,
     ) -> None:
+        self.prices_yaml = prices_yaml
         self.redis_url = redis_url
         self.tmp = tmp
         self.clock = ManualClock()
@@ -115,7 +121,7 @@ class Stack:
             "upstreams:\n"
             f"  openai: {{base_url: '{upstream}', api_key_env: OPENAI_API_KEY}}\n"
             f"  anthropic: {{base_url: '{upstream}', api_key_env: ANTHROPIC_API_KEY}}\n"
-            + PRICES
+            + self.prices_yaml
             + extra_yaml
             + orgs_yaml
         )
