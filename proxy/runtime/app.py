@@ -178,6 +178,7 @@ async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     app[RELOADER] = reloader
     app[PAYMENTS] = reloader.provider  # the console's purchases pay through the same seam
     app[SETTLER].on_settled.append(reloader.on_settled)
+    reloader.start_reconciling()  # purchases a dead process left unfinished
     yield
     await reloader.stop()
 
