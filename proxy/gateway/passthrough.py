@@ -19,11 +19,12 @@ from tollway.limits.errors import StoreUnavailable
 from tollway.limits.meter import Decision
 from tollway.limits.plans import Principal
 from tollway.proxy.gateway import models_list, providers
+from tollway.proxy.gateway.call import Call, Reject
 from tollway.proxy.gateway.forward import response_headers
 from tollway.proxy.gateway.providers import Problem
 
 if TYPE_CHECKING:
-    from tollway.proxy.gateway.handler import Call, ProxyHandler
+    from tollway.proxy.gateway.handler import ProxyHandler
 
 log = logging.getLogger("tollway.request")
 
@@ -31,11 +32,9 @@ RELEASE_TRIES = 60  # one a second: a store away longer lets the hold expire by 
 
 
 async def model_list(
-    h: ProxyHandler, request: web.Request, call: Call, cfg: Any, secret: str
+    h: ProxyHandler, request: web.Request, call: Call, cfg: Any
 ) -> web.StreamResponse:
     """GET /v1/models: the upstream's list with only the models this key may use."""
-    from tollway.proxy.gateway.handler import Reject
-
     ours = {providers.request_id_header(call.provider): call.rid}
     upstream = await h._open(request, call, cfg, b"")
     async with upstream:
@@ -49,7 +48,7 @@ async def model_list(
             raw = await upstream.read()
         except Exception:
             raw = b""
-        body = models_list.filter_list(call.provider, raw, h._usable(cfg, secret))
+        body = models_list.filter_list(call.provider, raw, h._usable(cfg, call))
         if body is None:
             call.outcome = "upstream_error"
             raise Reject(Problem(502, "upstream", "The model API sent no model list."))
@@ -60,13 +59,13 @@ async def model_list(
 
 
 async def count_tokens(
-    h: ProxyHandler, request: web.Request, call: Call, cfg: Any, principal: Principal, body: bytes
+    h: ProxyHandler, request: web.Request, call: Call, cfg: Any, body: bytes
 ) -> web.StreamResponse:
     """POST /v1/messages/count_tokens: admitted against the RPM buckets (no tokens, no
     money) like any request, forwarded, then its admission is given back but for its
     one request."""
-    from tollway.proxy.gateway.handler import Reject
-
+    principal = call.principal
+    assert principal is not None
     model = _model_of(body)
     call.model = model
     try:
@@ -79,14 +78,14 @@ async def count_tokens(
         decision = Decision(True)
     headers = providers.ratelimit_headers(call.provider, decision, h.clock.now_ms())
     if not decision.admitted:
-        h.metrics.refusals.labels(decision.reason or "", principal.org).inc()
+        h.metrics.refusals.labels(str(decision.reason or ""), principal.org).inc()
         raise Reject(providers.refusal(call.provider, decision, h.clock.now_ms()), headers)
     try:
         return await h._forward_unmetered(request, call, cfg, body, headers)
     finally:
         if decision.buckets:  # admitted by the store (not fail-open): free its hold
             # Tracked with the settlements: shutdown and tests wait for it.
-            release_later(h, principal, call.rid, keep_ms=0, tasks=h.settling)
+            release_later(h, principal, call.rid, keep_ms=0, tasks=h.settler.pending)
 
 
 def _model_of(body: bytes) -> str | None:
