@@ -30,6 +30,7 @@ from tollway.limits.plans import KeyLimits
 from tollway.limits.seats import MAX_AMOUNT
 from tollway.limits.users import RuntimeUsers
 from tollway.limits.windows import PERIODS
+from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
@@ -162,8 +163,6 @@ def _print_secret(record: KeyRecord, secret: str, fmt: str) -> None:
 
 
 def create(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         if args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
@@ -188,8 +187,6 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
@@ -205,8 +202,6 @@ def list_(args: Any) -> int:
 
 
 def show(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         try:
             record = await ApiKeys(store).get(args.key_id)
@@ -223,8 +218,6 @@ def show(args: Any) -> int:
 
 
 def revoke(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         try:
             record = await ApiKeys(store).revoke(args.key_id)
@@ -240,8 +233,6 @@ def revoke(args: Any) -> int:
 
 
 def rotate(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, EXIT_USAGE, with_store
-
     try:
         overlap = DEFAULT_OVERLAP_MS if args.overlap is None else parse_ms(args.overlap, zero=True)
     except ValueError as e:
