@@ -39,6 +39,18 @@ def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
     return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), int(next_month.timestamp() * 1000)
 
 
+def _session_budget(
+    principal: Principal, session: str | None, asked: int | None
+) -> scriptplans.SessionBudget | None:
+    """The budget of the request's session: the lower of the key's and the one the
+    client sent; None without a session or a budget."""
+    own = principal.key_limits.session_budget if principal.key_limits else None
+    found = [b for b in (own, asked) if b is not None]
+    if session is None or not found:
+        return None
+    return scriptplans.SessionBudget(min(found), f"session '{session}' budget")
+
+
 def _period_of(money: Any, label: str) -> str:
     """The period (month | day | week) of the cap or budget a refusal named."""
     for c in (*money.caps, *money.budgets) if money is not None else ():
@@ -97,10 +109,14 @@ class Meter:
         model: str | None,
         est_tokens: int,
         est_cost: int | None,
+        session: str | None = None,
+        session_budget: int | None = None,
     ) -> Decision:
         """Check every limit and take the request's share, or refuse and take nothing.
 
-        `est_cost` None means an unmetered request: no money checks."""
+        `est_cost` None means an unmetered request: no money checks. `session_budget`
+        (micro-USD) caps what the `session` id spends; the key's own session budget
+        applies too, whichever is lower."""
         cfg = self.config()
         cfg.organizations[principal.org]  # KeyError for an organization not in the config
         now = self.clock.now_ms()
@@ -110,8 +126,17 @@ class Meter:
         specs = parts.specs
         org = principal.org
         money = parts.money if est_cost is not None else None
-        plan = replace(parts.admit, est_tokens=est_tokens, cost=est_cost or 0, money=money)
-        keys = scriptplans.admit_keys(self.keys, org, rid, month, principal.key_id, win)
+        budget = _session_budget(principal, session, session_budget) if money else None
+        plan = replace(
+            parts.admit,
+            est_tokens=est_tokens,
+            cost=est_cost or 0,
+            money=money,
+            session_budget=budget,
+        )
+        keys = scriptplans.admit_keys(
+            self.keys, org, rid, month, principal.key_id, win, session or "-"
+        )
         keys += parts.bucket_keys
         raw = await self.store.run("admit", keys, [now, rid, scriptplans.encode(plan)])
         admitted, detail, retry = int(raw[0]), raw[2], int(raw[3])

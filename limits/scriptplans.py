@@ -34,6 +34,7 @@ ADMIT_KEYS = (
     "apikey",
     "pday",
     "pweek",
+    "session",
 )
 SETTLE_KEYS = (
     "hold",
@@ -73,6 +74,15 @@ class AdmitPlan:
     est_tokens: int = 0
     cost: int = 0  # estimated input cost (micro-USD)
     money: MoneyPlan | None = None
+    session_budget: SessionBudget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBudget:
+    """A cap on what one session id spends (the session hash's `cost`), named `label`."""
+
+    cap: int
+    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +221,9 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
     )
 
 
-def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows) -> list[str]:
+def admit_keys(
+    k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows, session: str = "-"
+) -> list[str]:
     """admit.lua's fixed KEYS, in the order of ADMIT_KEYS."""
     return [
         k.hold(org, rid),
@@ -225,6 +237,7 @@ def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Window
         k.api_key(org, key_id),
         k.period(org, win.day),
         k.period(org, win.week),
+        k.session(org, session),
     ]
 
 

@@ -13,6 +13,7 @@ KEYS (named in this order by limits/scriptplans.py ADMIT_KEYS)
   apikey     tw:{org}:key:<key id>   the caller's key record (field revoked = 0 | 1)
   pday       tw:{org}:per:d<date>    today's spend (local day), fields as the month's
   pweek      tw:{org}:per:w<week>    this week's spend (ISO week, local), fields as the month's
+  session    tw:{org}:sess:<id>      the request's session (field cost), any name without one
   then the buckets, one per entry of plan.buckets, in the same order
 
 ARGV
@@ -32,6 +33,8 @@ ARGV
                cap, else `label`; `spent` is read from the period's hash (month|day|week)
       budgets  [CapPlan, ...]: caps checked whether the spend is included or not (a
                key's budget)
+    session_budget  {cap, label} or null: the session's spend (its hash's cost) must be
+               below cap (scriptplans.SessionBudget)
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
   reason (outcomes.Refusal): '' | key | late | rate | included | cap | credit (late:
@@ -45,7 +48,7 @@ RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local plan = cjson.decode(ARGV[3])
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'overrides', 'apikey', 'pday', 'pweek'})
+  'month', 'overrides', 'apikey', 'pday', 'pweek', 'session'})
 local PERIOD = {month = K.month, day = K.pday, week = K.pweek}
 
 -- What a cap's `spent` field holds in its period (plans.CapPlan.period).
@@ -122,6 +125,10 @@ local function check_money(money)
     if b.cap >= 0 and spent_in(b) >= b.cap then
       return 'cap', b.label .. '|' .. int(b.cap)
     end
+  end
+  local sb = opt(plan.session_budget)
+  if sb and num(redis.call('HGET', K.session, 'cost')) >= sb.cap then
+    return 'cap', sb.label .. '|' .. int(sb.cap)
   end
   local extra_now = true
   local seat = opt(money.seat)

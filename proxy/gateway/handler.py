@@ -23,6 +23,7 @@ from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.meter import Meter
+from tollway.limits.money import parse_usd
 from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.prices import cost_micro
 from tollway.limits.usage import Usage
@@ -45,6 +46,20 @@ STREAM_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 
 # (base URL, auth headers, timeout, client headers not forwarded) of one upstream.
 _Upstream = tuple[str, dict[str, str], aiohttp.ClientTimeout, frozenset[str]]
+
+
+BUDGET_HEADER = "x-tollway-session-budget"  # USD a client allows its session (not forwarded)
+
+
+def _session_budget(headers: Any) -> int | None:
+    """The session budget a client sent (micro-USD); a malformed one is a 400."""
+    value = headers.get(BUDGET_HEADER)
+    if value is None:
+        return None
+    try:
+        return parse_usd(value.strip())
+    except ValueError as e:
+        raise Reject(Problem(400, "bad_request", f"{BUDGET_HEADER}: {e}")) from None
 
 
 def _escapes(model_id: str) -> bool:
@@ -196,9 +211,17 @@ class ProxyHandler:
         body, call.strip = self._with_stream_usage(call, payload, body)
         principal = call.principal
         assert principal is not None
+        call.session = self._session_id(request, cfg)
+        budget = _session_budget(request.headers)
         try:
             decision = await self.meter.admit(
-                principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
+                principal,
+                call.rid,
+                model,
+                est,
+                cost_micro(price, Usage(input_tokens=est)),
+                session=call.session,
+                session_budget=budget,
             )
         except StoreUnavailable:
             # The admit may still run on a slow store, after we answered: give it back.
@@ -218,7 +241,6 @@ class ProxyHandler:
             problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)
             raise Reject(problem, call.headers)
         self.metrics.added_latency.observe(time.perf_counter() - call.started)
-        call.session = self._session_id(request, cfg)
         return await self._forward_metered(request, call, cfg, body)
 
     def _usable(self, cfg: Config, call: Call) -> models_list.Usable:
@@ -307,7 +329,7 @@ class ProxyHandler:
                 sock_connect=cfg.server.upstream_connect_timeout,
                 sock_read=up.timeout or cfg.server.upstream_read_timeout,
             )
-            drop = frozenset(h.lower() for h in cfg.server.session_headers)
+            drop = frozenset(h.lower() for h in cfg.server.session_headers) | {BUDGET_HEADER}
             hit = self._upstreams[call.provider] = (up.base_url, auth, timeout, drop)
         return hit
 
