@@ -107,7 +107,7 @@ class Balance:
     available: int  # lots_total - debt - held: what admission compares with zero
     lots_total: int  # sum of the active lots' remainders
     debt: int  # left by requests that overshot; repaid first by the next lot
-    held: int  # estimated input cost of requests in flight
+    held: int  # expected extra cost of requests in flight (prepaid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,6 +246,7 @@ class Credits:
     async def _expire(self, org: str) -> list[int]:
         k = self.keys
         keys = [k.account(org), k.lots(org), k.lot_expiries(org), k.ledger(org), k.holds(org)]
+        keys.append(k.held(org))
         raw = await self.store.run(
             "expire", keys, [self.clock.now_ms(), k.lot_prefix(org), k.hold_prefix(org)]
         )

@@ -26,14 +26,14 @@ from tollway.limits.journal import Journal
 from tollway.limits.meter import Meter
 from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.plans import Principal
-from tollway.limits.prices import cost_micro
+from tollway.limits.prices import cost_micro, rates_for
 from tollway.limits.usage import Usage
 from tollway.proxy.gateway import providers
 from tollway.proxy.gateway.forward import relay, relay_whole, upstream_headers
 from tollway.proxy.gateway.member_requests import refusal_hint
 from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
 from tollway.proxy.gateway.settling import Settling
-from tollway.proxy.gateway.tokens import TokenCounter
+from tollway.proxy.gateway.tokens import TokenCounter, declared_max_output
 from tollway.proxy.metrics import Metrics
 from tollway.proxy.wire.taps import make_tap
 
@@ -230,8 +230,15 @@ class ProxyHandler(Settling):
         est = self.counter.estimate_request(payload, call.route)
         body, strip = self._with_stream_usage(call, payload, body)
         try:
+            estimate = Usage(input_tokens=est)
             decision = await self.meter.admit(
-                principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
+                principal,
+                call.rid,
+                model,
+                est,
+                cost_micro(price, estimate),
+                max_output=declared_max_output(payload),
+                output_price=rates_for(price, estimate).output,
             )
         except StoreUnavailable:
             if cfg.store.on_unavailable != "open":
