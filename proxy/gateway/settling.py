@@ -168,6 +168,8 @@ class Settling:
             m.tokens.labels("cache_write", org, model).inc(used.cache_write_tokens)
             m.tokens.labels("cache_read", org, model).inc(used.cache_read_tokens)
             m.spend.labels(org, model).inc(settlement.cost / 1_000_000)
+            if settlement.overshoot:
+                m.overshoot.labels(org).inc(settlement.overshoot / 1_000_000)
         if self.holder.current.organizations.get(org) is not None:
             billing = self.holder.current.organizations[org].billing
             if billing.mode == "prepaid":
