@@ -197,6 +197,12 @@ class MeteringConfig(FrozenModel):
     admission) while nothing is learned yet for its organization and model; the request's
     declared maximum (max_tokens...) lowers it. Once learned, a high percentile of the
     organization's real outputs on that model replaces it (docs/spend.md)."""
+    drain_max_bytes: PositiveInt = 16_777_216
+    """After a client leaves a metered stream, Tollway reads on (without relaying) until
+    the upstream's usage arrives, at most this many bytes..."""
+    drain_max_seconds: Seconds = 120.0
+    """... and at most this many seconds; past either bound it hangs up and charges the
+    input (as reported, else as estimated) and the tokens of the text generated so far."""
 
 
 LimitKind = Literal["rpm", "tpm", "input_tpm", "output_tpm"]

@@ -1,8 +1,10 @@
 """Admission and settlement: one script call each.
 
-`Meter.admit` answers a `Decision`; `Meter.settle` answers a `Settlement`. Both are plain
-data; `proxy/` turns them into HTTP. The config is read through a getter on every call, so
-a live reload applies to the very next request.
+`Meter.admit` answers a `Decision`; `Meter.settle` takes a `Charge` (what one finished
+request is charged) and answers a `Settlement`. All three are plain data; `proxy/` turns
+them into HTTP, and the journal stores a `Charge` as it is when the store cannot take it.
+The config is read through a getter on every call, so a live reload applies to the very
+next request.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import orjson
 from tollway.limits import scriptplans
 from tollway.limits.clock import Clock
 from tollway.limits.outcomes import BucketState as BucketState
+from tollway.limits.outcomes import Charge as Charge
 from tollway.limits.outcomes import Decision as Decision
 from tollway.limits.outcomes import Refusal as Refusal
 from tollway.limits.outcomes import Settlement as Settlement
@@ -24,7 +27,6 @@ from tollway.limits.plans import Principal
 from tollway.limits.rkeys import Fields
 from tollway.limits.scriptplans import ExpectPlan, SettlePlan, StaticParts
 from tollway.limits.store import Store
-from tollway.limits.usage import Usage
 
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
 
@@ -163,40 +165,28 @@ class Meter:
         ttl = cfg.store.hold_ttl_seconds * 1000
         return bool(await self.store.run("release", keys, [self.clock.now_ms(), rid, ttl]))
 
-    async def settle(
-        self,
-        principal: Principal,
-        rid: str,
-        model: str | None,
-        usage: Usage,
-        cost: int,
-        ok: bool,
-        session_id: str | None = None,
-        upstream_ms: int = 0,
-        now_ms: int | None = None,
-    ) -> Settlement:
+    async def settle(self, charge: Charge) -> Settlement:
         """Replace the reservation by actual usage; exactly once per request id.
 
-        A failed request (ok False) is charged nothing and gives its reservation back.
-        `now_ms` (default: the clock) is when the request ended: a journal replay passes
-        it so the settlement lands in the request's own day and month."""
+        A failed request (`charge.ok` False) is charged nothing and gives its reservation
+        back."""
         cfg = self.config()
-        org = principal.org
-        now = self.clock.now_ms() if now_ms is None else now_ms
+        org, rid, usage = charge.principal.org, charge.rid, charge.usage
+        now = self.clock.now_ms() if charge.now_ms is None else charge.now_ms
         month, day, _ = self._periods(now, cfg.server.timezone)
-        parts = self._plan_parts(cfg, principal, model)
+        parts = self._plan_parts(cfg, charge.principal, charge.model)
         plan = SettlePlan(
             static=parts.settle,
-            ok=ok,
+            ok=charge.ok,
             usage=usage,
             tpm_input=usage.tpm_input(cfg.metering.count_cache_reads_in_tpm),
-            cost=cost,
-            session=session_id is not None,
-            session_id=session_id or "",
-            upstream_ms=upstream_ms,
+            cost=charge.cost,
+            session=charge.session is not None,
+            session_id=charge.session or "",
+            upstream_ms=charge.upstream_ms,
         )
-        session = session_id or "-"
-        keys = scriptplans.settle_keys(self.keys, org, rid, month, day, session, model)
+        session = charge.session or "-"
+        keys = scriptplans.settle_keys(self.keys, org, rid, month, day, session, charge.model)
         keys += parts.bucket_keys
         raw = await self.store.run("settle", keys, [now, rid, scriptplans.encode(plan)])
         r = orjson.loads(raw)

@@ -109,6 +109,10 @@ class Keys:
     def reload_lock(self, org: str) -> str:
         return self.org(org, "reload")
 
+    def reload_pending(self, org: str) -> str:
+        """Auto-reload purchases started and not finished (`tollway.limits.autoreload`)."""
+        return self.org(org, "reload_pending")
+
     def limit_requests(self, org: str) -> str:
         return self.org(org, "lir")
 

@@ -265,11 +265,13 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
 
 
 def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[FlightPlan]:
-    """The max_in_flight ceilings that apply: organization, model, workspace, user."""
+    """The max_in_flight ceilings that apply: organization, model, workspace, user (a
+    key's own limits carry none yet)."""
     out = []
     for scope, limits in plans.limit_levels(org_cfg, principal, model):
-        if limits.max_in_flight is not None:
-            out.append(FlightPlan(Fields.in_flight(scope), limits.max_in_flight))
+        ceiling = getattr(limits, "max_in_flight", None)
+        if ceiling is not None:
+            out.append(FlightPlan(Fields.in_flight(scope), ceiling))
     return out
 
 

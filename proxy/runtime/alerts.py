@@ -1,6 +1,6 @@
 """`AlertSender`: threshold alerts delivered to the operator's webhook.
 
-A `ProxyHandler.on_settled` callback: after a settlement (never delaying the answer) it
+A `Settler.on_settled` callback: after a settlement (never delaying the answer) it
 asks `tollway.limits.alerts.Alerts` which thresholds this request crossed (claimed in
 the store, so one replica sends each once per period), and POSTs each as JSON ::
 
