@@ -17,6 +17,7 @@ from tollway.limits import plans
 from tollway.limits.plans import BucketPlan, BucketSpec, CapPlan, ExtraPlan, Principal, SeatPlan
 from tollway.limits.rkeys import Fields, Keys, Scope
 from tollway.limits.usage import Usage
+from tollway.limits.windows import Windows
 
 KEEP_MS = 400 * 86_400_000  # month and day counters and sessions are kept ~13 months
 
@@ -31,6 +32,8 @@ ADMIT_KEYS = (
     "month",
     "overrides",
     "apikey",
+    "pday",
+    "pweek",
     "held",
     "learned",
 )
@@ -47,6 +50,8 @@ SETTLE_KEYS = (
     "session",
     "overrides",
     "sessions",
+    "pday",
+    "pweek",
     "held",
     "learned",
     "outputs",
@@ -64,6 +69,7 @@ class MoneyPlan:
     seat: SeatPlan | None
     extra: ExtraPlan
     caps: tuple[CapPlan, ...]
+    budgets: tuple[CapPlan, ...] = ()  # checked whether the spend is included or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +234,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             seat=seat,
             extra=plans.extra_plan(org_cfg, principal),
             caps=tuple(plans.cap_plans(org_cfg, principal)),
+            budgets=tuple(plans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
             reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
@@ -275,7 +282,7 @@ def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[
     return out
 
 
-def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str) -> list[str]:
+def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows) -> list[str]:
     """admit.lua's fixed KEYS, in the order of ADMIT_KEYS."""
     return [
         k.hold(org, rid),
@@ -287,13 +294,22 @@ def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str) -> list[str
         k.month(org, month),
         k.overrides(org),
         k.api_key(org, key_id),
+        k.period(org, win.day),
+        k.period(org, win.week),
         k.held(org),
         k.learned(org),
     ]
 
 
 def settle_keys(
-    k: Keys, org: str, rid: str, month: str, day: str, session: str, model: str | None
+    k: Keys,
+    org: str,
+    rid: str,
+    month: str,
+    day: str,
+    session: str,
+    win: Windows,
+    model: str | None,
 ) -> list[str]:
     """settle.lua's fixed KEYS, in the order of SETTLE_KEYS."""
     return [
@@ -309,6 +325,8 @@ def settle_keys(
         k.session(org, session),
         k.overrides(org),
         k.sessions(org),
+        k.period(org, win.day),
+        k.period(org, win.week),
         k.held(org),
         k.learned(org),
         k.outputs(org, model or "-"),

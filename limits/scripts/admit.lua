@@ -11,6 +11,8 @@ KEYS (named in this order by limits/scriptplans.py ADMIT_KEYS)
                                      and extra:<scope>, scope = org | ws=W | user=U | key=K
   overrides  tw:{org}:cfg            run-time overrides of caps and extra usage
   apikey     tw:{org}:key:<key id>   the caller's key record (field revoked = 0 | 1)
+  pday       tw:{org}:per:d<date>    today's spend (local day), fields as the month's
+  pweek      tw:{org}:per:w<week>    this week's spend (ISO week, local), fields as the month's
   held       tw:{org}:held           what requests in flight hold: month fields (micro-USD)
                                      and flight:<scope> counts
   learned    tw:{org}:learned        what settle.lua learned per model (rkeys.Fields.learned)
@@ -30,8 +32,11 @@ ARGV
       prepaid  true: the credit balance must be above zero for extra usage
       seat     {spent, included, override} (plans.SeatPlan) or null
       extra    {on, overrides, off} (plans.ExtraPlan)
-      caps     [{spent, cap (-1 unlimited), overrides, label, labels}, ...] (plans.CapPlan):
-               a refusal names the label of the override that set the cap, else `label`
+      caps     [{spent, cap (-1 unlimited), overrides, label, labels, period}, ...]
+               (plans.CapPlan): a refusal names the label of the override that set the
+               cap, else `label`; `spent` is read from the period's hash (month|day|week)
+      budgets  [CapPlan, ...]: caps checked whether the spend is included or not (a
+               key's budget)
 
   Every money limit admits while settled + held < limit (held: what admitted requests not
   yet settled hold); an admitted request holds its expected cost against each of them.
@@ -48,7 +53,13 @@ RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local plan = cjson.decode(ARGV[3])
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'overrides', 'apikey', 'held', 'learned'})
+  'month', 'overrides', 'apikey', 'pday', 'pweek', 'held', 'learned'})
+local PERIOD = {month = K.month, day = K.pday, week = K.pweek}
+
+-- What a cap's `spent` field holds in its period (plans.CapPlan.period).
+local function spent_in(c)
+  return num(redis.call('HGET', PERIOD[c.period or 'month'], c.spent))
+end
 
 -- Buckets: the level of each now and what this request takes from it; the first bucket
 -- that cannot admit (the one to wait longest for, or one that never will).
@@ -121,14 +132,15 @@ local function expected_cost(x)
   return round_micro(plan.cost * ratio * 1000000 + out * x.output_price)
 end
 
--- What requests in flight hold against `field` (held hash).
+-- What requests in flight hold against `field` (held hash). A hold is not tied to a
+-- period: it counts against the monthly, weekly and daily caps of its field alike.
 local function held(field)
   return num(redis.call('HGET', K.held, field))
 end
 
--- Month-to-date spend of `field` plus what requests in flight hold against it.
-local function committed(field)
-  return num(redis.call('HGET', K.month, field)) + held(field)
+-- A cap's spend in its period plus what requests in flight hold against its field.
+local function committed(c)
+  return spent_in(c) + held(c.spent)
 end
 
 -- max_in_flight ceilings: the scope of the first one reached, or nil; `hold` counts this
@@ -143,10 +155,16 @@ local function check_flights(hold)
   return nil
 end
 
--- Money: included usage, extra usage, spend caps, credit balance, each against settled +
--- held. Returns the refusal (reason, detail), or nil, '' and the credit to hold; `hold`
--- gets the month fields to hold `cost` (or its extra part) against.
+-- Money: a key's budgets, included usage, extra usage, spend caps, credit balance, each
+-- against settled + held. Returns the refusal (reason, detail), or nil, '' and the credit
+-- to hold; `hold` gets the fields to hold `cost` (or its extra part) against.
 local function check_money(money, cost, hold)
+  for _, b in ipairs(money.budgets or {}) do
+    if b.cap >= 0 and committed(b) >= b.cap then
+      return 'cap', b.label .. '|' .. int(b.cap)
+    end
+    hold[b.spent] = cost
+  end
   local extra = cost
   local seat = opt(money.seat)
   if seat then
@@ -155,7 +173,7 @@ local function check_money(money, cost, hold)
     if ov then
       included = tonumber(ov)
     end
-    local used = committed(seat.spent)
+    local used = committed({spent = seat.spent})
     hold[seat.spent] = cost
     if used < included and used + cost <= included then
       return nil, '', 0  -- inside the included usage, with what is in flight
@@ -168,10 +186,10 @@ local function check_money(money, cost, hold)
   end
   for _, c in ipairs(money.caps) do
     local cap, label = cap_in_force(K.overrides, c)
-    if cap >= 0 and committed(c.spent) >= cap then
+    if cap >= 0 and committed(c) >= cap then
       return 'cap', label .. '|' .. int(cap)
     end
-    hold[c.spent] = (hold[c.spent] or 0) + extra
+    hold[c.spent] = extra  -- one hold per field, whatever the caps' periods
   end
   if money.prepaid then
     expire_lots(K.account, K.lots, K.lotexp, K.ledger, plan.lot_prefix, now)

@@ -9,7 +9,8 @@ KEYS
   4 held       tw:{org}:held           money held and in-flight counts (as in admit.lua)
 
 ARGV
-  1 now (ms)   2 request id   3 tombstone time-to-live (ms)
+  1 now (ms)   2 request id   3 tombstone time-to-live (ms; 0: no tombstone, for an
+                               admission known to have run, as count_tokens' own)
 
 The hold's reservation (held money, reserved tokens) goes back, as when a hold expires;
 the request bucket keeps its 1, as for a failed request. The hold key is then left as a
@@ -30,6 +31,8 @@ if give_back(K_HOLD, K_ACCT, K_HELD, true) then
   released = 1
 end
 redis.call('DEL', K_HOLD)
-redis.call('HSET', K_HOLD, 'released', ARGV[1])
-redis.call('PEXPIRE', K_HOLD, int(ttl))
+if ttl > 0 then
+  redis.call('HSET', K_HOLD, 'released', ARGV[1])
+  redis.call('PEXPIRE', K_HOLD, int(ttl))
+end
 return released

@@ -9,6 +9,7 @@ KEYS (named in this order by limits/scriptplans.py SETTLE_KEYS)
   overrides  tw:{org}:cfg              run-time overrides (the seat's included amount,
                                        reload:off, reload:threshold, reload:target)
   sessions   tw:{org}:sessions         sorted set: session id -> its last request end (ms)
+  pday, pweek                          as in admit.lua: the cost is added to them as to month
   held       tw:{org}:held             what requests in flight hold (as in admit.lua)
   learned    tw:{org}:learned          what settlement learned per model (see learn)
   outputs    tw:{org}:outputs:<model>  list of the latest output token counts on the model
@@ -49,8 +50,8 @@ RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if 
 
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'settled', 'day', 'session', 'overrides', 'sessions', 'held', 'learned',
-  'outputs'})
+  'month', 'settled', 'day', 'session', 'overrides', 'sessions', 'pday', 'pweek', 'held',
+  'learned', 'outputs'})
 
 local earlier = redis.call('GET', K.settled)
 if earlier then
@@ -107,21 +108,23 @@ local function learn(est)
 end
 
 -- How far this request's extra spend took each cap past its amount: the largest part of
--- `extra` past a cap, recorded per cap in the month hash at its `overshoot` field (the
--- month's largest).
+-- `extra` past a cap, recorded per cap in its period's hash at its `overshoot` field (the
+-- period's largest).
 local function overshoot(extra)
   local worst = 0
   if extra <= 0 then
     return 0
   end
+  local period = {month = K.month, day = K.pday, week = K.pweek}
   for _, c in ipairs(plan.caps) do
     local cap = cap_in_force(K.overrides, c)
+    local h = period[c.period or 'month']
     if cap >= 0 then
-      local past = math.min(num(redis.call('HGET', K.month, c.spent)) - cap, extra)
+      local past = math.min(num(redis.call('HGET', h, c.spent)) - cap, extra)
       if past > 0 then
         worst = math.max(worst, past)
-        if past > num(redis.call('HGET', K.month, c.overshoot)) then
-          redis.call('HSET', K.month, c.overshoot, int(past))
+        if past > num(redis.call('HGET', h, c.overshoot)) then
+          redis.call('HSET', h, c.overshoot, int(past))
         end
       end
     end
@@ -204,13 +207,18 @@ local function charge(cost, extra)
   if cost <= 0 then
     return {}
   end
-  for _, f in ipairs(plan.month_fields) do
-    redis.call('HINCRBY', K.month, f.spend, int(cost))
-    if extra > 0 then
-      redis.call('HINCRBY', K.month, f.extra, int(extra))
+  for _, h in ipairs({K.month, K.pday, K.pweek}) do
+    for _, f in ipairs(plan.month_fields) do
+      redis.call('HINCRBY', h, f.spend, int(cost))
+      if extra > 0 then
+        redis.call('HINCRBY', h, f.extra, int(extra))
+      end
     end
   end
   redis.call('PEXPIRE', K.month, int(plan.keep_ms))
+  -- Day and week spend serve only daily and weekly caps: kept 40 days.
+  redis.call('PEXPIRE', K.pday, 3456000000)
+  redis.call('PEXPIRE', K.pweek, 3456000000)
   if extra > 0 and plan.prepaid then
     return debit_lots(extra)
   end
