@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from tollway.config.reload import ConfigHolder
+from tollway.config.reload import ConfigSource
 from tollway.limits.clock import Clock
 from tollway.limits.credits import Credits
 from tollway.limits.errors import StoreUnavailable
@@ -53,7 +53,7 @@ class Settler:
 
     def __init__(
         self,
-        holder: ConfigHolder,
+        holder: ConfigSource,
         meter: Meter,
         counter: TokenCounter,
         metrics: Metrics,
