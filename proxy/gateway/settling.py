@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from tollway.config.reload import ConfigSource
 from tollway.limits.clock import Clock
@@ -66,7 +67,7 @@ class Settler:
         self.clock = clock
         self.journal: Journal | None = None
         self.on_settled: list[OnSettled] = []
-        self.pending: set[asyncio.Future[Settlement | None]] = set()
+        self.pending: set[asyncio.Task[Any]] = set()
 
     # --- what an answer is charged -------------------------------------------------------
     def cut_usage(self, result: TapResult, est: int) -> Usage | None:
