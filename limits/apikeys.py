@@ -109,6 +109,9 @@ class ApiKeys:
             value = getattr(s.limits, limit) if s.limits is not None else None
             if value is not None:
                 record[limit] = str(value)
+        if s.limits is not None and s.limits.budget is not None:
+            record["budget"] = str(s.limits.budget)
+            record["budget_period"] = s.limits.budget_period
         k = self.keys
         client = self.store.client
         # The record first, the indexes after: a key is usable only once all three exist.
