@@ -21,6 +21,7 @@ from typing import Any
 
 from tollway.limits import plans
 from tollway.limits.plans import Principal
+from tollway.limits.seats import UNLIMITED
 from tollway.limits.store import Store
 
 CLAIM_TTL_MS = 40 * 86_400_000  # longer than any period a claim is for
@@ -70,25 +71,22 @@ class Alerts:
         k, client = self.store.keys, self.store.client
         caps = plans.cap_plans(org_cfg, principal)
         seat = plans.seat_plan(org_cfg, principal)
-        fields = [c[0] for c in caps] + ([seat["f"]] if seat else [])
+        fields = [c.spent for c in caps] + ([seat.spent] if seat else [])
         pipe = client.pipeline(transaction=False)
         pipe.hmget(k.month(org, month), fields)
         pipe.hgetall(k.overrides(org))
         spent_raw, ov = await self.store.call("alerts", pipe.execute)
         spent = {f: int(v or 0) for f, v in zip(fields, spent_raw, strict=True)}
         candidates: list[tuple[str, str, int, int]] = []  # (kind, subject, used, limit)
-        for field, cap, ov_fields, label, labels in caps:
-            for i, f in enumerate(ov_fields):
-                if f in ov:
-                    label = labels[i]
-                    cap = -1 if ov[f] == "unlimited" else int(ov[f])
-                    break
+        for c in caps:
+            value, label = c.source(ov)
+            cap = c.cap if value is None else (-1 if value == UNLIMITED else int(value))
             if cap >= 0:
-                candidates.append(("cap", f"{label} spend cap", spent[field], cap))
+                candidates.append(("cap", f"{label} spend cap", spent[c.spent], cap))
         if seat:
-            included = int(ov.get(seat["ov"], seat["inc"]))
+            included = int(ov.get(seat.override, seat.included))
             who = f"included usage of user '{principal.user}'"
-            candidates.append(("included", who, spent[seat["f"]], included))
+            candidates.append(("included", who, spent[seat.spent], included))
         found: list[Alert] = []
         for kind, subject, used, limit in candidates:
             for t in crossed(used, limit, thresholds):

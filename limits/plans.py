@@ -18,13 +18,24 @@ REQUEST_UNIT = 60_000_000  # bucket units per request; rpm may have 3 decimals
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """A key's own per-minute limits (None: none), set when the key is created."""
+
+    rpm: Decimal | None = None
+    tpm: int | None = None
+    input_tpm: int | None = None
+    output_tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: resolved from an API key."""
+    """Who is calling: resolved from an API key (with the key's own limits)."""
 
     org: str
     key_id: str
     workspace: str | None = None
     user: str | None = None
+    key_limits: KeyLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +86,8 @@ def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[
         levels.append((Scope.ws(ws), org_cfg.workspaces[ws].limits))
     if principal.user and principal.user in org_cfg.users:
         levels.append((Scope.user(principal.user), org_cfg.users[principal.user].limits))
+    if principal.key_limits is not None:
+        levels.append((Scope.key(principal.key_id), principal.key_limits))
     return specs_of(levels)
 
 
