@@ -243,11 +243,12 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             prepaid=prepaid,
             seat=seat,
             extra=plans.extra_plan(org_cfg, principal),
-            caps=tuple(plans.cap_plans(org_cfg, principal)),
+            caps=(*plans.cap_plans(org_cfg, principal), *plans.model_cap_plans(org_cfg, model)),
             budgets=tuple(plans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
             reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
+    model_scopes = [] if org_cfg is None else plans.model_cap_scopes(org_cfg, model)
     buckets = tuple(s.plan() for s in specs)
     flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
     learn = LearnPlan.of(model) if model else None
@@ -262,7 +263,9 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
         settle=SettleStatic(
             prepaid=prepaid,
             seat=seat,
-            month_fields=tuple(MonthFields(Fields.spend(s), Fields.extra(s)) for s in scopes),
+            month_fields=tuple(
+                MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
+            ),
             dims=(*scopes, Scope.model(model or "-")),
             buckets=buckets,
             hold_prefix=hp,
