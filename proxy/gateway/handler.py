@@ -24,7 +24,7 @@ from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.meter import Meter
 from tollway.limits.outcomes import Decision, Refusal
-from tollway.limits.prices import cost_micro
+from tollway.limits.prices import cost_micro, rates_for
 from tollway.limits.usage import Usage
 from tollway.proxy.gateway import models_list, passthrough, providers, routes
 from tollway.proxy.gateway.call import Call, Reject
@@ -34,7 +34,7 @@ from tollway.proxy.gateway.inbound import escapes, parse, read_body, session_id
 from tollway.proxy.gateway.member_requests import refusal_hint
 from tollway.proxy.gateway.providers import OPENAI, Problem
 from tollway.proxy.gateway.settling import Settler
-from tollway.proxy.gateway.tokens import TokenCounter
+from tollway.proxy.gateway.tokens import TokenCounter, declared_max_output
 from tollway.proxy.metrics import Metrics
 from tollway.proxy.wire.taps import UsageTap, make_tap
 
@@ -192,8 +192,15 @@ class ProxyHandler:
         principal = call.principal
         assert principal is not None
         try:
+            estimate = Usage(input_tokens=est)
             decision = await self.meter.admit(
-                principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
+                principal,
+                call.rid,
+                model,
+                est,
+                cost_micro(price, estimate),
+                max_output=declared_max_output(payload),
+                output_price=rates_for(price, estimate).output,
             )
         except StoreUnavailable:
             # The admit may still run on a slow store, after we answered: give it back.
