@@ -27,7 +27,7 @@ from tollway.limits.meter import Meter
 from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.plans import Principal
 from tollway.limits.prices import cost_micro
-from tollway.limits.usage import Usage
+from tollway.limits.usage import Usage, tier_name
 from tollway.proxy.gateway import providers
 from tollway.proxy.gateway.forward import Drain, relay, relay_whole, upstream_headers
 from tollway.proxy.gateway.member_requests import refusal_hint
@@ -237,9 +237,11 @@ class ProxyHandler(Settling):
             )
         est = self.counter.estimate_request(payload, call.route)
         body, strip = self._with_stream_usage(call, payload, body)
+        # The hold is priced at the tier the request asks for (OpenAI service_tier).
+        held = Usage(input_tokens=est, service_tier=tier_name(payload.get("service_tier")))
         try:
             decision = await self.meter.admit(
-                principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
+                principal, call.rid, model, est, cost_micro(price, held)
             )
         except StoreUnavailable:
             if cfg.store.on_unavailable != "open":
