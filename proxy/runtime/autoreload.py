@@ -5,7 +5,7 @@ The workflow itself (the lock, the amount, the ``reload_started`` record written
 the payment, retries, the lot, reconciliation after a crash) is
 `tollway.limits.autoreload.ReloadWorkflow`. This module keeps what is HTTP and process:
 
-- `AutoReloader.on_settled`, a `ProxyHandler.on_settled` callback: when a settlement
+- `AutoReloader.on_settled`, a `Settler.on_settled` callback: when a settlement
   reports ``reload > 0`` (settle.lua compares the balance with the threshold in force), one
   purchase for that organization starts in the background, never two in one process;
 - the payment provider: ``billing.payment.provider`` ``none`` means no payment method is

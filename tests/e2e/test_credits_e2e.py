@@ -18,7 +18,7 @@ import openai
 import pytest
 from tollway.limits.clock import SystemClock
 from tollway.limits.credits import Credits
-from tollway.limits.meter import periods
+from tollway.limits.meter import Charge, periods
 from tollway.limits.money import parse_usd
 from tollway.limits.plans import REQUEST_UNIT, Principal
 from tollway.limits.prices import cost_micro
@@ -308,7 +308,9 @@ def test_200_concurrent_requests_against_a_small_balance(stack_factory):
         usage = Usage(int(e["in"]), int(e["out"]), int(e["cw"]), int(e["cr"]))
         s = stack.run(
             stack.meter.settle(
-                Principal("acme", e["key"]), e["rid"], e["model"], usage, int(e["cost"]), True
+                Charge(
+                    Principal("acme", e["key"]), e["rid"], e["model"], usage, int(e["cost"]), True
+                )
             )
         )
         assert s.duplicate

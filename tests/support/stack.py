@@ -20,7 +20,7 @@ from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
-from tollway.proxy.runtime.app import HANDLER, METER, METRICS, create_app
+from tollway.proxy.runtime.app import METER, METRICS, SETTLER, create_app
 from tollway.proxy.runtime.metrics_server import create_metrics_app
 
 from tests.support.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, start_fake_upstream
@@ -210,12 +210,12 @@ class Stack:
         """Wait until every settlement the proxy started has been written."""
 
         async def drain() -> None:
-            handler = self.app[HANDLER]
+            settler = self.app[SETTLER]
             for _ in range(int(timeout * 100)):
-                if not handler.settling:
+                if not settler.pending:
                     # One more turn: a response may be finishing its settle right now.
                     await asyncio.sleep(0.01)
-                    if not handler.settling:
+                    if not settler.pending:
                         return
                 await asyncio.sleep(0.01)
             raise TimeoutError("settlements still running")
