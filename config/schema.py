@@ -7,7 +7,7 @@ tasks and swapped whole on reload without anyone mutating it.
 Units, once and for all:
 
 - money (prices, caps, included usage, auto-reload) is integer micro-USD, written in YAML as
-  USD with at most 6 decimals and parsed exactly by ``tollway.limits.money.parse_usd``;
+  USD with at most 6 decimals and parsed exactly by ``tollway.config.money.parse_usd``;
 - prices are micro-USD per million tokens;
 - limits are per minute: ``tpm``/``input_tpm``/``output_tpm`` are integers, ``rpm`` is a
   ``Decimal`` with at most 3 decimals (per-user shares such as 0.37 are fractional);
@@ -38,6 +38,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from tollway.config.money import format_usd
+from tollway.config.pricebook import PriceBook
 from tollway.config.pricing import Price, PriceAliases, check_prices
 from tollway.config.values import (
     Cap,
@@ -59,8 +61,6 @@ from tollway.config.values import (
     integer,
     resolve_secret,
 )
-from tollway.limits.money import format_usd
-from tollway.limits.prices import PriceBook
 
 # ---- models ------------------------------------------------------------------------------
 
@@ -440,7 +440,7 @@ class Config(FrozenModel):
 
     @property
     def price_book(self) -> PriceBook:
-        """The prices, looked up by model name (``tollway.limits.prices.PriceBook``)."""
+        """The prices, looked up by model name (``tollway.config.pricebook.PriceBook``)."""
         return self._book
 
     @property

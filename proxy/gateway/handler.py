@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from tollway.config.reload import ConfigHolder
+from tollway.config.reload import ConfigSource
 from tollway.config.schema import Config
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
@@ -59,7 +59,7 @@ class ProxyHandler:
 
     def __init__(
         self,
-        holder: ConfigHolder,
+        holder: ConfigSource,
         meter: Meter,
         apikeys: ApiKeys,
         client: aiohttp.ClientSession,

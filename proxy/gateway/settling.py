@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from tollway.config.reload import ConfigHolder
+from tollway.config.reload import ConfigSource
 from tollway.limits.clock import Clock
 from tollway.limits.credits import Credits
 from tollway.limits.errors import StoreUnavailable
@@ -53,7 +54,7 @@ class Settler:
 
     def __init__(
         self,
-        holder: ConfigHolder,
+        holder: ConfigSource,
         meter: Meter,
         counter: TokenCounter,
         metrics: Metrics,
@@ -66,7 +67,7 @@ class Settler:
         self.clock = clock
         self.journal: Journal | None = None
         self.on_settled: list[OnSettled] = []
-        self.pending: set[asyncio.Future[Settlement | None]] = set()
+        self.pending: set[asyncio.Task[Any]] = set()
 
     # --- what an answer is charged -------------------------------------------------------
     def cut_usage(self, result: TapResult, est: int) -> Usage | None:
