@@ -27,6 +27,7 @@ class KeyLimits:
     output_tpm: int | None = None
     budget: int | None = None  # micro-USD of spend per budget_period
     budget_period: str = "month"  # day | week | month (calendar, server.timezone)
+    session_budget: int | None = None  # micro-USD a session id may spend with this key
 
 
 @dataclass(frozen=True, slots=True)

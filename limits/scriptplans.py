@@ -36,6 +36,7 @@ ADMIT_KEYS = (
     "pweek",
     "held",
     "learned",
+    "session",
 )
 SETTLE_KEYS = (
     "hold",
@@ -123,6 +124,15 @@ class AdmitPlan:
     cost: int = 0  # estimated input cost (micro-USD)
     money: MoneyPlan | None = None
     expect: ExpectPlan | None = None  # None: hold `cost` as it is
+    session_budget: SessionBudget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBudget:
+    """A cap on what one session id spends (the session hash's `cost`), named `label`."""
+
+    cap: int
+    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +292,9 @@ def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[
     return out
 
 
-def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows) -> list[str]:
+def admit_keys(
+    k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows, session: str = "-"
+) -> list[str]:
     """admit.lua's fixed KEYS, in the order of ADMIT_KEYS."""
     return [
         k.hold(org, rid),
@@ -298,6 +310,7 @@ def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Window
         k.period(org, win.week),
         k.held(org),
         k.learned(org),
+        k.session(org, session),
     ]
 
 
