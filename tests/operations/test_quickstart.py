@@ -65,7 +65,9 @@ def test_the_readme_quick_start_works_as_written(fake_upstream, tmp_path):
     blocks = quickstart_blocks()
     assert [lang for lang, _ in blocks] == ["sh", "sh", "python"], blocks
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TOLLWAY_CONFIG")}
+    # The README's defaults, whatever this shell has set (a LOG_LEVEL would add lines).
+    unset = ("REDIS_URL", "TOLLWAY_CONFIG", "CONFIG", "LOG_LEVEL", "SERVE_FLAGS", "VENV")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         TOLLWAY_DATA=str(tmp_path / "data"),
         TOLLWAY_OPENAI_BASE_URL=upstream,
