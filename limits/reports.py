@@ -40,7 +40,7 @@ from tollway.limits.store import Store
 
 GROUPINGS = ("org", "workspace", "user", "key", "model", "day")
 _DIM = {"workspace": "ws", "user": "user", "key": "key", "model": "model"}
-MAX_DAYS = 400  # day counters are kept ~13 months (meter.KEEP_MS): older days are empty
+MAX_DAYS = 400  # day counters are kept ~13 months (scriptplans.KEEP_MS): older days are empty
 
 
 class ReportError(ValueError):

@@ -6,11 +6,24 @@ Keys carry a name, an optional expiry, a model allow-list of patterns and tags
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any, Literal
+
 from aiohttp import web
-from pydantic import Field, field_validator
-from tollway.limits.apikeys import DEFAULT_OVERLAP_MS, KeyRecord, KeySettings, parse_list
+from pydantic import Field, ValidationInfo, field_validator
+from tollway.config.schema import Money
+from tollway.limits.apikeys import (
+    DEFAULT_OVERLAP_MS,
+    LIMITS,
+    KeyRecord,
+    KeySettings,
+    parse_limit,
+    parse_list,
+)
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
+from tollway.limits.plans import KeyLimits
+from tollway.limits.seats import MAX_AMOUNT
 from tollway.proxy.admin.context import (
     BOOL,
     INT,
@@ -51,6 +64,19 @@ class KeyCreate(Body):
         "absent: every model.",
     )
     tags: list[str] = Field(default_factory=list, max_length=50)
+    rpm: str | int | Decimal | None = Field(None, description="The key's own requests/minute.")
+    tpm: str | int | Decimal | None = Field(None, description="The key's own tokens/minute.")
+    input_tpm: str | int | Decimal | None = None
+    output_tpm: str | int | Decimal | None = None
+    budget: Money | None = Field(None, description="The key's spend budget (USD) per period.")
+    budget_period: Literal["day", "week", "month"] = "month"
+
+    @field_validator("rpm", "tpm", "input_tpm", "output_tpm")
+    @classmethod
+    def _limit(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None:
+            parse_limit(str(info.field_name), v)
+        return v
 
     _expires = field_validator("expires_in")(_duration)
 
@@ -59,6 +85,13 @@ class KeyCreate(Body):
     def _models(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and not parse_list(v, "models"):
             raise ValueError("give at least one pattern (omit models to allow every model)")
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: int | None) -> int | None:
+        if v is not None and v > MAX_AMOUNT:
+            raise ValueError(f"at most {MAX_AMOUNT // 1_000_000} USD")
         return v
 
     @field_validator("tags")
@@ -80,6 +113,15 @@ class KeyRotate(Body):
     _overlap = field_validator("overlap")(lambda v: _duration(v, zero=True))
 
 
+def _limits(b: KeyCreate) -> KeyLimits | None:
+    found: dict[str, Any] = {
+        n: parse_limit(n, getattr(b, n)) for n in LIMITS if getattr(b, n) is not None
+    }
+    if b.budget is not None:
+        found["budget"], found["budget_period"] = b.budget, b.budget_period
+    return KeyLimits(**found) if found else None
+
+
 def _key(request: web.Request, r: KeyRecord) -> dict:
     return r.to_dict(ctx(request).clock.now_ms())
 
@@ -96,6 +138,7 @@ async def create_key(request: web.Request) -> web.Response:
         expires_ms=now + parse_ms(b.expires_in) if b.expires_in else None,
         models=parse_list(b.models, "models"),
         tags=parse_list(b.tags, "tags"),
+        limits=_limits(b),
     )
     record, secret = await c.apikeys.create(name, now, b.workspace, b.user, settings=settings)
     return answer({**_key(request, record), "key": secret}, status=201)
@@ -154,6 +197,9 @@ _KEY = schema_object(
     tags=_LIST,
     rotated_ms={"type": ["integer", "null"]},
     old_secret_until_ms={"type": ["integer", "null"]},
+    limits=schema_object((), **{n: NULLABLE_STR for n in LIMITS}),
+    budget_micro={"type": ["integer", "null"]},
+    budget_period={"type": ["string", "null"]},
 )
 _WITH_SECRET = {**_KEY, "required": [*_KEY["required"], "key"]}
 

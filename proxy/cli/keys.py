@@ -14,21 +14,39 @@ from typing import Any
 from tollway.config.overlay import with_users
 from tollway.limits.apikeys import (
     DEFAULT_OVERLAP_MS,
+    LIMITS,
     ApiKeys,
     KeyRecord,
     KeySettings,
     iso,
+    parse_limit,
     parse_list,
 )
 from tollway.limits.clock import SystemClock
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
+from tollway.limits.money import parse_usd
+from tollway.limits.plans import KeyLimits
+from tollway.limits.seats import MAX_AMOUNT
 from tollway.limits.users import RuntimeUsers
+from tollway.limits.windows import PERIODS
+from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
 FORMAT_HELP = "table for people (default) or json"
-LIST_COLUMNS = ("id", "name", "status", "workspace", "user", "hint", "expires", "models", "tags")
+LIST_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "workspace",
+    "user",
+    "hint",
+    "expires",
+    "models",
+    "limits",
+    "tags",
+)
 
 
 def _add_common(p: Any) -> None:
@@ -52,6 +70,16 @@ def register(sub: Any) -> None:
         help="the only models the key may call, e.g. 'gpt-4o*,claude-*' (default: all)",
     )
     p.add_argument("--tags", metavar="TAG,...", help="labels for your own bookkeeping")
+    for limit in LIMITS:
+        flag = "--" + limit.replace("_", "-")
+        p.add_argument(flag, dest=limit, metavar="N", help=f"the key's own {limit} (per minute)")
+    p.add_argument("--budget", metavar="USD", help="the key's spend budget per period")
+    p.add_argument(
+        "--budget-period",
+        choices=PERIODS,
+        default="month",
+        help="calendar day, week (Monday first) or month of server.timezone (default month)",
+    )
     _add_common(p)
     p.set_defaults(func=create)
 
@@ -93,7 +121,8 @@ def key_dict(r: KeyRecord) -> dict[str, Any]:
 
 def _row(r: KeyRecord) -> dict[str, Any]:
     d = key_dict(r)
-    return {**d, "models": ",".join(r.models) or "*", "tags": ",".join(r.tags)}
+    limits = ",".join(f"{k}={v}" for k, v in d["limits"].items() if v is not None)
+    return {**d, "models": ",".join(r.models) or "*", "tags": ",".join(r.tags), "limits": limits}
 
 
 def _settings(args: Any, now_ms: int) -> KeySettings:
@@ -109,7 +138,19 @@ def _settings(args: Any, now_ms: int) -> KeySettings:
         raise ValueError(str(e)) from None
     if args.models is not None and not models:
         raise ValueError("--models: give at least one pattern (omit it to allow every model)")
-    return KeySettings(name=args.name, expires_ms=expires, models=models, tags=tags)
+    found: dict[str, Any] = {
+        n: parse_limit(n, getattr(args, n)) for n in LIMITS if getattr(args, n) is not None
+    }
+    if args.budget is not None:
+        try:
+            found["budget"] = parse_usd(args.budget)
+            if found["budget"] > MAX_AMOUNT:
+                raise ValueError(f"at most {MAX_AMOUNT // 1_000_000} USD")
+        except ValueError as e:
+            raise ValueError(f"--budget: {e}") from None
+        found["budget_period"] = args.budget_period
+    limits = KeyLimits(**found) if found else None
+    return KeySettings(args.name, expires, models, tags, limits)
 
 
 def _print_secret(record: KeyRecord, secret: str, fmt: str) -> None:
@@ -122,8 +163,6 @@ def _print_secret(record: KeyRecord, secret: str, fmt: str) -> None:
 
 
 def create(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         if args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
@@ -148,8 +187,6 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
@@ -165,8 +202,6 @@ def list_(args: Any) -> int:
 
 
 def show(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         try:
             record = await ApiKeys(store).get(args.key_id)
@@ -183,8 +218,6 @@ def show(args: Any) -> int:
 
 
 def revoke(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         try:
             record = await ApiKeys(store).revoke(args.key_id)
@@ -200,8 +233,6 @@ def revoke(args: Any) -> int:
 
 
 def rotate(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, EXIT_USAGE, with_store
-
     try:
         overlap = DEFAULT_OVERLAP_MS if args.overlap is None else parse_ms(args.overlap, zero=True)
     except ValueError as e:

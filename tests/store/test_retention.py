@@ -6,7 +6,7 @@ from __future__ import annotations
 from tollway.config import parse_config_text
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.credits import Credits
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.usage import Usage
 
 HEAD = """
@@ -30,7 +30,7 @@ async def test_old_ledger_events_are_folded_and_the_balance_stays_exact(store, c
 
     async def request(rid: str, cost: int) -> None:
         assert (await meter.admit(p, rid, "m", 10, 1)).admitted
-        await meter.settle(p, rid, "m", Usage(10, 10), cost, True)
+        await meter.settle(Charge(p, rid, "m", Usage(10, 10), cost, True))
 
     for i in range(10):
         await request(f"old{i}", 1_000 + i)
@@ -54,6 +54,6 @@ async def test_settled_markers_expire_after_their_ttl(store, clock):
     meter = Meter(store, clock, lambda: cfg)
     record, _ = await ApiKeys(store).create("acme", clock.now_ms())
     await meter.admit(record.principal, "r1", "m", 1, 0)
-    await meter.settle(record.principal, "r1", "m", Usage(1, 1), 0, True)
+    await meter.settle(Charge(record.principal, "r1", "m", Usage(1, 1), 0, True))
     ttl = await store.client.pttl(store.keys.settled("acme", "r1"))
     assert 3_590_000 < ttl <= 3_600_000
