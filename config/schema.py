@@ -192,6 +192,11 @@ class MeteringConfig(FrozenModel):
     against it (see ``tollway.config.pricing``)."""
     max_tool_requests: PositiveInt = 1_000
     """The same ceiling for one request's count of server-side tool requests."""
+    default_output_tokens: PositiveInt = 1024
+    """Output tokens a request is expected to produce (held against money limits at
+    admission) while nothing is learned yet for its organization and model; the request's
+    declared maximum (max_tokens...) lowers it. Once learned, a high percentile of the
+    organization's real outputs on that model replaces it (docs/spend.md)."""
     drain_max_bytes: PositiveInt = 16_777_216
     """After a client leaves a metered stream, Tollway reads on (without relaying) until
     the upstream's usage arrives, at most this many bytes..."""
@@ -211,6 +216,9 @@ class Limits(FrozenModel):
     tpm: Count | None = None
     input_tpm: Count | None = None
     output_tpm: Count | None = None
+    max_in_flight: PositiveInt | None = None
+    """At most this many admitted requests not yet settled at once (exact; a request
+    beyond it is refused with a rate-limit error)."""
 
     def per_minute(self, kind: LimitKind) -> Decimal | None:
         value = getattr(self, kind)

@@ -151,7 +151,8 @@ def release_later(
     async def run() -> None:
         for _ in range(RELEASE_TRIES):
             try:
-                await h.meter.release(principal, rid, keep_ms)
+                if await h.meter.release(principal, rid, keep_ms) and keep_ms is None:
+                    log.warning("late admission released", extra={"rid": rid})
                 return
             except StoreUnavailable:
                 await asyncio.sleep(1.0)

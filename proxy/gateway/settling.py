@@ -181,6 +181,8 @@ class Settler:
             m.tokens.labels("cache_write", org, model).inc(used.cache_write_tokens)
             m.tokens.labels("cache_read", org, model).inc(used.cache_read_tokens)
             m.spend.labels(org, model).inc(settlement.cost / 1_000_000)
+            if settlement.overshoot:
+                m.overshoot.labels(org).inc(settlement.overshoot / 1_000_000)
         org_cfg = self.holder.current.organizations.get(org)
         if org_cfg is not None and org_cfg.billing.mode == "prepaid":
             self.metrics.balance.labels(org).set(settlement.available / 1_000_000)
