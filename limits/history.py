@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tollway.limits.ledgerdb import SETTLEMENT_TYPES, LedgerDB
+from tollway.limits.ledgerdb import SETTLEMENT_TYPES, LedgerDB, split_id
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 
@@ -77,6 +77,14 @@ class SessionSums:
 
 def _int(v: Any) -> int:
     return int(v or 0)
+
+
+def _before(entry_id: str | None) -> tuple[str, list[int]]:
+    """An SQL condition (and its parameters) for events older than stream id `entry_id`."""
+    if entry_id is None:
+        return "", []
+    ms, seq = split_id(entry_id)
+    return " AND (ms < ? OR (ms = ? AND seq < ?))", [ms, ms, seq]
 
 
 class History:
@@ -141,16 +149,24 @@ class History:
         )
         return {r[0]: (_int(r[1]), _int(r[2]), _int(r[3])) for r in rows}
 
-    async def balance_effect(self, org: str) -> int:
-        """What every stored event of `org` did to its balance (lots total less debt)."""
-        await self.catch_up([org])
-        [(total,)] = await self.db.fetch(f"SELECT {_EFFECT} FROM ledger_events WHERE org = ?", org)
+    async def balance_effect(self, org: str, before: str | None = None) -> int:
+        """What every stored event of `org` did to its balance (lots total less debt);
+        with `before` (a stream id), only the events older than it."""
+        if before is None:
+            await self.catch_up([org])
+        bound, params = _before(before)
+        [(total,)] = await self.db.fetch(
+            f"SELECT {_EFFECT} FROM ledger_events WHERE org = ?{bound}", org, *params
+        )
         return _int(total)
 
-    async def month_spend(self, org: str) -> dict[str, dict[str, int]]:
+    async def month_spend(self, org: str, before: str | None = None) -> dict[str, dict[str, int]]:
         """month "YYYY-MM" → {"spend:<scope>": micro-USD, "extra:<scope>": ...} for the
-        scopes org, ws=W, user=U and key=K: what settle.lua added to each month hash."""
-        await self.catch_up([org])
+        scopes org, ws=W, user=U and key=K: what settle.lua added to each month hash;
+        with `before` (a stream id), only from the events older than it."""
+        if before is None:
+            await self.catch_up([org])
+        bound, params = _before(before)
         out: dict[str, dict[str, int]] = {}
         for scope, column in (
             ("org", "org"),
@@ -160,8 +176,9 @@ class History:
         ):
             rows = await self.db.fetch(
                 f"SELECT SUBSTR(day, 1, 7), {column}, SUM(cost), SUM(extra) FROM ledger_events "
-                f"WHERE org = ? AND type = 'debit' GROUP BY SUBSTR(day, 1, 7), {column}",
+                f"WHERE org = ? AND type = 'debit'{bound} GROUP BY SUBSTR(day, 1, 7), {column}",
                 org,
+                *params,
             )
             for month, name, cost, extra in rows:
                 if name is None:

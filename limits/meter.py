@@ -20,7 +20,7 @@ from tollway.limits.plans import BucketSpec, Principal
 from tollway.limits.store import Store
 from tollway.limits.usage import Usage
 
-KEEP_MS = 400 * 86_400_000  # month and day counters and sessions are kept ~13 months
+KEEP_MS = 400 * 86_400_000  # month counters are kept ~13 months
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
 
 
@@ -70,7 +70,6 @@ class _Static:
     admit: dict[str, Any]  # admit.lua plan fields, less est
     money: dict[str, Any]  # admit.lua plan.m, less cost
     settle: dict[str, Any]  # settle.lua plan fields that do not depend on the request
-    dims: list[str]
 
 
 def _static(cfg: Any, k: Any, principal: Principal, model: str | None) -> _Static:
@@ -111,7 +110,6 @@ def _static(cfg: Any, k: Any, principal: Principal, model: str | None) -> _Stati
             "lp": lp,
             "keep": KEEP_MS,
             "dedup": cfg.store.settled_ttl_seconds * 1000,
-            "retain": cfg.store.ledger_retention_days * 86_400_000,
             "reload": reload or False,
             "ev": [
                 "model",
@@ -124,7 +122,6 @@ def _static(cfg: Any, k: Any, principal: Principal, model: str | None) -> _Stati
                 ws,
             ],
         },
-        dims=[*scopes, f"model={model or '-'}"],
     )
 
 
@@ -265,17 +262,12 @@ class Meter:
             ],
             "tin": usage.tpm_input(cfg.metering.count_cache_reads_in_tpm),
             "cost": cost,
-            "dims": parts.dims,
-            "sess": session_id is not None,
+            "day": day,
+            "sid": session_id or False,
             "up": upstream_ms,
         }
         keys = self._common_keys(org, rid, month)
-        keys += [
-            k.settled(org, rid),
-            k.day(org, day),
-            k.session(org, session_id or "-"),
-            k.overrides(org),
-        ]
+        keys += [k.settled(org, rid), k.overrides(org)]
         keys += parts.bucket_keys
         raw = await self.store.run("settle", keys, [now, rid, orjson.dumps(plan)])
         r = orjson.loads(raw)

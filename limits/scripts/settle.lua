@@ -5,11 +5,9 @@ KEYS
   1 hold      2 holds     3 account   4 lots      5 lotexp    6 ledger    7 month
               (as in admit.lua)
   8 settled   tw:{org}:settled:<rid>   marker holding this script's earlier answer
-  9 day       tw:{org}:day:<YYYY-MM-DD> usage report counters, fields "<dim>|<metric>"
-  10 session  tw:{org}:sess:<id>       session counters (any name when plan.sess is false)
-  11 overrides tw:{org}:cfg            run-time overrides (the seat's included amount,
+  9 overrides tw:{org}:cfg             run-time overrides (the seat's included amount,
                                        reload:off, reload:threshold, reload:target)
-  12..        buckets, as in admit.lua
+  10..        buckets, as in admit.lua
 
 ARGV
   1 now (ms)   2 request id   3 plan, JSON:
@@ -21,25 +19,27 @@ ARGV
     prepaid  true: extra spend is debited from credit lots; false: it accrues for invoicing
     seat     {f = month field of the user's spend, inc = included, ov = override field} or absent
     scopes   month scopes the spend is added to: ["org", "ws=W", "user=U", "key=K"]
-    dims     report dimensions: ["org", "ws=W", "user=U", "key=K", "model=M"]
-    sess     true when KEYS[10] is a session to update; up = upstream time (ms)
+    day      the day of the settlement in the server's time zone (YYYY-MM-DD), for reports
+    sid      the request's session id, or false; up = upstream time (ms)
     b        [[kind, rate, unit], ...] as in admit.lua
     hp, lp   key prefixes of holds and lots
-    keep     ms to keep the month and day counters and sessions
+    keep     ms to keep the month counters
     dedup    ms to keep the settled marker (how late a repeated settlement may come)
-    retain   ms of ledger history kept in the stream; older events are folded into the
-             account's ledger_base (common.lua fold_ledger)
     reload   {threshold, target} in micro-USD from the config, or absent (see step 5)
-    ev       extra ledger fields: [name, value, ...]
+    ev       extra ledger fields: [name, value, ...] (model, key, user, ws)
+
+Every settlement appends one ledger event: `debit` (a billed request that cost money),
+`usage` (billed, cost 0) or `fail` (a failed request: no tokens, no cost). Usage reports
+and sessions are sums of these events in the ledger database (limits/history.py), shipped
+there from the stream by limits/shipper.py.
 
 RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if none),
   duplicate (true when this request id was settled before; nothing changed)}
 ]]
 
 local now, rid = tonumber(ARGV[1]), ARGV[2]
-local K_HOLD, K_HOLDS, K_ACCT, K_LOTS, K_LOTEXP, K_LEDGER, K_MONTH, K_SETTLED, K_DAY, K_SESS =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
-local K_CFG = KEYS[11]
+local K_HOLD, K_HOLDS, K_ACCT, K_LOTS, K_LOTEXP, K_LEDGER, K_MONTH, K_SETTLED, K_CFG =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 
 local earlier = redis.call('GET', K_SETTLED)
 if earlier then
@@ -74,7 +74,7 @@ end
 for i, b in ipairs(plan.b) do
   local kind, rate, unit = b[1], b[2], b[3]
   if kind ~= 'req' then
-    local key = KEYS[11 + i]
+    local key = KEYS[9 + i]
     local actual = 0
     if kind == 'tok' then
       actual = (tin + out) * unit
@@ -145,45 +145,25 @@ if cost > 0 then
   end
 end
 
--- 4. Reports, session, ledger.
-local metrics
+-- 4. The ledger event of this settlement.
+local ev = {'type', 'fail', 'ts', int(now), 'rid', rid, 'day', plan.day, 'up', int(plan.up)}
 if plan.ok then
-  metrics = {req = 1, ['in'] = u[1], out = u[2], cw = u[3], cr = u[4], cost = cost}
-else
-  metrics = {fail = 1}
-end
-for _, d in ipairs(plan.dims) do
-  for name, v in pairs(metrics) do
-    if v ~= 0 then
-      redis.call('HINCRBY', K_DAY, d .. '|' .. name, int(v))
-    end
-  end
-end
-redis.call('PEXPIRE', K_DAY, int(plan.keep))
-
-if plan.sess then
-  redis.call('HINCRBY', K_SESS, 'req', 1)
-  redis.call('HINCRBY', K_SESS, 'up_ms', int(plan.up))
-  if plan.ok then
-    redis.call('HINCRBY', K_SESS, 'cost', int(cost))
-    redis.call('HINCRBY', K_SESS, 'in', int(u[1] + u[3] + u[4]))
-    redis.call('HINCRBY', K_SESS, 'out', int(u[2]))
-  end
-  redis.call('HSETNX', K_SESS, 'first', int(now))
-  redis.call('HSET', K_SESS, 'last', int(now))
-  redis.call('PEXPIRE', K_SESS, int(plan.keep))
-end
-
-if cost > 0 then
-  local ev = {'type', 'debit', 'ts', int(now), 'rid', rid, 'cost', int(cost),
-    'included', int(included), 'extra', int(extra), 'prepaid', plan.prepaid and '1' or '0',
-    'in', int(u[1]), 'out', int(u[2]), 'cw', int(u[3]), 'cr', int(u[4]),
-    'lots', table.concat(debits, ',')}
-  for _, v in ipairs(plan.ev) do
+  ev[2] = cost > 0 and 'debit' or 'usage'
+  local more = {'cost', int(cost), 'included', int(included), 'extra', int(extra),
+    'prepaid', plan.prepaid and '1' or '0', 'in', int(u[1]), 'out', int(u[2]),
+    'cw', int(u[3]), 'cr', int(u[4]), 'lots', table.concat(debits, ',')}
+  for _, v in ipairs(more) do
     ev[#ev + 1] = v
   end
-  redis.call('XADD', K_LEDGER, '*', unpack(ev))
 end
+if plan.sid then
+  ev[#ev + 1] = 'sess'
+  ev[#ev + 1] = plan.sid
+end
+for _, v in ipairs(plan.ev) do
+  ev[#ev + 1] = v
+end
+redis.call('XADD', K_LEDGER, '*', unpack(ev))
 
 -- 5. Auto-reload: report how much to buy when the balance fell below the threshold.
 --    Run-time overrides in the cfg hash win over the config: reload:off = '1' disables it,
@@ -201,10 +181,6 @@ if plan.prepaid then
   if rl and avail < rl.threshold then
     reload = rl.target - avail
   end
-end
-
-if plan.retain then
-  fold_ledger(K_ACCT, K_LEDGER, now - plan.retain, 4)
 end
 
 local r = {cost = cost, included = included, extra = extra, available = avail,

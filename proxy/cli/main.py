@@ -14,7 +14,10 @@ from typing import Any
 
 from tollway.config import ConfigError, load_config
 from tollway.config.reload import ConfigHolder
+from tollway.limits.embedded import data_dir_for
 from tollway.limits.errors import LimitsError, StoreUnavailable
+from tollway.limits.history import History
+from tollway.limits.ledgerdb import open_ledger
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.runtime import logs
 from tollway.proxy.runtime.locate import config_path, store_url
@@ -45,9 +48,11 @@ def with_store(args: Any, fn: Callable[[Any, Any], Coroutine[Any, Any, int]]) ->
 
     async def go() -> int:
         store = handle.open(cfg)
+        store.history = History(store, open_ledger(cfg.ledger.url, data_dir_for(path)))
         try:
             return await fn(cfg, store)
         finally:
+            await store.history.close()
             await store.close()
 
     try:
@@ -114,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from tollway.proxy.cli import credits as cli_credits
     from tollway.proxy.cli import keys as cli_keys
+    from tollway.proxy.cli import ledger as cli_ledger
     from tollway.proxy.cli import reports as cli_ops
     from tollway.proxy.cli import spend as cli_spend
 
@@ -121,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_credits.register(sub)
     cli_ops.register(sub)
     cli_spend.register(sub)
+    cli_ledger.register(sub)
     for register in COMMANDS:
         register(sub)
     return parser

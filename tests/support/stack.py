@@ -23,6 +23,7 @@ from tollway.limits.store import Store
 from tollway.proxy.runtime.app import HANDLER, METER, METRICS, create_app
 
 from tests.support.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, start_fake_upstream
+from tests.support.ledgerkit import day_counters, ledger_events
 from tests.support.valkeycluster import sync_client
 
 T = TypeVar("T")
@@ -97,12 +98,17 @@ class Stack:
         assert self.holder.reload(), self.holder.last_error
 
     def day(self, org: str = "acme", day: str | None = None) -> dict[str, int]:
-        """The day's report counters of an organization, as integers."""
+        """The day's usage of an organization as ``"<dim>|<metric>"`` counters, from the
+        ledger database (tests.support.ledgerkit.day_counters)."""
         from tollway.limits.meter import periods
 
         day = day or periods(self.clock.now_ms(), self.holder.current.server.tzinfo)[1]
-        raw = self.redis.hgetall(self.keys.day(org, day))
-        return {k: int(v) for k, v in raw.items()}
+        return self.run(day_counters(self.store, org, day))
+
+    def ledger(self, org: str = "acme", kind: str | None = None) -> list[dict[str, Any]]:
+        """The organization's ledger events (of type `kind`), oldest first, from the ledger
+        database after shipping what waits in Redis."""
+        return self.run(ledger_events(self.store, org, kind))
 
     def second_proxy(self) -> str:
         """Another proxy replica on the same store (its own process state): its URL."""
@@ -184,8 +190,9 @@ class Stack:
         self.run(drain(), timeout + 5)
 
     def snapshot(self, org: str = "acme") -> dict[str, Any]:
-        """Every key of an organization with its value: to prove nothing changed."""
-        out: dict[str, Any] = {}
+        """Every key of an organization with its value, to prove nothing changed; the
+        ledger stream's value is the whole ledger (the database after shipping)."""
+        out: dict[str, Any] = {self.keys.ledger(org): self.ledger(org)}
         for name in sorted(self.redis.scan_iter(match=f"{self.prefix}:{{{org}}}:*", count=1000)):
             kind = self.redis.type(name)
             if kind == "hash":
@@ -197,7 +204,7 @@ class Stack:
             elif kind == "set":
                 out[name] = sorted(self.redis.smembers(name))
             elif kind == "stream":
-                out[name] = self.redis.xrange(name)
+                continue  # the ledger: read above
             else:
                 out[name] = kind
         return out
