@@ -277,6 +277,7 @@ class Bench:
         port = free_port()
         tollway_bin = str(Path(PY).with_name("tollway"))
         serve = [tollway_bin, "serve", "--config", str(self.config), "--port", str(port)]
+        serve += ["--metrics-port", "0"]  # two servers at once: no fixed metrics port
         if workers == 1:
             procs = [Proc(name, serve, cpus_, self.tmp / f"{name}.log", self.env).start()]
         elif self.has_workers():

@@ -15,14 +15,16 @@ the pydantic models in ``tollway.config.schema``, and each pydantic error's ``lo
 to a key path and a line.
 
 Decisions: mapping keys are always strings (the key's text as written: a user named ``no``
-or ``2024`` stays a string); merge keys (``<<``) and anchors work; ``.inf``, ``.nan`` and
-base-60 numbers are refused. The root path is shown as ``(root)``; YAML syntax errors use
-``syntax error`` in place of a key path.
+or ``2024`` stays a string), in Unicode NFC (two keys of one mapping equal after
+normalization are a duplicate-key error naming both spellings); merge keys (``<<``) and
+anchors work; ``.inf``, ``.nan`` and base-60 numbers are refused. The root path is shown
+as ``(root)``; YAML syntax errors use ``syntax error`` in place of a key path.
 """
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -31,7 +33,8 @@ from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
-from tollway.config.schema import Config, show
+from tollway.config.schema import Config
+from tollway.config.values import show
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 KeyPath = tuple[str | int, ...]
@@ -118,6 +121,12 @@ def _construct_decimal(loader: yaml.SafeLoader, node: ScalarNode) -> Decimal:
     return value
 
 
+def _nfc(key: Any) -> Any:
+    """Mapping keys in Unicode NFC: organization, workspace, user and tier names that look
+    alike are one name (two such keys in one mapping are a duplicate-key error)."""
+    return unicodedata.normalize("NFC", key) if isinstance(key, str) else key
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader whose floats are exact ``Decimal``s."""
 
@@ -194,14 +203,22 @@ class _Document:
     def _mapping(self, loader: _Loader, node: MappingNode, path: KeyPath) -> dict[str, Any]:
         if id(node) not in self._checked:  # an aliased mapping is checked once
             self._checked.add(id(node))
-            first: dict[str, int] = {}
+            first: dict[str, tuple[int, str]] = {}
             for key, _ in node.value:
                 if isinstance(key, ScalarNode) and key.tag != _MERGE:
                     line = key.start_mark.line + 1
-                    if key.value in first:
-                        message = f"duplicate key (first defined on line {first[key.value]})"
-                        self.error(line, (*path, key.value), message)
-                    first.setdefault(key.value, line)
+                    norm = _nfc(key.value)
+                    if norm in first:
+                        at, spelled = first[norm]
+                        message = f"duplicate key (first defined on line {at})"
+                        if spelled != key.value:
+                            message = (
+                                f"duplicate key: {key.value!r} and {spelled!r} are the same "
+                                f"name after Unicode normalization (NFC) (first defined on "
+                                f"line {at})"
+                            )
+                        self.error(line, (*path, norm), message)
+                    first.setdefault(norm, (line, key.value))
         try:
             loader.flatten_mapping(node)  # merge keys: merged entries first, own ones last
         except yaml.constructor.ConstructorError as e:
@@ -212,8 +229,9 @@ class _Document:
             if not isinstance(key, ScalarNode):
                 self.error(key.start_mark.line + 1, path, "mapping keys must be plain strings")
                 continue
-            self.lines[(*path, key.value)] = key.start_mark.line + 1
-            result[key.value] = self._build(loader, value, (*path, key.value))
+            name = _nfc(key.value)
+            self.lines[(*path, name)] = key.start_mark.line + 1
+            result[name] = self._build(loader, value, (*path, name))
         return result
 
     def located(self, err: Any) -> tuple[int, str] | None:

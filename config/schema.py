@@ -23,233 +23,50 @@ Run ``python -m tollway.config.schema > config/tollway.schema.json`` to regenera
 from __future__ import annotations
 
 import json
-import os
-import unicodedata
 import zoneinfo
-from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
-from types import MappingProxyType
-from typing import Annotated, Any, Literal, NoReturn, TypeVar
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PlainValidator,
     PrivateAttr,
     SecretStr,
     Strict,
-    ValidationError,
     ValidationInfo,
-    WithJsonSchema,
-    WrapSerializer,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
-from tollway.limits.money import format_usd, parse_usd
-
-V = TypeVar("V")
-
-# ---- value types -------------------------------------------------------------------------
-
-
-def show(value: Any) -> str:
-    """How a bad input value is quoted in an error message (never a whole mapping)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, int | Decimal | float):
-        return str(value)
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return type(value).__name__
-
-
-def _name_check(noun: str, forbidden: str) -> Callable[[str], str]:
-    """A validator refusing empty names and names with `forbidden` characters, whitespace
-    or control characters."""
-    listed = ", ".join(f"'{c}'" for c in forbidden)
-
-    def check(value: str) -> str:
-        if not value:
-            raise ValueError("name must not be empty")
-        bad = (c in forbidden or c.isspace() or unicodedata.category(c)[0] == "C" for c in value)
-        if any(bad):
-            raise ValueError(
-                f"invalid {noun} {value!r}: must not contain {listed}, whitespace or "
-                "control characters"
-            )
-        return value
-
-    return check
-
-
-_check_name = _name_check("name", "{}:")
-
-
-# Organization, workspace, user and tier names become parts of Redis keys.
-Name = Annotated[
-    str,
-    Strict(),
-    AfterValidator(_check_name),
-    WithJsonSchema({"type": "string", "pattern": r"^[^{}:\s\x00-\x1f\x7f]+$"}),
-]
-FrozenMap = Annotated[
-    Mapping[Name, V],
-    AfterValidator(MappingProxyType),
-    WrapSerializer(lambda value, handler: handler(dict(value))),
-]
-
-
-# Model names may contain ':' (fine-tuned "ft:gpt-4o-mini:org::id", Bedrock "...-v1:0"):
-# they never sit inside a key's {org} hash tag, and report fields split on '|'.
-ModelName = Annotated[
-    str,
-    Strict(),
-    AfterValidator(_name_check("model name", "{}|")),
-    WithJsonSchema({"type": "string", "pattern": r"^[^{}|\s\x00-\x1f\x7f]+$"}),
-]
-ModelMap = Annotated[
-    Mapping[ModelName, V],
-    AfterValidator(MappingProxyType),
-    WrapSerializer(lambda value, handler: handler(dict(value))),
-]
-
-
-def _empty_map() -> Mapping[str, Any]:
-    return MappingProxyType({})
-
-
-def _integer(minimum: int, maximum: int | None = None) -> Any:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {show(value)}")
-        if maximum is not None and not minimum <= value <= maximum:
-            raise ValueError(f"must be between {minimum} and {maximum}")
-        if value < minimum:
-            raise ValueError("must not be negative" if minimum == 0 else f"must be >= {minimum}")
-        return value
-
-    return BeforeValidator(check)
-
-
-def _positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | Decimal | float):
-        raise ValueError(f"expected a number, got {show(value)}")
-    if not value > 0:
-        raise ValueError("must be greater than 0")
-    return float(value)
-
-
-def _money(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise ValueError(f"expected an amount in USD, got {show(value)}")
-    return parse_usd(value)
-
-
-def _cap(value: Any) -> int | None:
-    if value is None or value == "unlimited":
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | Decimal):
-        raise ValueError(f"expected an amount in USD or 'unlimited', got {show(value)}")
-    return parse_usd(value)
-
-
-def _rate(value: Any) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | Decimal):
-        raise ValueError(f"expected a number, got {show(value)}")
-    value = Decimal(value)
-    if not value.is_finite() or value < 0:
-        raise ValueError("must not be negative")
-    if value.as_tuple().exponent < -3:  # type: ignore[operator]  # finite: int exponent
-        raise ValueError("more than 3 decimal places")
-    try:
-        return value.quantize(Decimal("0.001"))
-    except InvalidOperation:
-        raise ValueError("too large") from None
-
-
-_USD_SCHEMA: dict[str, Any] = {
-    "anyOf": [
-        {"type": "number", "minimum": 0},
-        {"type": "string", "pattern": r"^[0-9][0-9_]*(\.[0-9]{1,6})?$"},
-    ],
-    "description": "USD, at most 6 decimals",
-}
-Count = Annotated[int, _integer(0), Field(ge=0)]
-PositiveInt = Annotated[int, _integer(1), Field(gt=0)]
-Seconds = Annotated[float, BeforeValidator(_positive_number), Field(gt=0)]
-Money = Annotated[int, PlainValidator(_money), WithJsonSchema(_USD_SCHEMA)]
-Cap = Annotated[
-    int | None,
-    PlainValidator(_cap),
-    WithJsonSchema({"anyOf": [*_USD_SCHEMA["anyOf"], {"const": "unlimited"}, {"type": "null"}]}),
-]
-Rate = Annotated[Decimal, PlainValidator(_rate), WithJsonSchema({"type": "number", "minimum": 0})]
-StrictBool = Annotated[bool, Strict()]
-EnvName = Annotated[str, Strict(), Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
-
-
-def fail(title: str, *errors: tuple[tuple[str | int, ...], str, Any]) -> NoReturn:
-    """Raise errors located *inside* the model being validated: each is (relative loc,
-    message, input). pydantic prefixes the model's own location, so the loader can name
-    the exact key and line."""
-    raise ValidationError.from_exception_data(
-        title,
-        [
-            {"type": PydanticCustomError("tollway", message), "loc": loc, "input": value}
-            for loc, message, value in errors
-        ],
-    )
-
-
-def _env(info: ValidationInfo) -> Mapping[str, str]:
-    context = info.context or {}
-    return context.get("env") if context.get("env") is not None else os.environ
-
-
-def _resolve_secret(info: ValidationInfo, title: str, key: str, name: str) -> SecretStr:
-    value = _env(info).get(name)
-    if not value and (info.context or {}).get("secrets") is False:
-        return SecretStr("")
-    if value is None:
-        fail(title, ((key,), f"environment variable {name} is not set", name))
-    if not value:
-        fail(title, ((key,), f"environment variable {name} is empty", name))
-    return SecretStr(value)
-
-
-def _http_url(value: str) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
-    if parts.query or parts.fragment:
-        raise ValueError("must not have a query or fragment")
-    return value.rstrip("/")
-
-
-HttpUrl = Annotated[str, Strict(), AfterValidator(_http_url)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
+from tollway.config.pricing import Price, PriceAliases, check_prices
+from tollway.config.values import (
+    Cap,
+    Count,
+    EnvName,
+    FrozenMap,
+    FrozenModel,
+    HttpUrl,
+    ModelMap,
+    Money,
+    Name,
+    PositiveInt,
+    Rate,
+    Seconds,
+    StrictBool,
+    empty_map,
+    fail,
+    integer,
+    resolve_secret,
+)
+from tollway.limits.money import format_usd
+from tollway.limits.prices import PriceBook
 
 # ---- models ------------------------------------------------------------------------------
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "redis+cluster")
 
 
-class StoreConfig(_Model):
+class StoreConfig(FrozenModel):
     redis_url: str | None = None
     """Redis/Valkey URL; null: the caller decides ($REDIS_URL, else the embedded Valkey)."""
     on_unavailable: Literal["closed", "open"] = "closed"
@@ -281,7 +98,7 @@ class StoreConfig(_Model):
 _LEDGER_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
-class LedgerConfig(_Model):
+class LedgerConfig(FrozenModel):
     url: str | None = None
     """Ledger database: null for a SQLite file in the data directory (beside the embedded
     Valkey), ``sqlite:///path`` or ``postgresql://user@host:port/db``."""
@@ -298,9 +115,9 @@ class LedgerConfig(_Model):
         return value
 
 
-class ServerConfig(_Model):
+class ServerConfig(FrozenModel):
     host: str = "127.0.0.1"
-    port: Annotated[int, _integer(1, 65535), Field(ge=1, le=65535)] = 8080
+    port: Annotated[int, integer(1, 65535), Field(ge=1, le=65535)] = 8080
     max_body_bytes: PositiveInt = 33554432
     upstream_connect_timeout: Seconds = 10.0
     upstream_read_timeout: Seconds = 600.0
@@ -311,6 +128,14 @@ class ServerConfig(_Model):
     client_body_timeout: Seconds = 60.0
     """Seconds a client has to send the whole request body."""
     admin_token_env: EnvName | None = "TOLLWAY_ADMIN_TOKEN"
+    metrics_host: str = "127.0.0.1"
+    """Address of the operators' listener serving /metrics (never the client port, which
+    answers 404 there): loopback by default, so only this machine can scrape it."""
+    metrics_port: Annotated[int, integer(0, 65535), Field(ge=0, le=65535)] = 9464
+    """Port of the metrics listener; 0: no metrics listener at all."""
+    metrics_token_env: EnvName | None = None
+    """Environment variable holding a bearer token the metrics listener requires (null:
+    none; then keep metrics_host on an operators-only network)."""
     timezone: str = "UTC"
     """IANA time zone whose month boundaries reset spend caps."""
     session_headers: tuple[Annotated[str, Strict()], ...] = (
@@ -338,7 +163,7 @@ class ServerConfig(_Model):
         return zoneinfo.ZoneInfo(self.timezone)
 
 
-class Upstream(_Model):
+class Upstream(FrozenModel):
     base_url: HttpUrl
     """http:// or https:// URL, optionally with a path prefix; a trailing "/" is dropped."""
     api_key_env: EnvName
@@ -348,7 +173,7 @@ class Upstream(_Model):
 
     @model_validator(mode="after")
     def _resolve(self, info: ValidationInfo) -> Upstream:
-        self._api_key = _resolve_secret(info, "Upstream", "api_key_env", self.api_key_env)
+        self._api_key = resolve_secret(info, "Upstream", "api_key_env", self.api_key_env)
         return self
 
     @property
@@ -357,26 +182,22 @@ class Upstream(_Model):
         return self._api_key
 
 
-class Price(_Model):
-    """USD per million tokens in YAML; integer micro-USD per million tokens once loaded.
-    ``cache_write`` and ``cache_read`` default to ``input`` when absent (never free)."""
-
-    input: Money
-    output: Money
-    cache_write: Money = Field(default_factory=lambda data: data.get("input", 0))
-    cache_read: Money = Field(default_factory=lambda data: data.get("input", 0))
-
-
-class MeteringConfig(_Model):
+class MeteringConfig(FrozenModel):
     count_cache_reads_in_tpm: StrictBool = False
     tiktoken_encoding: str | None = None
+    max_tokens_per_request: PositiveInt = 10_000_000
+    """The sanity ceiling of one usage count: an upstream report above it is charged at
+    the ceiling and flagged (metric, log line, ledger event); the price book is checked
+    against it (see ``tollway.config.pricing``)."""
+    max_tool_requests: PositiveInt = 1_000
+    """The same ceiling for one request's count of server-side tool requests."""
 
 
 LimitKind = Literal["rpm", "tpm", "input_tpm", "output_tpm"]
 LIMIT_KINDS: tuple[LimitKind, ...] = ("rpm", "tpm", "input_tpm", "output_tpm")
 
 
-class Limits(_Model):
+class Limits(FrozenModel):
     """Per-minute limits; an absent or null limit does not apply."""
 
     rpm: Rate | None = None
@@ -398,7 +219,7 @@ class Limits(_Model):
         return all(getattr(self, kind) is None for kind in LIMIT_KINDS)
 
 
-class AutoReload(_Model):
+class AutoReload(FrozenModel):
     threshold: Money
     """Buy when a settle leaves the balance below this."""
     target: Money
@@ -412,7 +233,7 @@ class AutoReload(_Model):
         return self
 
 
-class Payment(_Model):
+class Payment(FrozenModel):
     provider: Literal["none", "webhook"] = "none"
     webhook_url: HttpUrl | None = None
     """Required when provider is webhook."""
@@ -425,7 +246,7 @@ class Payment(_Model):
         if self.provider == "webhook" and self.webhook_url is None:
             fail("Payment", (("webhook_url",), "required when provider is 'webhook'", None))
         if self.secret_env is not None:
-            self._secret = _resolve_secret(info, "Payment", "secret_env", self.secret_env)
+            self._secret = resolve_secret(info, "Payment", "secret_env", self.secret_env)
         return self
 
     @property
@@ -433,32 +254,32 @@ class Payment(_Model):
         return self._secret
 
 
-class Billing(_Model):
+class Billing(FrozenModel):
     mode: Literal["prepaid", "postpaid"] = "postpaid"
     auto_reload: AutoReload | None = None
     payment: Payment = Payment()
     promo_expiry_days: PositiveInt = 90
 
 
-class SpendCaps(_Model):
+class SpendCaps(FrozenModel):
     monthly: Cap = None
     """Monthly cap on extra usage; null or "unlimited": no cap."""
 
 
-class ExtraUsage(_Model):
+class ExtraUsage(FrozenModel):
     enabled: StrictBool = False
     users: tuple[Name, ...] | None = None
     """null: every user when enabled; a list: only these users of the organization."""
 
 
-class SeatTier(_Model):
+class SeatTier(FrozenModel):
     included: Money = 0
     """Usage included per user per month."""
     monthly_cap: Cap = None
     """Extra-usage cap of each user of the tier; null or "unlimited": no cap."""
 
 
-class Workspace(_Model):
+class Workspace(FrozenModel):
     limits: Limits = Limits()
     spend_caps: SpendCaps = SpendCaps()
 
@@ -466,7 +287,7 @@ class Workspace(_Model):
 CapMode = Literal["inherit", "unlimited", "amount"]
 
 
-class User(_Model):
+class User(FrozenModel):
     seat: Name | None = None
     """A seat tier of the organization."""
     workspace: Name | None = None
@@ -486,16 +307,16 @@ def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:
     return f"unknown {what} {name!r} (known: {names})"
 
 
-class Organization(_Model):
+class Organization(FrozenModel):
     limits: Limits = Limits()
-    model_limits: ModelMap[Limits] = Field(default_factory=_empty_map)
+    model_limits: ModelMap[Limits] = Field(default_factory=empty_map)
     """Per-model limits at organization level, by model name."""
     billing: Billing = Billing()
     spend_caps: SpendCaps = SpendCaps()
     extra_usage: ExtraUsage = ExtraUsage()
-    seat_tiers: FrozenMap[SeatTier] = Field(default_factory=_empty_map)
-    workspaces: FrozenMap[Workspace] = Field(default_factory=_empty_map)
-    users: FrozenMap[User] = Field(default_factory=_empty_map)
+    seat_tiers: FrozenMap[SeatTier] = Field(default_factory=empty_map)
+    workspaces: FrozenMap[Workspace] = Field(default_factory=empty_map)
+    users: FrozenMap[User] = Field(default_factory=empty_map)
 
     @model_validator(mode="after")
     def _references(self) -> Organization:
@@ -529,30 +350,45 @@ class Organization(_Model):
         return 0 if seat is None else self.seat_tiers[seat].included
 
 
-class Notifications(_Model):
+class Notifications(FrozenModel):
     limit_requests_webhook: HttpUrl | None = None
     """URL the daily digest of pending limit-increase requests is POSTed to (JSON, one
     post per organization with pending requests); null: no digest."""
-    digest_hour: Annotated[int, _integer(0, 23), Field(ge=0, le=23)] = 9
+    digest_hour: Annotated[int, integer(0, 23), Field(ge=0, le=23)] = 9
     """Hour of the day, in server.timezone, from which the day's digest is posted."""
 
 
-class Config(_Model):
+class Config(FrozenModel):
     store: StoreConfig = StoreConfig()
     ledger: LedgerConfig = LedgerConfig()
     server: ServerConfig = ServerConfig()
-    upstreams: FrozenMap[Upstream] = Field(default_factory=_empty_map)
-    prices: ModelMap[Price] = Field(default_factory=_empty_map)
-    """Price per model, in USD per million tokens."""
+    upstreams: FrozenMap[Upstream] = Field(default_factory=empty_map)
+    prices: ModelMap[Price] = Field(default_factory=empty_map)
+    """Price per model name or pattern, in USD per million tokens (``tollway.config.pricing``)."""
+    price_aliases: PriceAliases = Field(default_factory=empty_map)
+    """Model names priced as another entry of ``prices``."""
     metering: MeteringConfig = MeteringConfig()
-    organizations: FrozenMap[Organization] = Field(default_factory=_empty_map)
+    organizations: FrozenMap[Organization] = Field(default_factory=empty_map)
     notifications: Notifications = Notifications()
     _source: str | None = PrivateAttr(default=None)
+    _book: PriceBook = PrivateAttr()
 
     @model_validator(mode="after")
     def _remember_source(self, info: ValidationInfo) -> Config:
         self._source = (info.context or {}).get("source")
+        m = self.metering
+        errors = check_prices(
+            self.prices, self.price_aliases, m.max_tokens_per_request, m.max_tool_requests
+        )
+        if errors:
+            fail("Config", *errors)
+        self._book = PriceBook(self.prices, self.price_aliases)
         return self
+
+    @property
+    def price_book(self) -> PriceBook:
+        """The prices, looked up by model name (``tollway.limits.prices.PriceBook``)."""
+        return self._book
 
     @property
     def source(self) -> str | None:

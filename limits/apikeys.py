@@ -2,10 +2,16 @@
 
 A key record lives under its organization's hash tag (``tw:{org}:key:<id>``) and the admit
 script reads its ``revoked`` field on every metered request, so a revocation is in force
-on every proxy replica at the very next request. Finding the organization from the secret
-takes a global index (``tw:keyhash:<digest>``); its answer never changes for a key, so
-each process caches it. Unmetered routes, which run no script, re-read a cached entry
-older than one second.
+on every proxy replica at the very next request. Finding the record from the secret takes
+a global index (``tw:keyhash:<digest>`` → key id); each process caches the record it
+found for at most `MAX_AGE` (one second), so what an operator changes on a key (a
+rotation's overlap ending, say) reaches every replica within a second.
+
+What an operator sets on a key (`KeySettings`): a name, an expiry, a model allow-list of
+patterns, tags. Expiry and a rotated secret's end of overlap are instants checked against
+the injected clock on every request, cached or not: an expired key is refused exactly on
+time. Rotation gives the key a new secret; the old one keeps working until the overlap
+window ends (the record holds ``old:<digest>`` → end of overlap).
 
 Keys are 256-bit random secrets, so a fast digest is the right hash (a slow password
 hash protects low-entropy secrets; these have none to protect).
@@ -13,19 +19,27 @@ hash protects low-entropy secrets; these have none to protect).
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
 
-from tollway.limits.errors import UnknownKey
+from tollway.limits.clock import Clock, SystemClock
+from tollway.limits.errors import ExpiredKey, UnknownKey
 from tollway.limits.plans import Principal
 from tollway.limits.store import Store
 
 SECRET_PREFIX = "tw-"
 CACHE_SIZE = 100_000
-UNMETERED_MAX_AGE = 1.0  # seconds
+MAX_AGE = 1.0  # seconds a process trusts a key record it read
+UNMETERED_MAX_AGE = MAX_AGE  # the same bound on every route now (the name callers use)
+DEFAULT_OVERLAP_MS = 24 * 3_600_000  # a rotated secret keeps working this long by default
+_OLD = "old:"  # record field prefix: old:<digest> = end of that secret's overlap (ms)
 
 
 def new_secret() -> str:
@@ -34,6 +48,38 @@ def new_secret() -> str:
 
 def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def iso(ms: int | None) -> str | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
+def parse_list(text: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
+    """``"a,b"`` or ``["a", "b"]`` → ``("a", "b")``: trimmed, no empties, no duplicates,
+    no whitespace or commas inside an entry (ValueError naming `what` otherwise)."""
+    items = text.split(",") if isinstance(text, str) else list(text or ())
+    out: list[str] = []
+    for raw in items:
+        item = raw.strip()
+        if not item:
+            continue
+        if any(c.isspace() or c == "," for c in item) or len(item) > 200:
+            raise ValueError(f"{what}: {item!r} is not a valid entry")
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySettings:
+    """What an operator chooses for a key at creation. `models` are patterns (``*`` any
+    text, ``?`` one character; ``gpt-4o*``); empty: every model. `expires_ms` None: the
+    key never expires."""
+
+    name: str = ""
+    expires_ms: int | None = None
+    models: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,10 +91,21 @@ class KeyRecord:
     name: str
     created_ms: int
     revoked: bool
-    hint: str  # the first characters of the secret, to recognize it in a list
+    hint: str  # the first characters of the current secret, to recognize it in a list
+    expires_ms: int | None = None
+    models: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+    rotated_ms: int | None = None
+    secret: str = ""  # digest of the current secret ("" for keys made before rotation)
+    old: dict[str, int] = field(default_factory=dict)  # digest -> end of its overlap (ms)
+    legacy_until: int | None = None  # end of overlap of a pre-rotation key's first secret
 
     @classmethod
     def from_hash(cls, h: dict[str, str]) -> KeyRecord:
+        def ms(name: str) -> int | None:
+            v = h.get(name)
+            return int(v) if v else None
+
         return cls(
             key_id=h["id"],
             org=h["org"],
@@ -58,18 +115,68 @@ class KeyRecord:
             created_ms=int(h.get("created", 0)),
             revoked=h.get("revoked") != "0",
             hint=h.get("hint", ""),
+            expires_ms=ms("expires"),
+            models=parse_list(h.get("models", ""), "models"),
+            tags=parse_list(h.get("tags", ""), "tags"),
+            rotated_ms=ms("rotated"),
+            secret=h.get("secret", ""),
+            old={k[len(_OLD) :]: int(v) for k, v in h.items() if k.startswith(_OLD)},
+            legacy_until=ms("legacy"),
         )
 
     @property
     def principal(self) -> Principal:
         return Principal(self.org, self.key_id, self.workspace, self.user)
 
+    def allows(self, model: str) -> bool:
+        """Whether the key may call `model` (no allow-list: every model)."""
+        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
+
+    def secret_until(self, d: str) -> int | None:
+        """When the secret of digest `d` stops working (ms; None: it lives as the key)."""
+        if not self.secret or d == self.secret:
+            return None
+        return self.old.get(d, self.legacy_until or 0)
+
+    def status(self, now_ms: int) -> str:
+        if self.revoked:
+            return "revoked"
+        if self.expires_ms is not None and now_ms >= self.expires_ms:
+            return "expired"
+        return "active"
+
+    def to_dict(self, now_ms: int) -> dict[str, Any]:
+        """The key as JSON (never a secret nor its digest): the CLI's and the admin API's
+        shape."""
+        ends = [*self.old.values(), self.legacy_until or 0]
+        overlaps = [until for until in ends if until > now_ms]
+        return {
+            "id": self.key_id,
+            "org": self.org,
+            "workspace": self.workspace,
+            "user": self.user,
+            "name": self.name,
+            "hint": self.hint,
+            "created_ms": self.created_ms,
+            "created": iso(self.created_ms),
+            "revoked": self.revoked,
+            "status": self.status(now_ms),
+            "expires_ms": self.expires_ms,
+            "expires": iso(self.expires_ms),
+            "models": list(self.models),
+            "tags": list(self.tags),
+            "rotated_ms": self.rotated_ms,
+            "old_secret_until_ms": max(overlaps, default=None),
+        }
+
 
 class ApiKeys:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Clock | None = None) -> None:
         self.store = store
         self.keys = store.keys
-        self._cache: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self.clock = clock or SystemClock()
+        # digest -> (record, monotonic time it was read)
+        self._cache: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
 
     async def create(
         self,
@@ -78,8 +185,10 @@ class ApiKeys:
         workspace: str | None = None,
         user: str | None = None,
         name: str = "",
+        settings: KeySettings | None = None,
     ) -> tuple[KeyRecord, str]:
         """Create a key; returns its record and the secret (which is stored nowhere)."""
+        s = settings or KeySettings(name=name)
         secret = new_secret()
         key_id = "key_" + secrets.token_hex(8)
         record = {
@@ -87,10 +196,14 @@ class ApiKeys:
             "org": org,
             "ws": workspace or "",
             "user": user or "",
-            "name": name,
+            "name": s.name or name,
             "created": str(now_ms),
             "revoked": "0",
             "hint": secret[:7] + "…",
+            "expires": "" if s.expires_ms is None else str(s.expires_ms),
+            "models": ",".join(s.models),
+            "tags": ",".join(s.tags),
+            "secret": digest(secret),
         }
         k = self.keys
         client = self.store.client
@@ -104,12 +217,16 @@ class ApiKeys:
     async def list(self, org: str) -> list[KeyRecord]:
         client = self.store.client
         ids = sorted(await self.store.call("key_list", client.smembers, self.keys.api_keys(org)))
-        out = []
+        pipe = client.pipeline(transaction=False)
         for key_id in ids:
-            h = await self.store.call("key_list", client.hgetall, self.keys.api_key(org, key_id))
-            if h:
-                out.append(KeyRecord.from_hash(h))
+            pipe.hgetall(self.keys.api_key(org, key_id))
+        hashes = await self.store.call("key_list", pipe.execute) if ids else []
+        out = [KeyRecord.from_hash(h) for h in hashes if h]
         return sorted(out, key=lambda r: (r.created_ms, r.key_id))
+
+    async def names(self, org: str) -> dict[str, str]:
+        """key id -> name of every key of `org` that has one (for reports by key)."""
+        return {r.key_id: r.name for r in await self.list(org) if r.name}
 
     async def get(self, key_id: str) -> KeyRecord:
         client = self.store.client
@@ -130,17 +247,56 @@ class ApiKeys:
             "revoked",
             "1",
         )
+        self._forget_key(key_id)
         return replace(record, revoked=True)
 
-    async def resolve(self, secret: str, max_age: float | None = None) -> Principal:
-        """The principal of a secret; `UnknownKey` if there is none or it is revoked.
+    async def rotate(
+        self, key_id: str, now_ms: int, overlap_ms: int = DEFAULT_OVERLAP_MS
+    ) -> tuple[KeyRecord, str]:
+        """Give the key a new secret (returned, stored nowhere); the current one keeps
+        working until ``now_ms + overlap_ms``, then is refused (401). Secrets rotated out
+        earlier keep their own, earlier end. Refused (`UnknownKey`) for a revoked key."""
+        record = await self.get(key_id)
+        if record.revoked:
+            raise UnknownKey(f"key {key_id!r} is revoked: create a new key instead")
+        secret = new_secret()
+        until = now_ms + max(0, overlap_ms)
+        fields = {"secret": digest(secret), "hint": secret[:7] + "…", "rotated": str(now_ms)}
+        if record.secret:
+            fields[_OLD + record.secret] = str(until)
+        else:  # a key made before rotation existed: its first secret's digest is unknown
+            fields["legacy"] = str(until)
+        k, client = self.keys, self.store.client
+        await self.store.call(
+            "key_rotate", client.hset, k.api_key(record.org, key_id), mapping=fields
+        )
+        await self.store.call("key_rotate", client.set, k.key_hash(digest(secret)), key_id)
+        if record.secret:
+            # The old index entry goes a day after the overlap (a relative time: the server's
+            # clock is not the injected one); until then the record refuses it on time.
+            old = k.key_hash(record.secret)
+            ttl = max(0, overlap_ms) + 86_400_000
+            await self.store.call("key_rotate", client.pexpire, old, ttl)
+        self._forget_key(key_id)
+        return await self.get(key_id), secret
 
-        A cached answer is used when it is younger than `max_age` seconds (None: any age;
-        metered requests pass None because the admit script checks revocation itself)."""
+    async def resolve(self, secret: str, max_age: float | None = MAX_AGE) -> Principal:
+        """The principal of a secret. `UnknownKey` if there is none or it is revoked;
+        `ExpiredKey` (a subclass) when the key expired or the secret was rotated out and
+        its overlap ended.
+
+        A cached record is used when it is younger than `max_age` seconds, and never when
+        older than `MAX_AGE` (None: `MAX_AGE`); expiry instants are checked against the
+        clock whether the record is cached or not."""
+        record = await self._record(secret, MAX_AGE if max_age is None else min(max_age, MAX_AGE))
+        self._check(record, digest(secret))
+        return record.principal
+
+    async def _record(self, secret: str, max_age: float) -> KeyRecord:
         d = digest(secret)
         hit = self._cache.get(d)
         now = time.monotonic()
-        if hit is not None and (max_age is None or now - hit[1] < max_age):
+        if hit is not None and now - hit[1] < max_age:
             self._cache.move_to_end(d)
             return hit[0]
         client = self.store.client
@@ -155,18 +311,47 @@ class ApiKeys:
         if not h or h.get("revoked") != "0":
             self._cache.pop(d, None)
             raise UnknownKey("revoked key")
-        principal = KeyRecord.from_hash(h).principal
-        self._cache[d] = (principal, now)
+        record = KeyRecord.from_hash(h)
+        self._cache[d] = (record, now)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
-        return principal
+        return record
+
+    def _check(self, record: KeyRecord, d: str) -> None:
+        now = self.clock.now_ms()
+        if record.expires_ms is not None and now >= record.expires_ms:
+            raise ExpiredKey(f"This API key expired at {iso(record.expires_ms)}.")
+        until = record.secret_until(d)
+        if until is not None and now >= until:
+            raise ExpiredKey(
+                f"This API key was rotated: its old secret stopped working at {iso(until)}. "
+                "Use the new secret."
+            )
+
+    def record(self, secret: str) -> KeyRecord | None:
+        """The record this process read for `secret` (after `resolve`), whatever its age."""
+        hit = self._cache.get(digest(secret))
+        return hit[0] if hit is not None else None
 
     def forget(self, secret: str) -> None:
-        """Drop a cached principal (the admit script found the key revoked)."""
+        """Drop a cached record (the admit script found the key revoked)."""
         self._cache.pop(digest(secret), None)
+
+    def _forget_key(self, key_id: str) -> None:
+        """Drop every cached secret of a key this process changed (others re-read within
+        `MAX_AGE`)."""
+        for d in [d for d, (r, _) in self._cache.items() if r.key_id == key_id]:
+            del self._cache[d]
 
     def cached(self, secret: str) -> Principal | None:
         """The principal this process resolved for `secret` earlier, if any, whatever its
-        age (fail-open serves known keys while the store is unavailable)."""
-        hit = self._cache.get(digest(secret))
-        return hit[0] if hit is not None else None
+        age (fail-open serves known keys while the store is unavailable); None when that
+        key has expired since."""
+        record = self.record(secret)
+        if record is None:
+            return None
+        try:
+            self._check(record, digest(secret))
+        except ExpiredKey:
+            return None
+        return record.principal

@@ -10,9 +10,10 @@ adds them (`buy`, `grant`), reads them (`balance`, `lots`, `history`) and checks
 - A purchase is usable at once and expires exactly one year later (`one_year_later`); the
   expiry cannot be extended and there is no refund operation, only expiry.
 - A promotional grant expires after its own period. A grant carrying an identity is given
-  only to the first organization presenting it: the identity's SHA-256 digest is claimed
-  with ``SET NX`` on a global key before the lot is added; a second claim, by any
-  organization, is a `CreditError`.
+  only to the first organization presenting it: the SHA-256 digest of its canonical form
+  (`tollway.limits.identity`: trimmed, case-folded, phones in E.164, e-mail aliases
+  folded) is claimed with ``SET NX`` on a global key before the lot is added; a second
+  claim, by any organization and in any spelling, is a `CreditError`.
 - Every read applies expiry first (``expire.lua``): a lot past its expiry never counts,
   even when no request came by since.
 - Lot ids (``lot_<ms, 13 digits>_<random>``) sort by creation, which breaks ties between
@@ -28,7 +29,6 @@ them the same way.
 from __future__ import annotations
 
 import calendar
-import hashlib
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from typing import Any
 from tollway.limits.clock import Clock
 from tollway.limits.errors import CreditError
 from tollway.limits.history import history_of
+from tollway.limits.identity import claim as claim_identity
 from tollway.limits.money import format_usd
 from tollway.limits.store import Store
 
@@ -186,12 +187,8 @@ class Credits:
         lot_id = new_lot_id(now)
         claim = None
         if identity is not None:
-            claim = self.keys.promo_identity(hashlib.sha256(identity.encode()).hexdigest())
-            client = self.store.client
-            taken = await self.store.call(
-                "promo_claim", client.set, claim, f"{org} {lot_id}", nx=True
-            )
-            if not taken:
+            claim = await claim_identity(self.store, identity, f"{org} {lot_id}")
+            if claim is None:
                 raise CreditError(
                     "this identity has already received a promotional grant: "
                     "a grant with an identity is given to one organization only"

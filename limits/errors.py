@@ -4,6 +4,8 @@
      ├── StoreUnavailable      Redis did not answer (connection, timeout, cluster down):
      │                          the caller applies `store.on_unavailable` (closed | open)
      ├── UnknownKey            an API key that does not exist or was revoked
+     │    ├── ExpiredKey        a key past its expiry, or a rotated secret past its overlap
+     │    └── UnknownCredential an organization's admin credential, unknown or revoked
      ├── UnknownPrice          a metered model with no price in the table
      └── CreditError           a credit operation refused (bad amount, identity already used)
 
@@ -22,6 +24,14 @@ class StoreUnavailable(LimitsError):
 
 
 class UnknownKey(LimitsError):
+    pass
+
+
+class ExpiredKey(UnknownKey):
+    """The key existed but is no longer valid: its message says since when."""
+
+
+class UnknownCredential(UnknownKey):
     pass
 
 

@@ -73,6 +73,15 @@ class Totals:
 class UsageRow:
     group: str | None  # the workspace, user, key, model or day; None: requests without one
     totals: Totals
+    name: str | None = None  # by key: the key's name, when it has one
+
+
+def name_keys(report: UsageReport, names: dict[str, str]) -> UsageReport:
+    """Label the rows of a report by key with the keys' names (key id -> name)."""
+    if report.by == "key":
+        for row in report.rows:
+            row.name = names.get(row.group or "")
+    return report
 
 
 @dataclass(slots=True)
@@ -148,9 +157,15 @@ def report_dict(report: UsageReport) -> dict[str, Any]:
         "by": report.by,
         "from": report.start.isoformat(),
         "to": report.end.isoformat(),
-        "rows": [{report.by: r.group, **r.totals.as_dict()} for r in report.rows],
+        "rows": [_row_dict(report.by, r) for r in report.rows],
         "total": report.total.as_dict(),
     }
+
+
+def _row_dict(by: str, r: UsageRow) -> dict[str, Any]:
+    if by == "key":
+        return {by: r.group, "name": r.name, **r.totals.as_dict()}
+    return {by: r.group, **r.totals.as_dict()}
 
 
 def to_json(report: UsageReport) -> str:
@@ -173,10 +188,12 @@ def to_csv(report: UsageReport) -> str:
     without one) and no total line, so that the file sums cleanly in a spreadsheet."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow([report.by, *CSV_COLUMNS])
+    names = ["name"] if report.by == "key" else []
+    w.writerow([report.by, *names, *CSV_COLUMNS])
     for r in report.rows:
         d = r.totals.as_dict()
-        w.writerow([r.group or "", *(d[c] for c in CSV_COLUMNS)])
+        label = [r.name or ""] if names else []
+        w.writerow([r.group or "", *label, *(d[c] for c in CSV_COLUMNS)])
     return buf.getvalue()
 
 

@@ -83,6 +83,12 @@ class Keys:
     def limit_requests(self, org: str) -> str:
         return self.org(org, "lir")
 
+    def admin_credential(self, org: str, cred_id: str) -> str:
+        return self.org(org, "adm", cred_id)
+
+    def admin_credentials(self, org: str) -> str:
+        return self.org(org, "adms")
+
     # --- global -------------------------------------------------------------------------
     def key_hash(self, digest: str) -> str:
         return f"{self.prefix}:keyhash:{digest}"
@@ -92,3 +98,12 @@ class Keys:
 
     def promo_identity(self, digest: str) -> str:
         return f"{self.prefix}:promo-identity:{digest}"
+
+    def admin_hash(self, digest: str) -> str:
+        return f"{self.prefix}:admhash:{digest}"
+
+    def admin_id(self, cred_id: str) -> str:
+        return f"{self.prefix}:admid:{cred_id}"
+
+    def console_session(self, digest: str) -> str:
+        return f"{self.prefix}:console:{digest}"

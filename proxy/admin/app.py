@@ -1,10 +1,14 @@
 """The admin API, mounted under ``/admin`` by `tollway.proxy.runtime.app.create_app`.
 
-Access: ``Authorization: Bearer <token>``, where the token is the value of the environment
-variable named by ``server.admin_token_env`` (default ``TOLLWAY_ADMIN_TOKEN``), read on
-every request and compared in constant time. With no token configured (the setting is
-null, or the variable is unset or empty) the admin API is disabled: every route answers
-403 saying so; it is never open. A missing or wrong token is a 401.
+Access (`tollway.proxy.admin.auth`): ``Authorization: Bearer <secret>``, where the secret is
+the operator's admin token (the value of the environment variable named by
+``server.admin_token_env``, read on every request and compared in constant time), an
+organization credential (``twa-...``, roles owner/admin/billing, its organization's routes
+only) or a member's API key (their own status only); or a console session cookie (with a
+CSRF token on every state change). With no operator token configured (the setting is null,
+or the variable is unset or empty) the operator's access is disabled: a request with no
+organization credential, member key or session answers 403 saying so; it is never open.
+A missing or wrong secret is a 401; a route the caller may not use is a 403.
 
 Every answer is JSON (the usage report can also be CSV); errors are
 ``{"error": {"message": ...}}``: 400 for invalid input, 404 for unknown names or routes,
@@ -17,7 +21,6 @@ The routes are the tables of the ``proxy.admin_*`` modules plus
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
@@ -29,10 +32,13 @@ from tollway.limits.clock import Clock
 from tollway.limits.errors import LimitsError, StoreUnavailable
 from tollway.limits.spend import NoPendingRequest, RequestPending
 from tollway.limits.store import Store
+from tollway.proxy.admin import admins as admin_admins
 from tollway.proxy.admin import credits as admin_credits
+from tollway.proxy.admin import keys as admin_keys
 from tollway.proxy.admin import limits as admin_limits
 from tollway.proxy.admin import orgs as admin_core
 from tollway.proxy.admin import spend as admin_spend
+from tollway.proxy.admin.auth import CALLER, COOKIE, Caller, authorize, from_secret, from_session
 from tollway.proxy.admin.context import ADMIN, AdminContext, ApiError, answer, ctx, error
 from tollway.proxy.admin.openapi import Route, document
 
@@ -54,9 +60,11 @@ def routes() -> list[Route]:
     """Every admin route, the OpenAPI document's own included."""
     table = [
         *admin_core.ROUTES,
+        *admin_keys.ROUTES,
         *admin_credits.ROUTES,
         *admin_spend.ROUTES,
         *admin_limits.ROUTES,
+        *admin_admins.ROUTES,
     ]
     schema = {"type": "object", "required": ["openapi", "paths"]}
     table.append(
@@ -67,6 +75,7 @@ def routes() -> list[Route]:
 
 OPENAPI = web.AppKey("admin_openapi", dict)
 ROUTE_TABLE = web.AppKey("admin_routes", list)
+ROUTE_OF = web.AppKey("admin_route_of", dict)  # aiohttp route -> its `Route`
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -74,26 +83,43 @@ def _bearer(request: web.Request) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def _same(given: str, token: str) -> bool:
-    return hmac.compare_digest(
-        given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
-    )
+async def _identify(request: web.Request) -> Caller | web.Response:
+    """The caller, or the 401/403 answer for a request that names nobody known."""
+    c = ctx(request)
+    given = _bearer(request)
+    if given is not None:
+        who = await from_secret(c, given)
+    elif request.cookies.get(COOKIE):
+        who = await from_session(c, request)
+    else:
+        who = None
+    if who is not None:
+        return who
+    if c.token() is None:
+        name = c.token_name()
+        how = f"set the environment variable {name}" if name else "set server.admin_token_env"
+        return error(
+            403,
+            f"The admin API is disabled: {how} to a secret token to enable it "
+            "(organization credentials and members' keys work without it).",
+        )
+    headers = {"www-authenticate": 'Bearer realm="tollway-admin"'}
+    message = "Missing or wrong admin token or credential (Authorization: Bearer ...)."
+    return error(401, message, headers)
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Admin token first, then the handler with its errors turned into JSON answers."""
-    c = ctx(request)
-    token = c.token()
-    if token is None:
-        name = c.token_name()
-        how = f"set the environment variable {name}" if name else "set server.admin_token_env"
-        return error(403, f"The admin API is disabled: {how} to a secret token to enable it.")
-    given = _bearer(request)
-    if given is None or not _same(given, token):
-        headers = {"www-authenticate": 'Bearer realm="tollway-admin"'}
-        return error(401, "Missing or wrong admin token (Authorization: Bearer ...).", headers)
+    """Who is calling and whether they may, then the handler, with errors turned into
+    JSON answers."""
     try:
+        who = await _identify(request)
+        if isinstance(who, web.Response):
+            return who
+        route = request.app[ROUTE_OF].get(request.match_info.route)
+        if route is not None:  # None: no such route, the fallback answers 404 or 405
+            await authorize(ctx(request), who, route, request)
+        request[CALLER] = who
         return await handler(request)
     except ApiError as e:
         return error(e.status, e.message)
@@ -131,7 +157,6 @@ def create_admin_app(
     table = routes()
     app[ROUTE_TABLE] = table
     app[OPENAPI] = document(table, _version())
-    for r in table:
-        app.router.add_route(r.method, r.path, r.handler)
+    app[ROUTE_OF] = {app.router.add_route(r.method, r.path, r.handler): r for r in table}
     app.router.add_route("*", "/{tail:.*}", _fallback)
     return app

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -59,6 +60,9 @@ class AdminContext:
 
 
 ADMIN = web.AppKey("admin_context", AdminContext)
+# The organization's payment provider, `(org config) -> PaymentProvider`, set on the proxy
+# app by the auto-reloader and read through `request.config_dict` (absent: none).
+PAYMENTS = web.AppKey("admin_payments", object)
 
 
 class ApiError(Exception):
@@ -135,7 +139,8 @@ def choice(request: web.Request, name: str, choices: Sequence[str], default: str
 
 def org(request: web.Request) -> tuple[str, Any]:
     """The ``{org}`` of the path and its config; 404 when the config has no such org."""
-    name = request.match_info["org"]
+    # Config names are NFC (tollway.config.loader): "café" in either spelling is one org.
+    name = unicodedata.normalize("NFC", request.match_info["org"])
     org_cfg = ctx(request).cfg.organizations.get(name)
     if org_cfg is None:
         raise ApiError(404, f"unknown organization {name!r}")

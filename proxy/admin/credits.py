@@ -15,9 +15,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 from tollway.config.schema import Money
-from tollway.limits.credits import Credits
+from tollway.limits.credits import Credits, new_lot_id
+from tollway.proxy.admin.auth import caller
 from tollway.proxy.admin.context import (
     BOOL,
+    PAYMENTS,
     STR,
     AdminContext,
     ApiError,
@@ -86,9 +88,13 @@ async def history(request: web.Request) -> web.Response:
 
 
 class Purchase(Body):
-    """Buy credit: usable at once, expires one year later; purchases are not refundable."""
+    """Buy credit: usable at once, expires one year later; purchases are not refundable.
+    ``charge``: charge the organization's payment method first (the configured payment
+    provider); always so for an organization's own credential, which cannot add credit
+    without paying. The operator may record a purchase paid another way (the default)."""
 
     amount: Money
+    charge: bool = False
 
 
 class Grant(Body):
@@ -114,10 +120,22 @@ async def _added(credits: Credits, name: str, lot: Any) -> web.Response:
 
 
 async def buy(request: web.Request) -> web.Response:
-    name, _ = org(request)
+    name, o = org(request)
     b = await body(request, Purchase)
     credits = _credits(ctx(request))
-    return await _added(credits, name, await credits.buy(name, b.amount))
+    if not (b.charge or not caller(request).operator):
+        return await _added(credits, name, await credits.buy(name, b.amount))
+    if o.billing.mode != "prepaid":
+        raise ApiError(400, f"organization {name!r} is not prepaid: it has no credit to buy")
+    provider = request.config_dict.get(PAYMENTS)
+    if provider is None or o.billing.payment.provider == "none":
+        raise ApiError(402, f"organization {name!r} has no payment method registered")
+    lot_id = new_lot_id(ctx(request).clock.now_ms())
+    paid = await provider(o).charge(name, b.amount, lot_id)
+    if not paid.ok:
+        raise ApiError(402, f"the payment was refused: {paid.error}")
+    lot = await credits.buy(name, b.amount, ref=paid.payment_id or "", lot_id=lot_id)
+    return await _added(credits, name, lot)
 
 
 async def grant(request: web.Request) -> web.Response:
@@ -260,6 +278,7 @@ ROUTES = [
         _ADDED,
         status=201,
         body=Purchase,
+        refusals=((402, "No payment method registered, or the payment was refused."),),
     ),
     Route(
         "POST",

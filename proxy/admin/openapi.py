@@ -27,6 +27,7 @@ _PATH_PARAMS = {
     "tier": "A seat tier of the organization.",
     "request_id": "A limit-increase request id.",
     "month": "A month, `YYYY-MM`.",
+    "admin_id": "An organization credential id (`adm_...`).",
 }
 
 
@@ -52,6 +53,7 @@ class Route:
     query: tuple[Param, ...] = ()
     body: type[BaseModel] | None = None
     csv: bool = False  # also answers text/csv (with ?format=csv)
+    refusals: tuple[tuple[int, str], ...] = ()  # statuses of this route only, documented
 
     @property
     def path_params(self) -> list[str]:
@@ -117,11 +119,15 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         "responses": {
             str(route.status): {"description": route.summary, "content": content},
             "400": _error("Invalid parameters or body; the message says which and why."),
-            "401": _error("Missing or wrong admin token."),
-            "403": _error("The admin API is disabled (no admin token configured)."),
+            "401": _error("Missing or wrong admin token, credential or member key."),
+            "403": _error(
+                "Not allowed for this caller (another organization, a role without this "
+                "right, a missing CSRF token), or the admin API is disabled."
+            ),
             "404": _error("No such organization, key, session or request."),
             "409": _error("A limit-increase request is not pending (or already is)."),
             "503": _error("The store (Redis) is unavailable."),
+            **{str(status): _error(text) for status, text in route.refusals},
         },
     }
     if route.body is not None:
@@ -159,8 +165,16 @@ def document(routes: Sequence[Route], version: str) -> dict[str, Any]:
             "description": (
                 "Manage keys, credits, spend caps and approvals, and read usage, cost, "
                 "session and live limit reports. Every route needs "
-                "`Authorization: Bearer <admin token>` (the token is the value of the "
-                "environment variable named by `server.admin_token_env`). Money is "
+                "`Authorization: Bearer <secret>`: the operator's admin token (the value "
+                "of the environment variable named by `server.admin_token_env`) reaches "
+                "every route; an organization credential (`twa-...`, role owner, admin or "
+                "billing) reaches its organization's routes (billing: credits and "
+                "auto-reload; admin: caps, extra usage, users, keys and requests; owner: "
+                "all of these; reading: all three), `GET /admin/orgs` lists only its "
+                "organization; a member's API key reaches `GET /orgs/{org}/users/{user}` "
+                "and `POST /orgs/{org}/limit-requests` for its own user. The console's "
+                "session cookie works in place of the header, with `x-csrf-token` on "
+                "every state change. Money is "
                 "integer micro-USD (`*_micro`) with an exact USD text beside it "
                 "(`*_usd`); amounts sent are USD as a string or a number, at most 6 "
                 'decimals. Errors are `{"error": {"message": ...}}`.'

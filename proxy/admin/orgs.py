@@ -1,4 +1,4 @@
-"""Admin routes for organizations, keys, and usage and session reports.
+"""Admin routes for organizations, and usage and session reports (keys: `keys.py`).
 
 Each admin route module exposes ``ROUTES``, its part of the route table (see
 `tollway.proxy.admin.openapi`); `tollway.proxy.admin.app` gathers them.
@@ -10,27 +10,21 @@ from datetime import date
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
 from tollway.limits import reports
-from tollway.limits.errors import UnknownKey
+from tollway.proxy.admin.auth import caller
 from tollway.proxy.admin.context import (
-    BOOL,
     INT,
     NULLABLE_STR,
     STR,
     ApiError,
-    Body,
     answer,
-    body,
     choice,
     ctx,
-    member,
     org,
     query,
     schema_object,
 )
 from tollway.proxy.admin.openapi import Param, Route
-from tollway.proxy.cli.keys import key_dict
 
 # --- organizations ---------------------------------------------------------------------------
 
@@ -46,52 +40,10 @@ def _org_summary(name: str, o: Any) -> dict[str, Any]:
 
 
 async def list_orgs(request: web.Request) -> web.Response:
+    """Every organization for the operator; an organization's credential sees its own."""
     orgs = ctx(request).cfg.organizations
-    return answer({"orgs": [_org_summary(n, orgs[n]) for n in sorted(orgs)]})
-
-
-# --- keys ------------------------------------------------------------------------------------
-
-
-class KeyCreate(Body):
-    """A new API key of the organization, optionally bound to a workspace and a user."""
-
-    workspace: str | None = None
-    user: str | None = None
-    name: str = Field("", max_length=200)
-
-
-async def create_key(request: web.Request) -> web.Response:
-    name, o = org(request)
-    b = await body(request, KeyCreate)
-    member(name, o, "workspace", b.workspace)
-    member(name, o, "user", b.user)
-    c = ctx(request)
-    record, secret = await c.apikeys.create(name, c.clock.now_ms(), b.workspace, b.user, b.name)
-    return answer({**key_dict(record), "key": secret}, status=201)
-
-
-async def list_keys(request: web.Request) -> web.Response:
-    name, _ = org(request)
-    records = await ctx(request).apikeys.list(name)
-    return answer({"keys": [key_dict(r) for r in records]})
-
-
-async def get_key(request: web.Request) -> web.Response:
-    try:
-        record = await ctx(request).apikeys.get(request.match_info["key_id"])
-    except UnknownKey:
-        raise ApiError(404, f"no key {request.match_info['key_id']!r}") from None
-    return answer(key_dict(record))
-
-
-async def revoke_key(request: web.Request) -> web.Response:
-    key_id = request.match_info["key_id"]
-    try:
-        record = await ctx(request).apikeys.revoke(key_id)
-    except UnknownKey:
-        raise ApiError(404, f"no key {key_id!r}") from None
-    return answer(key_dict(record))
+    who = caller(request)
+    return answer({"orgs": [_org_summary(n, orgs[n]) for n in sorted(orgs) if who.sees(n)]})
 
 
 # --- reports ---------------------------------------------------------------------------------
@@ -109,6 +61,8 @@ async def usage(request: web.Request) -> web.Response:
     except reports.ReportError as e:
         raise ApiError(400, str(e)) from None
     report = await reports.usage_report(c.store, name, by, start, end)
+    if by == "key":
+        reports.name_keys(report, await c.apikeys.names(name))
     if fmt == "csv":
         return web.Response(text=reports.to_csv(report), content_type="text/csv")
     return answer(reports.report_dict(report))
@@ -134,18 +88,6 @@ async def session(request: web.Request) -> web.Response:
 
 # --- the route table -------------------------------------------------------------------------
 
-_KEY = schema_object(
-    ("id", "org", "name", "hint", "created_ms", "revoked"),
-    id=STR,
-    org=STR,
-    workspace=NULLABLE_STR,
-    user=NULLABLE_STR,
-    name=STR,
-    hint=STR,
-    created_ms=INT,
-    created=STR,
-    revoked=BOOL,
-)
 _TOTALS = schema_object(
     ("requests", "failures", "cost_micro", "cost_usd"),
     requests=INT,
@@ -182,33 +124,6 @@ ROUTES = [
         schema_object(("orgs",), orgs={"type": "array", "items": {"type": "object"}}),
     ),
     Route(
-        "POST",
-        "/orgs/{org}/keys",
-        create_key,
-        "Create an API key; the answer holds the secret (`key`), shown only this once.",
-        "keys",
-        {**_KEY, "required": [*_KEY["required"], "key"]},
-        status=201,
-        body=KeyCreate,
-    ),
-    Route(
-        "GET",
-        "/orgs/{org}/keys",
-        list_keys,
-        "List an organization's keys (never their secrets).",
-        "keys",
-        schema_object(("keys",), keys={"type": "array", "items": _KEY}),
-    ),
-    Route("GET", "/keys/{key_id}", get_key, "Show one key.", "keys", _KEY),
-    Route(
-        "POST",
-        "/keys/{key_id}/revoke",
-        revoke_key,
-        "Revoke a key: refused on every proxy from the next request.",
-        "keys",
-        _KEY,
-    ),
-    Route(
         "GET",
         "/orgs/{org}/usage",
         usage,
@@ -219,13 +134,20 @@ ROUTES = [
             org=STR,
             by=STR,
             **{"from": _DATE, "to": _DATE},
-            rows={"type": "array", "items": _TOTALS},
+            rows={
+                "type": "array",
+                "items": {
+                    **_TOTALS,
+                    "properties": {**_TOTALS["properties"], "name": NULLABLE_STR},
+                },
+            },
             total=_TOTALS,
         ),
         query=(
             Param(
                 "by",
-                "Grouping (default day); rows without a workspace/user are grouped as null.",
+                "Grouping (default day); rows without a workspace/user are grouped as null; "
+                "rows by key carry the key's `name`.",
                 {"enum": list(reports.GROUPINGS)},
             ),
             Param("from", "First day, YYYY-MM-DD (default: 29 days before `to`).", _DATE),

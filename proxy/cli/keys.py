@@ -1,63 +1,122 @@
-"""`tollway keys create | list | revoke`."""
+"""`tollway keys create | list | show | revoke | rotate`.
+
+Durations (``--expires-in``, ``--overlap``) are ``<N>s|m|h|d|w`` (SPEC §7 DUR). Model
+patterns (``--models 'gpt-4o*,claude-*'``) use ``*`` and ``?``; a key with a list may call
+only the models it matches (403 otherwise).
+"""
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
 from typing import Any
 
-from tollway.limits.apikeys import ApiKeys, KeyRecord
+from tollway.limits.apikeys import (
+    DEFAULT_OVERLAP_MS,
+    ApiKeys,
+    KeyRecord,
+    KeySettings,
+    iso,
+    parse_list,
+)
 from tollway.limits.clock import SystemClock
+from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
+from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
 FORMAT_HELP = "table for people (default) or json"
+LIST_COLUMNS = ("id", "name", "status", "workspace", "user", "hint", "expires", "models", "tags")
 
 
 def _add_common(p: Any) -> None:
+    p.add_argument("--format", choices=("table", "json"), default="table", help=FORMAT_HELP)
     p.add_argument("--config", help="config file (default: $TOLLWAY_CONFIG, ./tollway.yaml)")
 
 
 def register(sub: Any) -> None:
-    keys = sub.add_parser("keys", help="create, list and revoke API keys")
+    keys = sub.add_parser("keys", help="create, list, rotate and revoke API keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
 
     p = ksub.add_parser("create", help="create a key; the secret is printed once")
     p.add_argument("--org", required=True, help="organization (from the config)")
     p.add_argument("--workspace", help="workspace of the organization")
     p.add_argument("--user", help="user of the organization")
-    p.add_argument("--name", default="", help="a label for the key")
-    p.add_argument("--format", choices=("table", "json"), default="table", help=FORMAT_HELP)
+    p.add_argument("--name", default="", help="a label for the key, shown in lists and reports")
+    p.add_argument("--expires-in", metavar="DUR", help="the key stops working after, e.g. 30d")
+    p.add_argument(
+        "--models",
+        metavar="PATTERN,...",
+        help="the only models the key may call, e.g. 'gpt-4o*,claude-*' (default: all)",
+    )
+    p.add_argument("--tags", metavar="TAG,...", help="labels for your own bookkeeping")
     _add_common(p)
     p.set_defaults(func=create)
 
     p = ksub.add_parser("list", help="list an organization's keys (never their secrets)")
     p.add_argument("--org", required=True, help="organization (from the config)")
-    p.add_argument("--format", choices=("table", "json"), default="table", help=FORMAT_HELP)
     _add_common(p)
     p.set_defaults(func=list_)
 
+    p = ksub.add_parser("show", help="show one key (never its secret)")
+    p.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_..., as listed)")
+    _add_common(p)
+    p.set_defaults(func=show)
+
     p = ksub.add_parser("revoke", help="revoke a key, on every proxy, at once")
     p.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_..., as listed)")
-    p.add_argument("--format", choices=("table", "json"), default="table", help=FORMAT_HELP)
     _add_common(p)
     p.set_defaults(func=revoke)
 
+    p = ksub.add_parser(
+        "rotate",
+        help="give a key a new secret (printed once); the old one works until the overlap ends",
+    )
+    p.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_..., as listed)")
+    p.add_argument(
+        "--overlap",
+        metavar="DUR",
+        default=None,
+        help="how long the old secret keeps working, e.g. 1h; 0s: stop it now "
+        f"(default: {DEFAULT_OVERLAP_MS // 3_600_000}h)",
+    )
+    _add_common(p)
+    p.set_defaults(func=rotate)
+
 
 def key_dict(r: KeyRecord) -> dict[str, Any]:
-    """A key record as JSON (never its secret): the CLI's and the admin API's shape."""
-    return {
-        "id": r.key_id,
-        "org": r.org,
-        "workspace": r.workspace,
-        "user": r.user,
-        "name": r.name,
-        "hint": r.hint,
-        "created_ms": r.created_ms,
-        "created": datetime.fromtimestamp(r.created_ms / 1000, UTC).isoformat(),
-        "revoked": r.revoked,
-    }
+    """A key record as JSON (never its secret), as of now."""
+    return r.to_dict(SystemClock().now_ms())
+
+
+def _row(r: KeyRecord) -> dict[str, Any]:
+    d = key_dict(r)
+    return {**d, "models": ",".join(r.models) or "*", "tags": ",".join(r.tags)}
+
+
+def _settings(args: Any, now_ms: int) -> KeySettings:
+    """The key's settings from the options; ValueError naming the bad option."""
+    try:
+        expires = now_ms + parse_ms(args.expires_in) if args.expires_in else None
+    except ValueError as e:
+        raise ValueError(f"--expires-in: {e}") from None
+    try:
+        models = parse_list(args.models, "--models")
+        tags = parse_list(args.tags, "--tags")
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    if args.models is not None and not models:
+        raise ValueError("--models: give at least one pattern (omit it to allow every model)")
+    return KeySettings(name=args.name, expires_ms=expires, models=models, tags=tags)
+
+
+def _print_secret(record: KeyRecord, secret: str, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps({**key_dict(record), "key": secret}))
+    else:
+        print(f"key id:  {record.key_id}")
+        print(f"key:     {secret}")
+        print("Store the key now: it is not shown again.", file=sys.stderr)
 
 
 def create(args: Any) -> int:
@@ -66,23 +125,20 @@ def create(args: Any) -> int:
     async def go(cfg: Any, store: Any) -> int:
         org = cfg.organizations.get(args.org)
         if org is None:
-            print(f"tollway: unknown organization {args.org!r}", file=sys.stderr)
-            return EXIT_USAGE
+            return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
         if args.workspace and args.workspace not in org.workspaces:
-            print(f"tollway: unknown workspace {args.workspace!r} in {args.org}", file=sys.stderr)
-            return EXIT_USAGE
+            return _fail(f"unknown workspace {args.workspace!r} in {args.org}", EXIT_USAGE)
         if args.user and args.user not in org.users:
-            print(f"tollway: unknown user {args.user!r} in {args.org}", file=sys.stderr)
-            return EXIT_USAGE
+            return _fail(f"unknown user {args.user!r} in {args.org}", EXIT_USAGE)
+        now = SystemClock().now_ms()
+        try:
+            settings = _settings(args, now)
+        except ValueError as e:
+            return _fail(str(e), EXIT_USAGE)
         record, secret = await ApiKeys(store).create(
-            args.org, SystemClock().now_ms(), args.workspace, args.user, args.name
+            args.org, now, args.workspace, args.user, settings=settings
         )
-        if args.format == "json":
-            print(json.dumps({**key_dict(record), "key": secret}))
-        else:
-            print(f"key id:  {record.key_id}")
-            print(f"key:     {secret}")
-            print("Store the key now: it is not shown again.", file=sys.stderr)
+        _print_secret(record, secret, args.format)
         return 0
 
     return with_store(args, go)
@@ -92,11 +148,29 @@ def list_(args: Any) -> int:
     from tollway.proxy.cli.main import with_store
 
     async def go(cfg: Any, store: Any) -> int:
-        records = [key_dict(r) for r in await ApiKeys(store).list(args.org)]
+        records = await ApiKeys(store).list(args.org)
         if args.format == "json":
-            print(json.dumps(records))
+            print(json.dumps([key_dict(r) for r in records]))
             return 0
-        print_rows(records, ("id", "name", "workspace", "user", "hint", "created", "revoked"))
+        print_rows([_row(r) for r in records], LIST_COLUMNS)
+        return 0
+
+    return with_store(args, go)
+
+
+def show(args: Any) -> int:
+    from tollway.proxy.cli.main import EXIT_REFUSED, with_store
+
+    async def go(cfg: Any, store: Any) -> int:
+        try:
+            record = await ApiKeys(store).get(args.key_id)
+        except UnknownKey:
+            return _fail(f"no key {args.key_id!r}", EXIT_REFUSED)
+        if args.format == "json":
+            print(json.dumps(key_dict(record)))
+        else:
+            for name, value in _row(record).items():
+                print(f"{name + ':':<22}{'' if value is None else value}")
         return 0
 
     return with_store(args, go)
@@ -109,12 +183,36 @@ def revoke(args: Any) -> int:
         try:
             record = await ApiKeys(store).revoke(args.key_id)
         except UnknownKey:
-            print(f"tollway: no key {args.key_id!r}", file=sys.stderr)
-            return EXIT_REFUSED
+            return _fail(f"no key {args.key_id!r}", EXIT_REFUSED)
         if args.format == "json":
             print(json.dumps(key_dict(record)))
         else:
             print(f"revoked {record.key_id} ({record.org})")
+        return 0
+
+    return with_store(args, go)
+
+
+def rotate(args: Any) -> int:
+    from tollway.proxy.cli.main import EXIT_REFUSED, EXIT_USAGE, with_store
+
+    try:
+        overlap = DEFAULT_OVERLAP_MS if args.overlap is None else parse_ms(args.overlap, zero=True)
+    except ValueError as e:
+        return _fail(f"--overlap: {e}", EXIT_USAGE)
+
+    async def go(cfg: Any, store: Any) -> int:
+        try:
+            record, secret = await ApiKeys(store).rotate(
+                args.key_id, SystemClock().now_ms(), overlap
+            )
+        except UnknownKey as e:
+            return _fail(str(e), EXIT_REFUSED)
+        _print_secret(record, secret, args.format)
+        if args.format != "json":
+            until = key_dict(record)["old_secret_until_ms"]
+            note = f"until {iso(until)}" if until is not None else "no more: it is refused now"
+            print(f"The old secret works {note}.", file=sys.stderr)
         return 0
 
     return with_store(args, go)

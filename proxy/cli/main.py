@@ -73,11 +73,15 @@ def cmd_serve(args: Any) -> int:
     holder = ConfigHolder(cfg)
     host = args.host or cfg.server.host
     port = args.port or cfg.server.port
+    metrics = (
+        args.metrics_host or cfg.server.metrics_host,
+        cfg.server.metrics_port if args.metrics_port is None else args.metrics_port,
+    )
     if args.workers and args.workers > 1:
         from tollway.proxy.runtime.workers import run_workers
 
-        return run_workers(holder, path, host, port, args.workers, args.drain_timeout)
-    run(holder, store_url(cfg, path), host, port, args.drain_timeout)
+        return run_workers(holder, path, host, port, args.workers, args.drain_timeout, metrics)
+    run(holder, store_url(cfg, path), host, port, args.drain_timeout, metrics)
     return 0
 
 
@@ -103,6 +107,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config file (default: $TOLLWAY_CONFIG, ./tollway.yaml)")
     p.add_argument("--host", help="address to listen on (default: server.host)")
     p.add_argument("--port", type=int, help="port to listen on (default: server.port)")
+    p.add_argument(
+        "--metrics-host",
+        help="address of the operators' /metrics listener (default: server.metrics_host)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        help="port of the operators' /metrics listener (default: server.metrics_port; 0: off)",
+    )
     p.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     p.add_argument(
         "--drain-timeout",
@@ -117,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the YAML config file to check")
     p.set_defaults(func=cmd_check_config)
 
+    from tollway.proxy.cli import admins as cli_admins
     from tollway.proxy.cli import credits as cli_credits
     from tollway.proxy.cli import keys as cli_keys
     from tollway.proxy.cli import ledger as cli_ledger
@@ -124,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tollway.proxy.cli import spend as cli_spend
 
     cli_keys.register(sub)
+    cli_admins.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
     cli_spend.register(sub)

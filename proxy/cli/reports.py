@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tollway.limits import reports, sizing
+from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import SystemClock
 from tollway.limits.meter import periods
 from tollway.limits.money import format_usd
@@ -116,6 +117,8 @@ def usage(args: Any) -> int:
         except reports.ReportError as e:
             return _fail(str(e), EXIT_USAGE)
         report = await reports.usage_report(store, args.org, args.by, start, end)
+        if args.by == "key":
+            reports.name_keys(report, await ApiKeys(store).names(args.org))
         if args.format == "json":
             print(reports.to_json(report))
         elif args.format == "csv":
@@ -153,7 +156,11 @@ def usage_table(report: reports.UsageReport, timezone: str) -> str:
         )
         return [group, *(f"{n:,}" for n in counts), format_usd(t.cost)]
 
-    rows = [cells(r.group if r.group is not None else "(none)", r.totals) for r in report.rows]
+    def label(r: reports.UsageRow) -> str:
+        group = r.group if r.group is not None else "(none)"
+        return f"{group} ({r.name})" if r.name else group
+
+    rows = [cells(label(r), r.totals) for r in report.rows]
     rows.append(cells("TOTAL", report.total))
     return head + "\n\n" + format_table(headers, rows, range(1, 8))
 

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
-from tollway.limits.errors import StoreUnavailable, UnknownKey
+from tollway.limits.errors import ExpiredKey, StoreUnavailable, UnknownKey
 from tollway.limits.journal import Journal
 from tollway.limits.meter import Decision, Meter
 from tollway.limits.plans import Principal
@@ -176,6 +176,8 @@ class ProxyHandler(Settling):
             principal = await self.apikeys.resolve(
                 secret, None if metered else UNMETERED_KEY_MAX_AGE
             )
+        except ExpiredKey as e:
+            raise Reject(Problem(401, "key", str(e))) from None
         except UnknownKey:
             raise Reject(Problem(401, "key", "Invalid API key.")) from None
         except StoreUnavailable:
@@ -204,7 +206,12 @@ class ProxyHandler(Settling):
         if not isinstance(model, str) or not model:
             raise Reject(Problem(400, "bad_request", "The request has no 'model'."))
         call.model = model
-        price = cfg.prices.get(model)
+        record = self.apikeys.record(secret)
+        if record is not None and not record.allows(model):
+            message = f"This API key may not use the model '{model}'."
+            raise Reject(Problem(403, "permission", message))
+        # The price in force now, at admission, is the one the request pays.
+        price = cfg.price_book.find(model, self.clock.now_ms())
         if price is None:
             raise Reject(
                 Problem(

@@ -24,7 +24,7 @@ class Problem:
     """An error to answer in the caller's format."""
 
     status: int
-    kind: str  # key | rate | quota | cap | bad_request | too_large | unavailable | upstream
+    kind: str  # key | rate | quota | cap | permission | bad_request | too_large | unavailable...
     message: str
     retry_after_s: int | None = None
     should_retry: bool | None = None
@@ -38,6 +38,7 @@ _KINDS: dict[str, tuple[str, str | None, str, int | None]] = {
     "quota": ("insufficient_quota", "insufficient_quota", "invalid_request_error", 400),
     "cap": ("insufficient_quota", "insufficient_quota", "invalid_request_error", 400),
     "bad_request": ("invalid_request_error", None, "invalid_request_error", None),
+    "permission": ("invalid_request_error", "model_not_allowed", "permission_error", None),
     "not_found": ("invalid_request_error", "unknown_url", "not_found_error", None),
     "too_large": ("invalid_request_error", "request_too_large", "request_too_large", None),
     "unavailable": ("server_error", "store_unavailable", "overloaded_error", 529),

@@ -22,10 +22,12 @@ from tollway.limits.meter import Meter
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 from tollway.proxy.admin.app import create_admin_app
+from tollway.proxy.admin.context import ADMIN, PAYMENTS
+from tollway.proxy.console.app import setup as setup_console
 from tollway.proxy.gateway import member_requests as limit_requests
 from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
 from tollway.proxy.gateway.tokens import TokenCounter
-from tollway.proxy.metrics import CONTENT_TYPE, Metrics
+from tollway.proxy.metrics import Metrics
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.shipping import ShippingTask
 
@@ -71,7 +73,7 @@ def create_app(
     app[STORE] = store
     app[CLOCK] = clock or SystemClock()
     app[METRICS] = metrics or Metrics()
-    app[APIKEYS] = ApiKeys(store)
+    app[APIKEYS] = ApiKeys(store, app[CLOCK])
     app[METER] = Meter(store, app[CLOCK], lambda: holder.current)
     app[ACTIVE] = set()
     app[COUNTER] = TokenCounter(cfg.metering.tiktoken_encoding)
@@ -99,11 +101,13 @@ def create_app(
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    # No /metrics here: the client port answers 404 (see runtime/metrics_server.py).
     for path in ROUTES:
         app.router.add_route("*", path, _proxy_view)
     app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
-    app.add_subapp("/admin", create_admin_app(holder, store, app[CLOCK], app[APIKEYS]))
+    admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS])
+    app.add_subapp("/admin", admin)
+    setup_console(app, admin[ADMIN])
     limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
     return app
 
@@ -139,6 +143,7 @@ async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     handler = app[HANDLER]
     reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], handler.client)
     app[RELOADER] = reloader
+    app[PAYMENTS] = reloader.provider  # the console's purchases pay through the same seam
     handler.on_settled.append(reloader.on_settled)
     yield
     await reloader.stop()
@@ -207,9 +212,3 @@ async def readyz(request: web.Request) -> web.Response:
     ready = store_ok or cfg.store.on_unavailable == "open"
     body = {"status": "ready" if ready else "unavailable", "store": store_ok}
     return web.json_response(body, status=200 if ready else 503)
-
-
-async def metrics_view(request: web.Request) -> web.Response:
-    return web.Response(
-        body=request.app[METRICS].exposition(), headers={"content-type": CONTENT_TYPE}
-    )

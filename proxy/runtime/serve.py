@@ -14,8 +14,9 @@ from typing import Any
 
 from aiohttp import web
 from tollway.config.reload import ConfigHolder, watch
-from tollway.proxy.runtime.app import create_app
+from tollway.proxy.runtime.app import METRICS, create_app
 from tollway.proxy.runtime.locate import StoreHandle
+from tollway.proxy.runtime.metrics_server import start_metrics_site
 
 log = logging.getLogger("tollway")
 
@@ -29,7 +30,11 @@ async def serve(
     reuse_port: bool = False,
     drain_seconds: float = 30.0,
     ready: Any = None,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
+    """Serve the proxy on host:port and the operators' metrics listener beside it on
+    `metrics` (host, port), by default server.metrics_host and server.metrics_port (port 0:
+    no metrics listener)."""
     cfg = holder.current
     store = handle.open(cfg)
     app = create_app(holder, store)
@@ -37,7 +42,13 @@ async def serve(
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port, backlog=1024)
     await site.start()
+    mhost, mport = metrics or (cfg.server.metrics_host, cfg.server.metrics_port)
+    metrics_runner = await start_metrics_site(
+        app[METRICS], cfg, mhost, mport, reuse_port=reuse_port
+    )
     log.info("tollway listening", extra={"host": host, "port": port, "store": _redact(handle.url)})
+    if metrics_runner is not None:
+        log.info("metrics listening", extra={"host": mhost, "port": mport})
     if ready is not None:
         ready()
 
@@ -56,6 +67,8 @@ async def serve(
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
 
 
 def _redact(url: str) -> str:
@@ -67,7 +80,12 @@ def _redact(url: str) -> str:
 
 
 def run(
-    holder: ConfigHolder, handle: StoreHandle, host: str, port: int, drain_seconds: float = 30.0
+    holder: ConfigHolder,
+    handle: StoreHandle,
+    host: str,
+    port: int,
+    drain_seconds: float = 30.0,
+    metrics: tuple[str, int] | None = None,
 ) -> None:
     try:
         import uvloop
@@ -76,7 +94,7 @@ def run(
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         pass
     try:
-        asyncio.run(serve(holder, handle, host, port, drain_seconds=drain_seconds))
+        asyncio.run(serve(holder, handle, host, port, drain_seconds=drain_seconds, metrics=metrics))
     finally:
         handle.stop()
 

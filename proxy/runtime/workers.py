@@ -83,7 +83,14 @@ def _stop_with_parent(parent: int) -> None:
 
 
 def _worker(
-    index: int, parent: int, holder: Any, url: str, host: str, port: int, drain_seconds: float
+    index: int,
+    parent: int,
+    holder: Any,
+    url: str,
+    host: str,
+    port: int,
+    drain_seconds: float,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
     """Body of a forked worker: serve until SIGTERM/SIGINT, then drain. Its exit code."""
     for sig in _SIGNALS:
@@ -117,6 +124,7 @@ def _worker(
                 reuse_port=True,
                 drain_seconds=drain_seconds,
                 ready=ready,
+                metrics=metrics,
             )
         )
     except Exception:
@@ -125,7 +133,15 @@ def _worker(
     return 0
 
 
-def _spawn(slot: _Slot, holder: Any, url: str, host: str, port: int, drain: float) -> None:
+def _spawn(
+    slot: _Slot,
+    holder: Any,
+    url: str,
+    host: str,
+    port: int,
+    drain: float,
+    metrics: tuple[str, int] | None = None,
+) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     parent = os.getpid()
@@ -133,7 +149,7 @@ def _spawn(slot: _Slot, holder: Any, url: str, host: str, port: int, drain: floa
     if pid == 0:  # the worker
         code = EXIT_CRASHED
         try:
-            code = _worker(slot.index, parent, holder, url, host, port, drain)
+            code = _worker(slot.index, parent, holder, url, host, port, drain, metrics)
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -148,15 +164,24 @@ def _describe(status: int) -> str:
 
 
 class _Parent:
-    def __init__(self, holder: Any, url: str, host: str, port: int, n: int, drain: float):
+    def __init__(
+        self,
+        holder: Any,
+        url: str,
+        host: str,
+        port: int,
+        n: int,
+        drain: float,
+        metrics: tuple[str, int] | None = None,
+    ):
         self.holder, self.url, self.host, self.port = holder, url, host, port
-        self.drain = drain
+        self.drain, self.metrics = drain, metrics
         self.slots = [_Slot(i) for i in range(n)]
         self.stopping_since: float | None = None
         self.result = 0
 
     def spawn(self, slot: _Slot) -> None:
-        _spawn(slot, self.holder, self.url, self.host, self.port, self.drain)
+        _spawn(slot, self.holder, self.url, self.host, self.port, self.drain, self.metrics)
 
     def alive(self) -> list[_Slot]:
         return [s for s in self.slots if s.pid is not None]
@@ -246,13 +271,16 @@ def run_workers(
     port: int,
     n: int,
     drain_seconds: float = DRAIN_SECONDS,
+    metrics: tuple[str, int] | None = None,
 ) -> int:
-    """Run `n` workers on host:port until SIGTERM/SIGINT; returns the exit code."""
+    """Run `n` workers on host:port until SIGTERM/SIGINT; returns the exit code. Each
+    worker also binds the metrics listener (`metrics`: (host, port), overriding
+    server.metrics_host and server.metrics_port)."""
     handle: StoreHandle = store_url(holder.current, Path(config_path or "tollway.yaml"))
     # Signals are taken synchronously (sigtimedwait); workers unblock them after fork. They
     # stay blocked to the end: a second SIGTERM while the store stops must not kill us.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     try:
-        return _Parent(holder, handle.url, host, port, n, drain_seconds).run()
+        return _Parent(holder, handle.url, host, port, n, drain_seconds, metrics).run()
     finally:
         handle.stop()

@@ -14,6 +14,7 @@ import requests
 from aiohttp.web_urldispatcher import PrefixedSubAppResource
 from tollway.config import parse_config_text
 from tollway.config.reload import ConfigHolder
+from tollway.limits.admins import Credentials
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock
 from tollway.limits.history import History
@@ -49,7 +50,15 @@ organizations:
 # A valid body for every route that takes one, by operationId: a new body route without
 # an example here fails test_every_documented_route_answers.
 BODIES: dict[str, dict[str, Any]] = {
-    "post_orgs_org_keys": {"name": "ci", "workspace": "cc", "user": "alice"},
+    "post_orgs_org_keys": {
+        "name": "ci",
+        "workspace": "cc",
+        "user": "alice",
+        "expires_in": "30d",
+        "models": ["gpt-4o*"],
+        "tags": ["team-a"],
+    },
+    "post_keys_key_id_rotate": {"overlap": "1h"},
     "post_orgs_org_credits_purchases": {"amount": "25.00"},
     "post_orgs_org_credits_grants": {"amount": 5, "expires_in": "30d", "identity": "id-1"},
     "put_orgs_org_auto_reload": {"threshold": "5.00", "target": "20.00"},
@@ -60,6 +69,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "put_orgs_org_extra_usage": {"enabled": True},
     "put_orgs_org_extra_usage_users_user": {"enabled": False},
     "post_orgs_org_limit_requests": {"user": "carol", "reason": "deadline"},
+    "post_orgs_org_admins": {"role": "billing", "name": "finance"},
     "post_orgs_org_limit_requests_user_approve": {"cap": "20.00", "note": "ok"},
     "post_orgs_org_limit_requests_user_deny": {"note": "not now"},
 }
@@ -129,9 +139,11 @@ def _values(stack) -> dict[str, str]:
     spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
     for user in ("alice", "bob"):
         stack.run(spend.file_request("acme", user, "more please"))
+    credential, _ = stack.run(Credentials(stack.store).create("acme", "admin", 0, "ops"))
     return {
         "org": "acme",
         "key_id": record.key_id,
+        "admin_id": credential.cred_id,
         "session_id": "sess-1",
         "user": "alice",
         "workspace": "cc",

@@ -304,7 +304,7 @@ def test_health_and_metrics(stack):
     stack.wait_settled()
     assert requests.get(stack.url + "/healthz").json() == {"status": "ok"}
     assert requests.get(stack.url + "/readyz").status_code == 200
-    text = requests.get(stack.url + "/metrics").text
+    text = requests.get(stack.metrics_url + "/metrics").text
     assert (
         'tollway_requests_total{org="acme",outcome="ok",route="/v1/chat/completions"} 1.0' in text
     )

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from tollway.config import parse_config_text
 from tollway.limits import reports
+from tollway.limits.apikeys import ApiKeys
 from tollway.proxy.cli.main import build_parser, main
 
 from tests.support.stack import ENV
@@ -69,7 +70,9 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
 
 def expected(stack, by: str) -> dict:
     day = date(2026, 1, 1)
-    return reports.report_dict(stack.run(reports.usage_report(stack.store, "acme", by, day, day)))
+    report = stack.run(reports.usage_report(stack.store, "acme", by, day, day))
+    names = stack.run(ApiKeys(stack.store).names("acme"))  # rows by key carry key names
+    return reports.report_dict(reports.name_keys(report, names))
 
 
 @pytest.mark.parametrize("by", reports.GROUPINGS)

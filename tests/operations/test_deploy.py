@@ -177,7 +177,7 @@ def exposition(stack_factory) -> dict[str, set[str]]:
             stack.openai(key).chat.completions.create(model="gpt-4o-mini", messages=hello)
     stack.holder.reload()  # a config reload (success)
     stack.wait_settled()
-    out = exposed(requests.get(stack.url + "/metrics", timeout=10).text)
+    out = exposed(requests.get(stack.metrics_url + "/metrics", timeout=10).text)
     # Label names of families that have no sample yet (no store error happened, say).
     for metric in vars(stack.metrics).values():
         names = getattr(metric, "_labelnames", None)
@@ -220,9 +220,9 @@ def test_dashboard_and_alerts_use_only_exposed_metrics(exposition):
 def test_k8s_manifests_pass_kubernetes_validate():
     kinds = {d["kind"] for f in K8S.glob("*.yaml") for d in load_all(f)}
     assert {"Deployment", "Service", "ConfigMap", "Secret", "PodDisruptionBudget"} <= kinds
-    assert {"HorizontalPodAutoscaler", "ServiceMonitor"} <= kinds
+    assert {"HorizontalPodAutoscaler", "PodMonitor"} <= kinds
     core = [str(f) for f in sorted(K8S.glob("*.yaml"))
-            if f.name not in ("kustomization.yaml", "servicemonitor.yaml")]  # fmt: skip
+            if f.name not in ("kustomization.yaml", "podmonitor.yaml")]  # fmt: skip
     result = run(tool("kubernetes-validate"), "--strict", *core)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count(" passed for resource ") == len(core)
@@ -240,11 +240,12 @@ def test_k8s_pieces_fit_together():
         deployment["spec"]["selector"]["matchLabels"],
         service["spec"]["selector"],
         docs["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"],
-        docs["ServiceMonitor"]["spec"]["selector"]["matchLabels"],
+        docs["PodMonitor"]["spec"]["selector"]["matchLabels"],
     ):
         assert selector.items() <= labels.items()
-    assert docs["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "http"
-    assert service["spec"]["ports"][0]["name"] == "http"
+    # Metrics are scraped on the pods' metrics port, which the client Service never exposes.
+    assert docs["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
     assert docs["HorizontalPodAutoscaler"]["spec"]["scaleTargetRef"]["name"] == "tollway"
     container = pod["spec"]["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"

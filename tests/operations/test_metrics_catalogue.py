@@ -87,7 +87,7 @@ def scrape(stack_factory) -> str:
     assert not stack.holder.reload()
     stack.reconfigure(ORGS)
     stack.wait_settled()
-    return requests.get(stack.url + "/metrics", timeout=10).text
+    return requests.get(stack.metrics_url + "/metrics", timeout=10).text
 
 
 def test_promtool_check_metrics_passes(scrape, tmp_path):

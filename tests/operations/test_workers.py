@@ -51,7 +51,7 @@ class Server:
         env["TOLLWAY_DATA"] = str(config.parent / "data")  # the embedded Valkey's, if used
         cmd = [sys.executable, "-m", "tollway.proxy.cli", "serve", "--config", str(config)]
         cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-        cmd += ["--drain-timeout", str(drain)]
+        cmd += ["--drain-timeout", str(drain), "--metrics-port", str(free_port())]
         self.url = f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         self.lines: list[dict] = []

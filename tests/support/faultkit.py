@@ -421,6 +421,8 @@ class ProxyProcess:
         self.config_path = config_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
         env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "TOLLWAY_CONFIG")}
         env.update(ENV)
         env["TOLLWAY_DATA"] = str(data_dir)
@@ -428,7 +430,7 @@ class ProxyProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()/kill()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tollway.proxy.cli", "serve", "--config", str(config_path),
-             "--port", str(self.port)],
+             "--port", str(self.port), "--metrics-port", str(self.metrics_port)],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -454,7 +456,7 @@ class ProxyProcess:
     def metric(self, name: str, **labels: str) -> float:
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = fetch("GET", self.url + "/metrics").body.decode()
+        text = fetch("GET", self.metrics_url + "/metrics").body.decode()
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 if sample.name == name and all(

@@ -21,6 +21,7 @@ from tollway.limits.clock import ManualClock
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 from tollway.proxy.runtime.app import HANDLER, METER, METRICS, create_app
+from tollway.proxy.runtime.metrics_server import create_metrics_app
 
 from tests.support.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, start_fake_upstream
 from tests.support.ledgerkit import day_counters, ledger_events
@@ -70,6 +71,14 @@ class Stack:
         self.run(site.start())
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}"
+        # The operators' metrics listener, on a port of its own (never the client port).
+        token_env = self.holder.current.server.metrics_token_env
+        self._metrics_runner = web.AppRunner(create_metrics_app(self.app[METRICS], token_env))
+        self.run(self._metrics_runner.setup())
+        msite = web.TCPSite(self._metrics_runner, "127.0.0.1", 0)
+        self.run(msite.start())
+        mport = msite._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.metrics_url = f"http://127.0.0.1:{mport}"
         self.redis = sync_client(redis_url)  # a cluster client for redis+cluster:// URLs
         self._extra_runners: list[web.AppRunner] = []
 
@@ -213,6 +222,7 @@ class Stack:
         for runner in self._extra_runners:
             self.run(runner.cleanup())
         self.run(self.runner.cleanup())
+        self.run(self._metrics_runner.cleanup())
         self.run(self._fake_runner.cleanup())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)

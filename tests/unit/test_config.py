@@ -94,9 +94,19 @@ EXPECTED = {
         "5: upstreams.openai.api_key_env: environment variable TOLLWAY_TEST_UNSET_KEY is not set"
     ],
     "missing_key": ["3: upstreams.openai.base_url: missing required key"],
+    "absurd_price": [
+        "3: prices.gpt-4o-mini.output: the largest single-request cost at this price, "
+        "100000000000000004.50 USD (every count at metering.max_tokens_per_request, every tool "
+        "at metering.max_tool_requests), is above 2^53 micro-USD: it cannot be counted exactly"
+    ],
+    "bad_price_dates": ["7: prices.gpt-5.changes[0].since: must be later than the price before it"],
     "too_many_decimals": ["3: prices.gpt-4o-mini.output: more than 6 decimal places"],
     "syntax_error": ["4: syntax error: mapping values are not allowed here"],
     "duplicate_key": ["7: organizations.acme.users.alice: duplicate key (first defined on line 5)"],
+    "duplicate_after_nfc": [
+        "5: organizations.Jos\u00e9-labs: duplicate key: 'Jose\u0301-labs' and 'Jos\u00e9-labs' "
+        "are the same name after Unicode normalization (NFC) (first defined on line 4)"
+    ],
     "bad_name": [
         "5: organizations.acme.workspaces.team:red: invalid name 'team:red': must not contain "
         "'{', '}', ':', whitespace or control characters"
@@ -238,6 +248,8 @@ def test_yaml_money_never_goes_through_float() -> None:
         "  a: {input: 0.1, output: 0.2, cache_write: 19.999999, cache_read: 1_000_000.000001}\n"
         "  b: {input: 9007199254.740993, output: '10.00'}\n"
         "organizations:\n  o: {spend_caps: {monthly: 0.3}}\n"
+        # b's largest request must stay below 2^53 micro-USD (tollway.config.pricing).
+        "metering: {max_tokens_per_request: 100}\n"
     )
     config = parse_config_text(text, env={})
     a = config.prices["a"]
@@ -428,3 +440,19 @@ def test_store_only_commands_may_load_without_upstream_secrets(tmp_path):
     assert "environment variable TW_UNSET_KEY is not set" in str(e.value)
     cfg = load_config(path, {}, secrets=False)
     assert cfg.upstreams["openai"].api_key.get_secret_value() == ""
+
+
+def test_names_are_nfc_everywhere() -> None:
+    """A name typed with a combining accent is the same name as the precomposed one: the
+    organization, a user and the seat tier the user references all meet in NFC."""
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    text = (
+        "organizations:\n"
+        f"  {nfd}:\n"
+        f"    seat_tiers: {{{nfc}: {{included: 1}}}}\n"
+        f"    users: {{{nfd}-user: {{seat: {nfd}}}}}\n"
+    )
+    cfg = parse_config_text(text, "names.yaml", {})
+    assert list(cfg.organizations) == [nfc]
+    org = cfg.organizations[nfc]
+    assert list(org.users) == [nfc + "-user"] and org.users[nfc + "-user"].seat == nfc

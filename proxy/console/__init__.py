@@ -1,0 +1,1 @@
+"""The web console at ``/console`` (see `tollway.proxy.console.app`)."""
