@@ -62,7 +62,7 @@ def balance(stack):
 
 
 def events(stack, kind: str) -> list[dict[str, str]]:
-    return [f for _, f in stack.redis.xrange(stack.keys.ledger("acme")) if f["type"] == kind]
+    return stack.ledger("acme", kind)
 
 
 def counted(stack, result: str) -> float:
