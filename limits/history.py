@@ -134,6 +134,18 @@ class History:
         )
         return [SessionSums(r[0], *(_int(v) for v in r[1:])) for r in rows]
 
+    async def settled(self, org: str, rid: str) -> bool:
+        """Whether request `rid` of `org` was settled already (its event is in the ledger,
+        shipped or still waiting in Redis): how a journal replay that comes after the
+        settled marker expired still settles a request at most once."""
+        await self.catch_up([org])
+        rows = await self.db.fetch(
+            f"SELECT 1 FROM ledger_events WHERE org = ? AND rid = ? AND {_SETTLED} LIMIT 1",
+            org,
+            rid,
+        )
+        return bool(rows)
+
     async def debits_by_user(
         self, org: str, start_ms: int, end_ms: int
     ) -> dict[str | None, tuple[int, int, int]]:

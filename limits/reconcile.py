@@ -75,7 +75,7 @@ async def reconcile_org(store: Store, org: str) -> list[Drift]:
     await history.catch_up([org])
     k, client = store.keys, store.client
     months = sorted(
-        name.rsplit(":", 1)[1] async for name in client.scan_iter(match=k.month(org, "*"))
+        [name.rsplit(":", 1)[1] async for name in client.scan_iter(match=k.month(org, "*"))]
     )
     pipe = client.pipeline(transaction=True)
     pipe.hmget(k.account(org), "balance", "debt", "ledger_base")

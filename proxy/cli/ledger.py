@@ -34,7 +34,7 @@ def register(sub: Any) -> None:
     ledger_sub = p.add_subparsers(dest="ledger_command", required=True, metavar="COMMAND")
     e = ledger_sub.add_parser("export", help="a month's ledger events as CSV or Parquet")
     e.add_argument("--month", required=True, help="YYYY-MM, in server.timezone")
-    e.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    e.add_argument("--format", choices=("csv", "parquet"), default="csv", help="file format")
     e.add_argument("--org", help="one organization (default: all)")
     e.add_argument("--output", "-o", help="file to write (default: standard output)")
     e.add_argument("--config", help=CONFIG_HELP)

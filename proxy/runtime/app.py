@@ -157,7 +157,16 @@ async def _journal(app: web.Application) -> AsyncIterator[None]:
     journal.observers.append(app[METRICS].observe_journal)
     handler.journal = journal
     app[JOURNAL] = journal
-    app[REPLAYER] = replayer = Replayer(journal, handler.settle_entry, app[STORE].ping)
+    history = app[STORE].history
+
+    async def replay(entry: Any) -> Any:
+        # The settled marker lives store.settled_ttl_seconds; a replay may come later, so
+        # the ledger (every settlement's event) is asked first.
+        if await history.settled(entry.principal.org, entry.rid):
+            return None
+        return await handler.settle_entry(entry)
+
+    app[REPLAYER] = replayer = Replayer(journal, replay, app[STORE].ping)
     task = asyncio.ensure_future(replayer.run())
     yield
     task.cancel()

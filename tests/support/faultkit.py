@@ -149,6 +149,7 @@ class FaultStack(Stack):
         """Read the store (snapshots, counters) straight from `url`, not through a relay."""
         self.redis.close()
         self.redis = redis.Redis.from_url(url, decode_responses=True)
+        self.reader = self.run(self._reader_on(url))
 
     def config_text(self, orgs_yaml: str, extra_yaml: str = "", upstream: str = "") -> str:
         text = super().config_text(orgs_yaml, extra_yaml, upstream)

@@ -18,6 +18,7 @@ from tollway.config import load_config
 from tollway.config.reload import ConfigHolder
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock
+from tollway.limits.history import History
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 from tollway.proxy.runtime.app import HANDLER, METER, METRICS, create_app
@@ -80,10 +81,17 @@ class Stack:
         mport = msite._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.metrics_url = f"http://127.0.0.1:{mport}"
         self.redis = sync_client(redis_url)  # a cluster client for redis+cluster:// URLs
+        self.reader = self.store  # what ledger() and day() ship and read through
         self._extra_runners: list[web.AppRunner] = []
 
     async def _store(self) -> Store:
         return Store.from_url(self.redis_url, Keys(self.prefix), timeout=2.0)
+
+    async def _reader_on(self, url: str) -> Store:
+        """A store on `url` sharing the app's ledger database (to read past a relay)."""
+        store = Store.from_url(url, Keys(self.prefix), timeout=2.0)
+        store.history = History(store, self.store.history.db)
+        return store
 
     def config_text(self, orgs_yaml: str, extra_yaml: str = "", upstream: str = "") -> str:
         upstream = upstream or self.fake_url
@@ -112,12 +120,12 @@ class Stack:
         from tollway.limits.meter import periods
 
         day = day or periods(self.clock.now_ms(), self.holder.current.server.tzinfo)[1]
-        return self.run(day_counters(self.store, org, day))
+        return self.run(day_counters(self.reader, org, day))
 
     def ledger(self, org: str = "acme", kind: str | None = None) -> list[dict[str, Any]]:
         """The organization's ledger events (of type `kind`), oldest first, from the ledger
         database after shipping what waits in Redis."""
-        return self.run(ledger_events(self.store, org, kind))
+        return self.run(ledger_events(self.reader, org, kind))
 
     def second_proxy(self) -> str:
         """Another proxy replica on the same store (its own process state): its URL."""
