@@ -129,7 +129,7 @@ upstreams:
   anthropic: {{base_url: "{up}", api_key_env: ANTHROPIC_API_KEY}}
 prices:
   gpt-4o-mini: {{input: 0.15, output: 0.60, cache_read: 0.075}}
-  claude-sonnet-4-5: {{input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}}
+  claude-sonnet-4-6: {{input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}}
 organizations:
   {ORG}:
     limits: {{rpm: 1000000, tpm: 1000000000}}

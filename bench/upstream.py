@@ -39,7 +39,7 @@ _KNOB = re.compile(rb"\r\nx-bench-([a-z-]+):\s*([0-9.]+)", re.IGNORECASE)
 _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:\s*([0-9]+)", re.IGNORECASE)
 
 MODEL_OPENAI = "gpt-4o-mini"
-MODEL_ANTHROPIC = "claude-sonnet-4-5"
+MODEL_ANTHROPIC = "claude-sonnet-4-6"
 
 
 def _chunk(data: bytes) -> bytes:

@@ -54,6 +54,7 @@ from tollway.config.values import (
     Seconds,
     StrictBool,
     empty_map,
+    environment,
     fail,
     integer,
     resolve_secret,
@@ -371,6 +372,20 @@ class Config(FrozenModel):
     notifications: Notifications = Notifications()
     _source: str | None = PrivateAttr(default=None)
     _book: PriceBook = PrivateAttr()
+
+    @field_validator("upstreams", mode="before")
+    @classmethod
+    def _base_url_from_env(cls, value: Any, info: ValidationInfo) -> Any:
+        """``$TOLLWAY_<NAME>_BASE_URL`` (``TOLLWAY_OPENAI_BASE_URL``...), when set, replaces
+        that upstream's ``base_url``: a local or test server without editing the file."""
+        if not isinstance(value, Mapping):
+            return value
+        env = environment(info)
+        for name, upstream in value.items():
+            url = env.get(f"TOLLWAY_{str(name).upper()}_BASE_URL")
+            if url and isinstance(upstream, Mapping):
+                value = {**value, name: {**upstream, "base_url": url}}
+        return value
 
     @model_validator(mode="after")
     def _remember_source(self, info: ValidationInfo) -> Config:

@@ -193,13 +193,13 @@ def fail(title: str, *errors: tuple[tuple[str | int, ...], str, Any]) -> NoRetur
     )
 
 
-def _env(info: ValidationInfo) -> Mapping[str, str]:
+def environment(info: ValidationInfo) -> Mapping[str, str]:
     context = info.context or {}
     return context.get("env") if context.get("env") is not None else os.environ
 
 
 def resolve_secret(info: ValidationInfo, title: str, key: str, name: str) -> SecretStr:
-    value = _env(info).get(name)
+    value = environment(info).get(name)
     if not value and (info.context or {}).get("secrets") is False:
         return SecretStr("")
     if value is None:

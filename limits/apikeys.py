@@ -2,10 +2,13 @@
 
 A key record lives under its organization's hash tag (``tw:{org}:key:<id>``) and the admit
 script reads its ``revoked`` field on every metered request, so a revocation is in force
-on every proxy replica at the very next request. Finding the record from the secret takes
-a global index (``tw:keyhash:<digest>`` → key id); each process caches the record it
-found for at most `MAX_AGE` (one second), so what an operator changes on a key (a
-rotation's overlap ending, say) reaches every replica within a second.
+on every proxy replica at the very next request. Revocations also go on a global list
+that every process polls each second (`poll_revocations`): a process serving fail-open
+from its cache while the store is away never serves a key revoked before the outage.
+Finding the record from the secret takes a global index (``tw:keyhash:<digest>`` → key
+id); each process caches the record it found for at most `MAX_AGE` (one second), so what
+an operator changes on a key (a rotation's overlap ending, say) reaches every replica
+within a second.
 
 What an operator sets on a key (`KeySettings`): a name, an expiry, a model allow-list of
 patterns, tags. Expiry and a rotated secret's end of overlap are instants checked against
@@ -37,6 +40,10 @@ from tollway.limits.store import Store
 SECRET_PREFIX = "tw-"
 CACHE_SIZE = 100_000
 MAX_AGE = 1.0  # seconds a process trusts a key record it read
+REVOCATION_POLL = 1.0  # seconds between two polls of the revocation list
+# Each poll re-reads the last minute too: revocation times come from other machines' clocks.
+REVOCATION_SLACK_MS = 60_000
+REVOCATIONS_KEPT_MS = 90 * 86_400_000  # a revocation stays on the polled list 90 days
 UNMETERED_MAX_AGE = MAX_AGE  # the same bound on every route now (the name callers use)
 DEFAULT_OVERLAP_MS = 24 * 3_600_000  # a rotated secret keeps working this long by default
 _OLD = "old:"  # record field prefix: old:<digest> = end of that secret's overlap (ms)
@@ -177,6 +184,9 @@ class ApiKeys:
         self.clock = clock or SystemClock()
         # digest -> (record, monotonic time it was read)
         self._cache: OrderedDict[str, tuple[KeyRecord, float]] = OrderedDict()
+        # Key ids revoked, as last polled (`poll_revocations`), and when that poll ran (ms).
+        self.revoked: set[str] = set()
+        self._polled_ms = 0
 
     async def create(
         self,
@@ -238,6 +248,23 @@ class ApiKeys:
             raise UnknownKey(f"no key {key_id!r}")
         return KeyRecord.from_hash(h)
 
+    async def poll_revocations(self) -> None:
+        """Read the revocations made since the last poll (all of them the first time) into
+        `revoked`. A process polls every second while the store answers, so when the store
+        goes away it knows every revocation made up to about a second before, and
+        fail-open never serves those keys from its cache. StoreUnavailable propagates."""
+        client = self.store.client
+        since = max(self._polled_ms - REVOCATION_SLACK_MS, 0) if self._polled_ms else 0
+        now = self.clock.now_ms()
+        found = await self.store.call(
+            "key_revocations", client.zrangebyscore, self.keys.revocations(), since, "+inf"
+        )
+        for key_id in found:
+            if key_id not in self.revoked:
+                self.revoked.add(key_id)
+                self._forget_key(key_id)
+        self._polled_ms = now
+
     async def revoke(self, key_id: str) -> KeyRecord:
         record = await self.get(key_id)
         await self.store.call(
@@ -247,8 +274,22 @@ class ApiKeys:
             "revoked",
             "1",
         )
+        # Then the list every process polls (`poll_revocations`); kept REVOCATIONS_KEPT.
+        now = self.clock.now_ms()
+        revocations = self.keys.revocations()
+        client = self.store.client
+        await self.store.call("key_revoke", client.zadd, revocations, {key_id: now})
+        cutoff = now - REVOCATIONS_KEPT_MS
+        await self.store.call("key_revoke", client.zremrangebyscore, revocations, 0, cutoff)
         self._forget_key(key_id)
         return replace(record, revoked=True)
+
+    async def revoke_user(self, org: str, user: str) -> list[str]:
+        """Revoke every live key of a user (removed from the organization): their ids."""
+        ids = [r.key_id for r in await self.list(org) if r.user == user and not r.revoked]
+        for key_id in ids:
+            await self.revoke(key_id)
+        return ids
 
     async def rotate(
         self, key_id: str, now_ms: int, overlap_ms: int = DEFAULT_OVERLAP_MS
@@ -346,9 +387,9 @@ class ApiKeys:
     def cached(self, secret: str) -> Principal | None:
         """The principal this process resolved for `secret` earlier, if any, whatever its
         age (fail-open serves known keys while the store is unavailable); None when that
-        key has expired since."""
+        key has expired since, or was revoked (as `poll_revocations` last saw)."""
         record = self.record(secret)
-        if record is None:
+        if record is None or record.key_id in self.revoked:
             return None
         try:
             self._check(record, digest(secret))

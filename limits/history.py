@@ -65,14 +65,31 @@ class UsageSums:
 
 @dataclass(frozen=True, slots=True)
 class SessionSums:
+    """One model's share of one session of one organization. ``first_ms`` is the start of
+    its earliest request (settled time less upstream time), ``last_ms`` its latest end."""
+
     org: str
+    session: str
+    model: str
     requests: int
+    failures: int
     cost: int
     upstream_ms: int
-    input_tokens: int  # input, cache writes and cache reads
+    input_tokens: int
     output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
     first_ms: int
     last_ms: int
+
+
+_SESSION_SUMS = (
+    "org, session, COALESCE(NULLIF(model, ''), '-'), COUNT(*), "
+    "SUM(CASE WHEN type = 'fail' THEN 1 ELSE 0 END), SUM(cost), SUM(upstream_ms), "
+    "SUM(input_tokens), SUM(output_tokens), SUM(cache_write_tokens), SUM(cache_read_tokens), "
+    "MIN(ts - upstream_ms), MAX(ts)"
+)
+_SESSION_GROUP = "GROUP BY org, session, COALESCE(NULLIF(model, ''), '-')"
 
 
 def _int(v: Any) -> int:
@@ -117,22 +134,42 @@ class History:
         return [UsageSums(r[0], *(_int(v) for v in r[1:])) for r in rows]
 
     async def sessions(self, orgs: Iterable[str], session_id: str) -> list[SessionSums]:
-        """The session `session_id` in each of `orgs` that has one, by organization."""
+        """Session `session_id` in each of `orgs` that has one, by organization and model."""
         names = sorted(set(orgs))
         await self.catch_up(names)
         if not names:
             return []
         marks = ", ".join("?" for _ in names)
         rows = await self.db.fetch(
-            "SELECT org, COUNT(*), "
-            "SUM(cost), SUM(upstream_ms), "
-            "SUM(input_tokens + cache_write_tokens + cache_read_tokens), SUM(output_tokens), "
-            f"MIN(ts), MAX(ts) FROM ledger_events WHERE session = ? AND org IN ({marks}) "
-            f"AND {_SETTLED} GROUP BY org ORDER BY org",
+            f"SELECT {_SESSION_SUMS} FROM ledger_events WHERE session = ? AND org IN ({marks}) "
+            f"AND {_SETTLED} {_SESSION_GROUP}",
             session_id,
             *names,
         )
-        return [SessionSums(r[0], *(_int(v) for v in r[1:])) for r in rows]
+        return [SessionSums(r[0], r[1], r[2], *(_int(v) for v in r[3:])) for r in rows]
+
+    async def recent_sessions(self, org: str, limit: int) -> list[SessionSums]:
+        """The `limit` sessions of `org` whose last request ended last, by model."""
+        await self.catch_up([org])
+        ids = [
+            r[0]
+            for r in await self.db.fetch(
+                "SELECT session FROM ledger_events WHERE org = ? AND session IS NOT NULL "
+                f"AND {_SETTLED} GROUP BY session ORDER BY MAX(ts) DESC, session LIMIT ?",
+                org,
+                limit,
+            )
+        ]
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        rows = await self.db.fetch(
+            f"SELECT {_SESSION_SUMS} FROM ledger_events WHERE org = ? "
+            f"AND session IN ({marks}) AND {_SETTLED} {_SESSION_GROUP}",
+            org,
+            *ids,
+        )
+        return [SessionSums(r[0], r[1], r[2], *(_int(v) for v in r[3:])) for r in rows]
 
     async def settled(self, org: str, rid: str) -> bool:
         """Whether request `rid` of `org` was settled already (its event is in the ledger,

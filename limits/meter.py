@@ -38,6 +38,7 @@ class Decision:
     detail: str = ""  # the limit or cap that refused, in words
     retry_after_ms: int | None = None  # rate limits: when to retry; None: never by waiting
     resets_at_ms: int | None = None  # caps and included usage: start of next period
+    amount: int | None = None  # micro-USD: the cap reached, or the seat's included usage
     buckets: tuple[BucketState, ...] = ()
 
 
@@ -209,6 +210,8 @@ class Meter:
         admitted, reason, detail, retry = int(raw[0]), raw[1], raw[2], int(raw[3])
         if reason == "key":
             return Decision(False, "key", "revoked key")
+        if reason == "late":
+            return Decision(False, "late", "released before it ran")
         states = tuple(
             BucketState(spec, int(raw[4 + 2 * i]), int(raw[5 + 2 * i]))
             for i, spec in enumerate(specs)
@@ -224,9 +227,26 @@ class Meter:
                 retry_after_ms=retry if retry >= 0 else None,
                 buckets=states,
             )
-        if reason in ("cap", "included"):
-            return Decision(False, reason, detail, resets_at_ms=next_month, buckets=states)
+        if reason == "cap":
+            label, _, cap = detail.rpartition("|")
+            return Decision(
+                False, reason, label, resets_at_ms=next_month, amount=int(cap), buckets=states
+            )
+        if reason == "included":
+            return Decision(
+                False, reason, "", resets_at_ms=next_month, amount=int(detail), buckets=states
+            )
         return Decision(False, reason, detail, buckets=states)
+
+    async def release(self, principal: Principal, rid: str) -> bool:
+        """Give back the admission of `rid`, which nobody waits for any more (its admit
+        timed out), and make an admission of it that runs later take nothing. True when
+        there was one to give back. Safe before or after the request's settlement."""
+        cfg = self.config()
+        k, org = self.keys, principal.org
+        keys = [k.hold(org, rid), k.holds(org), k.account(org)]
+        ttl = cfg.store.hold_ttl_seconds * 1000
+        return bool(await self.store.run("release", keys, [self.clock.now_ms(), rid, ttl]))
 
     async def settle(
         self,

@@ -26,7 +26,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import orjson
-from tollway.limits.history import UsageSums, history_of
+from tollway.limits.history import SessionSums, UsageSums, history_of
 from tollway.limits.money import format_usd
 from tollway.limits.store import Store
 
@@ -201,43 +201,114 @@ def to_csv(report: UsageReport) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelUsage:
+    """One model's share of a session. Tokens by kind; cost in micro-USD."""
+
+    model: str
+    requests: int
+    failures: int
+    cost: int
+    input_tokens: int
+    output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(ModelUsage) if f.name != "cost"}
+        return {**out, "cost_micro": self.cost, "cost_usd": format_usd(self.cost)}
+
+
+@dataclass(frozen=True, slots=True)
 class SessionReport:
-    """A session's totals, like a coding assistant's ``/cost``. Durations in ms; ``wall_ms``
-    runs from the first request's settlement to the last one's; ``api_ms`` is the sum of
-    upstream time. ``input_tokens`` includes cache writes and reads."""
+    """A session's totals, like a coding assistant's ``/cost``. Durations in ms:
+    ``wall_ms`` runs from the start of its first request (when it was sent upstream) to
+    the end of its last one, so it is never shorter than one request; ``api_ms`` is the
+    sum of upstream time (above ``wall_ms`` when requests ran in parallel).
+    ``input_tokens`` is uncached input; cache writes and reads are counted apart, and
+    ``models`` splits everything by model (most expensive first)."""
 
     org: str
     session_id: str
     requests: int
+    failures: int
     cost: int
     api_ms: int
     wall_ms: int
     input_tokens: int
     output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
     first_ms: int
     last_ms: int
+    models: tuple[ModelUsage, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(SessionReport) if f.name != "cost"}
-        return {**out, "cost_micro": self.cost, "cost_usd": format_usd(self.cost)}
+        skip = ("cost", "models")
+        out = {f.name: getattr(self, f.name) for f in fields(SessionReport) if f.name not in skip}
+        return {
+            **out,
+            "cost_micro": self.cost,
+            "cost_usd": format_usd(self.cost),
+            "models": [m.as_dict() for m in self.models],
+        }
+
+
+def _sessions(found: Iterable[SessionSums]) -> list[SessionReport]:
+    """Reports of per-model session sums, one per (organization, session), in the order
+    their first rows came."""
+    grouped: dict[tuple[str, str], list[SessionSums]] = {}
+    for row in found:
+        grouped.setdefault((row.org, row.session), []).append(row)
+    out = []
+    for (org, sid), rows in grouped.items():
+        models = sorted(
+            (
+                ModelUsage(
+                    model=r.model,
+                    requests=r.requests,
+                    failures=r.failures,
+                    cost=r.cost,
+                    input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens,
+                    cache_write_tokens=r.cache_write_tokens,
+                    cache_read_tokens=r.cache_read_tokens,
+                )
+                for r in rows
+            ),
+            key=lambda m: (-m.cost, m.model),
+        )
+        first, last = min(r.first_ms for r in rows), max(r.last_ms for r in rows)
+        out.append(
+            SessionReport(
+                org=org,
+                session_id=sid,
+                requests=sum(m.requests for m in models),
+                failures=sum(m.failures for m in models),
+                cost=sum(m.cost for m in models),
+                api_ms=sum(r.upstream_ms for r in rows),
+                wall_ms=max(0, last - first),
+                input_tokens=sum(m.input_tokens for m in models),
+                output_tokens=sum(m.output_tokens for m in models),
+                cache_write_tokens=sum(m.cache_write_tokens for m in models),
+                cache_read_tokens=sum(m.cache_read_tokens for m in models),
+                first_ms=first,
+                last_ms=last,
+                models=tuple(models),
+            )
+        )
+    return out
 
 
 async def find_sessions(store: Store, orgs: Iterable[str], session_id: str) -> list[SessionReport]:
     """The session in every organization that has one by this id (the id alone does not
-    say which organization's it is). Usually one report; empty when none has it."""
+    say which organization's it is), sorted by organization. Usually one report; empty
+    when none has it."""
     found = await history_of(store).sessions(orgs, session_id)
-    return [
-        SessionReport(
-            org=s.org,
-            session_id=session_id,
-            requests=s.requests,
-            cost=s.cost,
-            api_ms=s.upstream_ms,
-            wall_ms=max(0, s.last_ms - s.first_ms),
-            input_tokens=s.input_tokens,
-            output_tokens=s.output_tokens,
-            first_ms=s.first_ms,
-            last_ms=s.last_ms,
-        )
-        for s in found
-    ]
+    return sorted(_sessions(found), key=lambda s: s.org)
+
+
+async def list_sessions(store: Store, org: str, limit: int = 20) -> list[SessionReport]:
+    """The organization's ``limit`` most recent sessions (by their last request's end),
+    newest first."""
+    found = await history_of(store).recent_sessions(org, limit)
+    return sorted(_sessions(found), key=lambda s: (-s.last_ms, s.session_id))

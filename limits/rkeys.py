@@ -65,6 +65,10 @@ class Keys:
     def session(self, org: str, session_id: str) -> str:
         return self.org(org, "sess", session_id)
 
+    def sessions(self, org: str) -> str:
+        """Sorted set of the organization's session ids, scored by their last request end."""
+        return self.org(org, "sessions")
+
     def ledger(self, org: str) -> str:
         return self.org(org, "ledger")
 
@@ -73,6 +77,10 @@ class Keys:
 
     def api_key(self, org: str, key_id: str) -> str:
         return self.org(org, "key", key_id)
+
+    def users(self, org: str) -> str:
+        """Users added or changed at run time (`tollway.limits.users`)."""
+        return self.org(org, "users")
 
     def api_keys(self, org: str) -> str:
         return self.org(org, "keys")
@@ -98,6 +106,11 @@ class Keys:
 
     def promo_identity(self, digest: str) -> str:
         return f"{self.prefix}:promo-identity:{digest}"
+
+    def revocations(self) -> str:
+        """zset key id -> when it was revoked (ms): what every process polls, so that a
+        revocation reaches a process serving fail-open from its cache."""
+        return f"{self.prefix}:revocations"
 
     def admin_hash(self, digest: str) -> str:
         return f"{self.prefix}:admhash:{digest}"

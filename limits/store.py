@@ -1,8 +1,9 @@
 """The Redis-compatible store: one client, the registered Lua scripts, one error type.
 
 Every Redis error that means "the store is not there" (connection refused or reset,
-timeout, cluster down, loading) or "it cannot take writes now" (out of memory, a replica
-that became read-only in a failover) is raised as `StoreUnavailable`, so callers apply one
+timeout, cluster down, loading, BUSY running a script past its time limit) or "it cannot
+take writes now" (out of memory, a replica that became read-only in a failover, MISCONF
+after a failed snapshot, NOREPLICAS) is raised as `StoreUnavailable`, so callers apply one
 named policy (`store.on_unavailable`). Scripts are loaded once and run with EVALSHA; a
 server that lost its script cache (restart, failover) gets them loaded again on the spot.
 """
@@ -21,7 +22,7 @@ from tollway.limits.connect import connect
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.rkeys import Keys
 
-SCRIPT_NAMES = ("admit", "settle", "add_lot", "expire", "reload_lock")
+SCRIPT_NAMES = ("admit", "settle", "add_lot", "expire", "reload_lock", "release")
 
 _UNAVAILABLE = (
     rexc.ConnectionError,
@@ -38,9 +39,25 @@ _UNAVAILABLE = (
 )
 
 
+# Error replies redis-py has no class for, that mean "not now" rather than "wrong request":
+# MISCONF (writes stopped after a failed snapshot), BUSY (a script or function has run past
+# its time limit), NOREPLICAS (min-replicas-to-write not met), and LOADING/MASTERDOWN
+# inside a script's error text.
+_UNAVAILABLE_REPLIES = ("MISCONF", "BUSY", "NOREPLICAS", "LOADING", "MASTERDOWN")
+
+
+def unavailable_reply(e: Exception) -> bool:
+    """Whether an error reply means the store cannot serve now (it counts as unavailable)."""
+    if not isinstance(e, rexc.ResponseError):
+        return False
+    words = str(e).split()
+    # A script's failed call reads "... script: MISCONF ..." or "ERR ... BUSY ...".
+    return any(w.strip("-:,") in _UNAVAILABLE_REPLIES for w in words[:12])
+
+
 def load_script(name: str) -> str:
     """The source of a script: common.lua followed by ``<name>.lua``."""
-    folder = resources.files("limits") / "scripts"
+    folder = resources.files("tollway.limits") / "scripts"
     common = (folder / "common.lua").read_text(encoding="utf-8")
     return common + "\n" + (folder / f"{name}.lua").read_text(encoding="utf-8")
 
@@ -94,6 +111,11 @@ class Store:
         except _UNAVAILABLE as e:
             self._observe(name, started, True)
             raise StoreUnavailable(f"store unavailable during {name}: {e}") from e
+        except rexc.ResponseError as e:
+            if not unavailable_reply(e):
+                raise
+            self._observe(name, started, True)
+            raise StoreUnavailable(f"store unavailable during {name}: {e}") from e
         self._observe(name, started, False)
         return result
 
@@ -103,6 +125,11 @@ class Store:
         try:
             result = await fn(*args, **kwargs)
         except _UNAVAILABLE as e:
+            self._observe(op, started, True)
+            raise StoreUnavailable(f"store unavailable during {op}: {e}") from e
+        except rexc.ResponseError as e:
+            if not unavailable_reply(e):
+                raise
             self._observe(op, started, True)
             raise StoreUnavailable(f"store unavailable during {op}: {e}") from e
         self._observe(op, started, False)

@@ -72,6 +72,13 @@ class Usage:
 
 ZERO = Usage()
 
+
+def tier_name(value: object) -> str | None:
+    """The service tier a provider reported, as `Usage.service_tier`: None for the base
+    tier (absent, ``standard``, ``default``, ``auto``) and anything that is not a name."""
+    return value if isinstance(value, str) and value and value not in BASE_TIERS else None
+
+
 _COUNTS = (
     "input_tokens",
     "output_tokens",

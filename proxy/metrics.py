@@ -99,6 +99,13 @@ class Metrics:
             ["policy"],
             registry=r,
         )
+        self.absurd_usage = Counter(
+            "tollway_absurd_usage",
+            "Answers whose reported usage was above the sanity ceiling "
+            "(metering.max_tokens_per_request): charged at the ceiling, flagged in the ledger.",
+            ["org"],
+            registry=r,
+        )
         self.settle_failures = Counter(
             "tollway_settle_failures",
             "Settlements that could not be written to the store.",

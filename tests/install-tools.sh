@@ -1,17 +1,43 @@
 #!/usr/bin/env bash
-# Installs the system tools some tests drive, when they are missing (Debian packages).
-# Each line: the command the tests look for, and the package that provides it.
+# The tools some tests drive that PyPI does not ship, kept inside the checkout in
+# .tools/bin (gitignored). Nothing is installed on the system and no service is enabled
+# or started: Debian's package is downloaded (`apt-get download`, no root needed once the
+# package lists exist) and only the binary is extracted from it (`dpkg-deb -x`).
+#
+#   promtool   Prometheus' checker: `promtool check metrics` on a scrape and `check
+#              config` / `check rules` / `test rules` on deploy/prometheus
+#              (tests/operations/test_metrics_catalogue.py, test_deploy.py). From the
+#              `prometheus` package, whose installation would enable a systemd service.
+#
+# A tool already in .tools/bin or on PATH is used as is; this script then does nothing.
 set -euo pipefail
-needed=()
-while read -r cmd pkg; do
-  [ -z "$cmd" ] && continue
-  command -v "$cmd" >/dev/null 2>&1 || needed+=("$pkg")
-done <<'LIST'
-promtool prometheus
-LIST
-if [ ${#needed[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${needed[@]}"
-fi
+cd "$(dirname "$0")/.."
+bin=.tools/bin
+
+fetch_deb_binary() { # command, Debian package, path inside the package
+  local cmd=$1 pkg=$2 path=$3
+  [ -x "$bin/$cmd" ] && return 0
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  echo "tests/install-tools.sh: $cmd is missing: extracting it from Debian's $pkg package" \
+    "into $bin/ (the package is not installed)" >&2
+  local tmp
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  if ! (cd "$tmp" && apt-get download "$pkg" >"$tmp/apt.log" 2>&1); then
+    if [ "$(id -u)" -eq 0 ]; then
+      # Package lists are missing on a fresh image: fetch them (this installs nothing).
+      apt-get update -qq >>"$tmp/apt.log" 2>&1 || true
+      (cd "$tmp" && apt-get download "$pkg" >>"$tmp/apt.log" 2>&1)
+    else
+      cat "$tmp/apt.log" >&2
+      echo "tests/install-tools.sh: run 'sudo apt-get update' (package lists), then retry" >&2
+      return 1
+    fi
+  fi
+  dpkg-deb -x "$tmp"/"$pkg"_*.deb "$tmp/root"
+  mkdir -p "$bin"
+  cp "$tmp/root/$path" "$bin/$cmd"
+  chmod +x "$bin/$cmd"
+}
+
+fetch_deb_binary promtool prometheus usr/bin/promtool

@@ -31,8 +31,10 @@ ARGV
                  tier's user is the user's cap, not the tier's)
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
-  reason: '' | key | rate | included | cap | credit. detail: index (1-based) of the refusing
-  bucket, or the label of the refusing cap. retry_ms: when the refused bucket can admit
+  reason: '' | key | late | rate | included | cap | credit (late: release.lua ran first).
+  detail: index (1-based) of the refusing
+  bucket; "<label>|<cap>" of the refusing cap (micro-USD); the seat's included amount
+  (micro-USD) when its included usage is used up. retry_ms: when the refused bucket can admit
   again (-1: never). remaining_i: whole tokens/requests left in bucket i after this request;
   reset_ms_i: ms until bucket i is full.
 ]]
@@ -45,6 +47,12 @@ local K_HOLD, K_HOLDS, K_ACCT, K_LOTS, K_LOTEXP, K_LEDGER, K_MONTH, K_CFG, K_API
 local revoked = redis.call('HGET', K_APIKEY, 'revoked')
 if revoked ~= '0' then
   return {0, 'key', '', 0}
+end
+
+-- A hold key before admission is release.lua's tombstone: this admission came too late
+-- (Tollway answered without it), so it takes nothing.
+if redis.call('EXISTS', K_HOLD) == 1 then
+  return {0, 'late', '', 0}
 end
 
 purge_holds(K_HOLDS, K_ACCT, plan.hp, now)
@@ -126,7 +134,7 @@ if m then
         on = false
       end
       if not on then
-        return result(0, 'included', '', 0)
+        return result(0, 'included', int(included), 0)
       end
     end
   end
@@ -144,7 +152,7 @@ if m then
         cap = tonumber(ov)
       end
       if cap >= 0 and num(redis.call('HGET', K_MONTH, c[1])) >= cap then
-        return result(0, 'cap', label, 0)
+        return result(0, 'cap', label .. '|' .. int(cap), 0)
       end
     end
     if m.prepaid then

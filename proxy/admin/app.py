@@ -27,17 +27,20 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
+from tollway.config.overlay import Overlay
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import LimitsError, StoreUnavailable
 from tollway.limits.spend import NoPendingRequest, RequestPending
 from tollway.limits.store import Store
+from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin import admins as admin_admins
 from tollway.proxy.admin import credits as admin_credits
 from tollway.proxy.admin import keys as admin_keys
 from tollway.proxy.admin import limits as admin_limits
 from tollway.proxy.admin import orgs as admin_core
 from tollway.proxy.admin import spend as admin_spend
+from tollway.proxy.admin import users as admin_users
 from tollway.proxy.admin.auth import CALLER, COOKIE, Caller, authorize, from_secret, from_session
 from tollway.proxy.admin.context import ADMIN, AdminContext, ApiError, answer, ctx, error
 from tollway.proxy.admin.openapi import Route, document
@@ -63,6 +66,7 @@ def routes() -> list[Route]:
         *admin_keys.ROUTES,
         *admin_credits.ROUTES,
         *admin_spend.ROUTES,
+        *admin_users.ROUTES,
         *admin_limits.ROUTES,
         *admin_admins.ROUTES,
     ]
@@ -120,6 +124,9 @@ async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
         if route is not None:  # None: no such route, the fallback answers 404 or 405
             await authorize(ctx(request), who, route, request)
         request[CALLER] = who
+        org = request.match_info.get("org")
+        if org is not None and org in ctx(request).holder.base.organizations:
+            await ctx(request).holder.refresh(org)  # run-time users, as every replica sees
         return await handler(request)
     except ApiError as e:
         return error(e.status, e.message)
@@ -149,11 +156,17 @@ def create_admin_app(
     clock: Clock,
     apikeys: ApiKeys,
     env: Mapping[str, str] | None = None,
+    users: RuntimeUsers | None = None,
 ) -> web.Application:
     """The admin sub-application (mount it with ``app.add_subapp("/admin", ...)``).
     ``env`` is where the admin token is read (default: ``os.environ``, at each request)."""
     app = web.Application(middlewares=[guard])
-    app[ADMIN] = AdminContext(holder, store, clock, apikeys, env)
+    if not isinstance(holder, Overlay):
+        holder = Overlay(holder)
+    if users is None:
+        users = RuntimeUsers(store, holder.update)
+        holder.reader = users.entries
+    app[ADMIN] = AdminContext(holder, store, clock, apikeys, env, users)
     table = routes()
     app[ROUTE_TABLE] = table
     app[OPENAPI] = document(table, _version())

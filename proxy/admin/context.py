@@ -23,17 +23,19 @@ from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.meter import periods
 from tollway.limits.store import Store
+from tollway.limits.users import RuntimeUsers
 
 M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass
 class AdminContext:
-    holder: Any  # tollway.config.reload.ConfigHolder: `.current` is the live Config
+    holder: Any  # tollway.config.overlay.Overlay: `.current` is the live Config
     store: Store
     clock: Clock
     apikeys: ApiKeys
     env: Mapping[str, str] | None = None  # where the admin token is read (os.environ)
+    users: RuntimeUsers | None = None  # users and seats set at run time
 
     @property
     def cfg(self) -> Any:

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import Any
 
+from tollway.config.overlay import with_users
 from tollway.limits.apikeys import (
     DEFAULT_OVERLAP_MS,
     ApiKeys,
@@ -22,6 +23,7 @@ from tollway.limits.apikeys import (
 from tollway.limits.clock import SystemClock
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
+from tollway.limits.users import RuntimeUsers
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
@@ -123,9 +125,10 @@ def create(args: Any) -> int:
     from tollway.proxy.cli.main import EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:
-        org = cfg.organizations.get(args.org)
-        if org is None:
+        if args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
+        entries = await RuntimeUsers(store).entries(args.org)
+        org = with_users(cfg, {args.org: entries}).organizations[args.org]
         if args.workspace and args.workspace not in org.workspaces:
             return _fail(f"unknown workspace {args.workspace!r} in {args.org}", EXIT_USAGE)
         if args.user and args.user not in org.users:
@@ -145,9 +148,12 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    from tollway.proxy.cli.main import with_store
+    from tollway.proxy.cli.main import EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:
+        if args.org not in cfg.organizations:
+            known = ", ".join(sorted(cfg.organizations)) or "none"
+            return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
         records = await ApiKeys(store).list(args.org)
         if args.format == "json":
             print(json.dumps([key_dict(r) for r in records]))

@@ -20,7 +20,7 @@ from tollway.limits.history import History
 from tollway.limits.ledgerdb import open_ledger
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.runtime import logs
-from tollway.proxy.runtime.locate import config_path, store_url
+from tollway.proxy.runtime.locate import config_path, store_url, version
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
@@ -86,8 +86,10 @@ def cmd_serve(args: Any) -> int:
 
 
 def cmd_check_config(args: Any) -> int:
+    # Like every command but `serve`, checking needs no upstream key: a missing variable
+    # is not an error here (serve still refuses to start without it).
     try:
-        load_config(args.file)
+        load_config(args.file, secrets=False)
     except ConfigError as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tollway", description="Tollway, a metering proxy for LLM APIs."
     )
+    parser.add_argument("--version", action="version", version=f"tollway {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("serve", help="run the proxy")
@@ -136,12 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
     from tollway.proxy.cli import ledger as cli_ledger
     from tollway.proxy.cli import reports as cli_ops
     from tollway.proxy.cli import spend as cli_spend
+    from tollway.proxy.cli import users as cli_users
 
     cli_keys.register(sub)
     cli_admins.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
     cli_spend.register(sub)
+    cli_users.register(sub)
     cli_ledger.register(sub)
     for register in COMMANDS:
         register(sub)

@@ -18,7 +18,7 @@ def format_table(
 ) -> str:
     """Columns padded to their widest cell; the columns in `right` aligned right."""
     right = set(right)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
 
     def line(cells: Sequence[str]) -> str:
         parts = [

@@ -1,4 +1,4 @@
-"""`tollway usage`, `tollway session` and `tollway recommend`.
+"""`tollway usage`, `tollway session`, `tollway sessions` and `tollway recommend`.
 
 Exit codes as in `tollway.proxy.cli.main`: 0 ok; 1 refused (no such session); 2 usage or
 config errors (unknown organization, bad date, bad number of users); 3 the store is unavailable.
@@ -63,9 +63,10 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "session",
         help="cost report of a session (like /cost)",
-        description="Total cost, API time (sum of upstream time), wall time (first to last "
-        "request), tokens and requests of the requests that carried this session id "
-        "(header x-tollway-session, or Claude Code's session header).",
+        description="Total cost, API time (sum of upstream time), wall time (first "
+        "request's start to last request's end), tokens by kind and by model, and requests "
+        "of the requests that carried this session id (header x-tollway-session, or Claude "
+        "Code's session header). `tollway sessions --org ORG` lists recent ones.",
     )
     p.add_argument("session_id", metavar="SESSION_ID", help="the session id the client sent")
     p.add_argument("--org", help="look only in this organization (default: every one)")
@@ -77,6 +78,24 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", help=CONFIG_HELP)
     p.set_defaults(func=session)
+
+    p = sub.add_parser(
+        "sessions",
+        help="an organization's recent sessions",
+        description="The most recent sessions of an organization (by their last request), "
+        "newest first, with requests, wall time, models and cost; `tollway session ID` "
+        "gives one in full.",
+    )
+    p.add_argument("--org", required=True, help="organization (from the config)")
+    p.add_argument("--limit", type=int, default=20, help="how many sessions (default: 20)")
+    p.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table for people (default) or json",
+    )
+    p.add_argument("--config", help=CONFIG_HELP)
+    p.set_defaults(func=sessions)
 
     p = sub.add_parser(
         "recommend",
@@ -98,6 +117,9 @@ def register(sub: Any) -> None:
         default="table",
         help="table: explanation and YAML (default); yaml: only the YAML; json: the numbers",
     )
+    # Accepted like every command's, so scripts can pass it everywhere; the table of
+    # recommended limits does not depend on the config, which is not read.
+    p.add_argument("--config", help=CONFIG_HELP + "; not needed: recommend reads no config")
     p.set_defaults(func=recommend)
 
 
@@ -177,18 +199,39 @@ def duration(ms: int) -> str:
     return (f"{hours}h " if hours else "") + f"{minutes}m {seconds}s"
 
 
+def _tokens(n: int) -> str:
+    return f"{n:,}"
+
+
+def _kinds(input_: int, output: int, cache_read: int, cache_write: int) -> str:
+    """Token counts in the order a coding assistant's /cost prints them."""
+    return (
+        f"{_tokens(input_)} input, {_tokens(output)} output, "
+        f"{_tokens(cache_read)} cache read, {_tokens(cache_write)} cache write"
+    )
+
+
 def session_text(s: reports.SessionReport) -> str:
     first = datetime.fromtimestamp(s.first_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-    return "\n".join(
-        [
-            f"Session {s.session_id} ({s.org}, started {first})",
-            f"Total cost:            ${format_usd(s.cost)}",
-            f"Total duration (API):  {duration(s.api_ms)}",
-            f"Total duration (wall): {duration(s.wall_ms)}",
-            f"Usage:                 {s.input_tokens:,} input, {s.output_tokens:,} output",
-            f"Requests:              {s.requests:,}",
-        ]
-    )
+    failed = f" ({s.failures:,} failed, not charged)" if s.failures else ""
+    lines = [
+        f"Session {s.session_id} ({s.org}, started {first})",
+        f"Total cost:            ${format_usd(s.cost)}",
+        f"Total duration (API):  {duration(s.api_ms)}",
+        f"Total duration (wall): {duration(s.wall_ms)}",
+        "Usage:                 "
+        + _kinds(s.input_tokens, s.output_tokens, s.cache_read_tokens, s.cache_write_tokens),
+        f"Requests:              {s.requests:,}{failed}",
+    ]
+    if s.models:
+        lines.append("Usage by model:")
+        width = max(len(m.model) for m in s.models) + 1
+        for m in s.models:
+            kinds = _kinds(
+                m.input_tokens, m.output_tokens, m.cache_read_tokens, m.cache_write_tokens
+            )
+            lines.append(f"  {m.model + ':':<{width}}  {kinds} (${format_usd(m.cost)})")
+    return "\n".join(lines)
 
 
 def session(args: Any) -> int:
@@ -206,6 +249,40 @@ def session(args: Any) -> int:
             print(json.dumps({"sessions": [s.as_dict() for s in found]}, indent=2))
         else:
             print("\n\n".join(session_text(s) for s in found))
+        return 0
+
+    return with_store(args, go)
+
+
+def sessions(args: Any) -> int:
+    from tollway.proxy.cli.main import EXIT_USAGE, with_store
+
+    async def go(cfg: Any, store: Any) -> int:
+        if args.org not in cfg.organizations:
+            known = ", ".join(sorted(cfg.organizations)) or "none"
+            return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
+        if args.limit < 1:
+            return _fail("--limit must be at least 1", EXIT_USAGE)
+        found = await reports.list_sessions(store, args.org, args.limit)
+        if args.format == "json":
+            print(json.dumps({"sessions": [s.as_dict() for s in found]}, indent=2))
+            return 0
+        if not found:
+            print(f"{args.org}: no sessions")
+            return 0
+        rows = [
+            [
+                s.session_id,
+                datetime.fromtimestamp(s.last_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+                f"{s.requests:,}",
+                duration(s.wall_ms),
+                ", ".join(m.model for m in s.models) or "-",
+                format_usd(s.cost),
+            ]
+            for s in found
+        ]
+        headers = ["SESSION", "LAST REQUEST", "REQUESTS", "WALL", "MODELS", "COST (USD)"]
+        print(format_table(headers, rows, (2, 3, 5)))
         return 0
 
     return with_store(args, go)

@@ -19,10 +19,12 @@ from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
+from tollway.config.overlay import with_users
 from tollway.limits.clock import SystemClock
 from tollway.limits.money import format_usd, parse_usd
 from tollway.limits.spend import UNLIMITED, Spend, SpendError, UnknownName
 from tollway.limits.statement import statement_csv
+from tollway.limits.users import RuntimeUsers
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
@@ -59,7 +61,10 @@ def register(sub: Any) -> None:
 
     caps = sub.add_parser("caps", help="monthly spend caps on extra usage: show, set, clear")
     csub = caps.add_subparsers(dest="caps_command", required=True, metavar="ACTION")
-    p = csub.add_parser("show", help="every cap in force and where it comes from")
+    p = csub.add_parser(
+        "show", help="every cap in force and where it comes from, or those of one level"
+    )
+    _level(p, required=False)
     _common(p)
     p.set_defaults(func=caps_show)
     p = csub.add_parser("set", help="override a cap at run time (the next request obeys)")
@@ -144,8 +149,10 @@ def _run(args: Any, action: Action) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
+        # Users added or changed at run time count like YAML users.
+        live = with_users(cfg, {args.org: await RuntimeUsers(store).entries(args.org)})
         try:
-            return await action(Spend(store, SystemClock(), lambda: cfg))
+            return await action(Spend(store, SystemClock(), lambda: live))
         except UnknownName as e:
             return _fail(str(e), EXIT_USAGE)
 
@@ -207,6 +214,7 @@ def caps_show(args: Any) -> int:
         rows = [{"level": "organization", "name": "-", **caps["organization"]}]
         for level, key in (("workspace", "workspaces"), ("tier", "tiers"), ("user", "users")):
             rows += [{"level": level, "name": n, **c} for n, c in caps[key].items()]
+        rows = _only_level(args, rows)
         if args.format == "json":
             _print_json([{**r, "cap": _money(r["cap"])} for r in rows])
             return 0
@@ -214,6 +222,20 @@ def caps_show(args: Any) -> int:
         return 0
 
     return _run(args, action)
+
+
+def _only_level(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of the level `caps show` was asked for (all rows without one). A workspace,
+    tier or user the organization does not have is an `UnknownName` (exit 2)."""
+    if not (args.org_wide or args.workspace or args.tier or args.user):
+        return rows
+    level, name = _where(args)
+    if level == "org":
+        return [r for r in rows if r["level"] == "organization"]
+    picked = [r for r in rows if r["level"] == level and r["name"] == name]
+    if not picked:
+        raise UnknownName(f"unknown {level} {name!r} in {args.org!r}")
+    return picked
 
 
 def caps_set(args: Any) -> int:

@@ -9,6 +9,7 @@ server shuts down mid-stream (settlement is shielded from cancellation).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -190,6 +191,10 @@ class ProxyHandler(Settling):
         if principal.org not in cfg.organizations:
             raise Reject(Problem(401, "key", "Invalid API key: its organization is gone."))
         call.org = principal.org
+        refresh = getattr(self.holder, "refresh", None)
+        if refresh is not None:  # run-time users of the organization (cached ~1 s)
+            with contextlib.suppress(StoreUnavailable):  # admit applies the store policy
+                await refresh(principal.org)
         if _escapes(request.match_info.get("model_id", "")):
             raise Reject(Problem(404, "not_found", "No such model."))
         try:

@@ -37,16 +37,21 @@ from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
 log = logging.getLogger("tollway.limit_requests")
 
 PATH = "/v1/tollway/limit-requests"
-HINT = f" To ask for a higher limit, POST {PATH} with this key."
+HINT = f" To ask for a higher limit, POST {PATH} with this key (or ask your Tollway administrator)."
+ADMIN_HINT = " Ask your Tollway administrator to raise it."
+CREDIT_HINT = " Ask your Tollway administrator to add credit."
 MAX_BODY = 64 * 1024
 SPEND = web.AppKey("spend", Spend)
 
 
 def refusal_hint(decision: Decision, principal: Principal) -> str:
-    """What to append to a refusal the caller can ask an admin about: a spend cap or the
-    end of the included usage, for a key that belongs to a user."""
-    if decision.reason in ("cap", "included") and principal.user:
-        return HINT
+    """The next step to append to a money refusal: a user stopped by a spend cap or the
+    end of their included usage can file a limit-increase request with their own key;
+    anyone else (a key without a user, no credit left) asks the administrator."""
+    if decision.reason == "credit":
+        return CREDIT_HINT
+    if decision.reason in ("cap", "included"):
+        return HINT if principal.user else ADMIN_HINT
     return ""
 
 

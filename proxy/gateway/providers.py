@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import orjson
 from tollway.limits.meter import BucketState, Decision
+from tollway.limits.money import format_usd
 
 # What a refusal means, in each format: (status, openai type, openai code, anthropic type).
 OPENAI = "openai"
@@ -153,8 +154,10 @@ def ratelimit_headers(provider: str, decision: Decision, now_ms: int) -> dict[st
 
 
 def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> Problem:
-    """The problem to answer for a refused admission; `hint` is appended to money
-    refusals (how to ask for a higher limit)."""
+    """The problem to answer for a refused admission, in Tollway's words: what was
+    reached, its amount and when it resets. `hint` is appended to money refusals: the
+    next step in Tollway (ask the administrator, or file a limit-increase request). The
+    error types and codes stay the providers', so the SDKs raise their usual exceptions."""
     reason = decision.reason
     if reason == "key":
         return Problem(401, "key", "Invalid API key: this key has been revoked.")
@@ -168,26 +171,21 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
             msg = f"Rate limit reached for {decision.detail}. Please try again in {seconds}s."
         return Problem(429, kind, msg, retry_after_s=max(seconds, 1))
     if reason == "credit":
-        if provider == ANTHROPIC:
-            msg = (
-                "Your credit balance is too low to access the Anthropic API. "
-                "Please go to Plans & Billing to upgrade or purchase credits."
-            )
-        else:
-            msg = (
-                "You exceeded your current quota: your credit balance is too low. "
-                "Please purchase credits."
-            )
+        msg = (
+            "Your organization's credit balance is too low: its prepaid Tollway credit is used up."
+        )
         return Problem(429, "quota", msg + hint, should_retry=False)
     resets = rfc3339(decision.resets_at_ms or now_ms)
+    amount = "" if decision.amount is None else f" (${format_usd(decision.amount)})"
     if reason == "included":
         msg = (
-            "You have used all the usage included in your seat for this month and extra "
-            f"usage is not enabled. Your usage resets at {resets}."
+            f"You have used all the usage included in your seat for this month{amount} and "
+            f"extra usage is not enabled. Your usage resets at {resets}."
         )
     else:
+        cap = "" if decision.amount is None else f" of ${format_usd(decision.amount)}"
         msg = (
-            "You have reached your specified API usage limits: the "
-            f"{decision.detail} spend cap. It resets at {resets}."
+            f"You have reached the {decision.detail} spend cap{cap} for this month. "
+            f"It resets at {resets}."
         )
     return Problem(429, "cap", msg + hint, should_retry=False)

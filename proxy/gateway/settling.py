@@ -10,12 +10,13 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
+from tollway.limits.credits import Credits
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.journal import Entry, Journal
 from tollway.limits.meter import Meter, Settlement
 from tollway.limits.plans import Principal
 from tollway.limits.prices import cost_micro
-from tollway.limits.usage import ZERO, Usage
+from tollway.limits.usage import ZERO, Usage, within_ceiling
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
 from tollway.proxy.wire.taps import TapResult
@@ -89,6 +90,8 @@ class Settling:
     ) -> Settlement | None:
         ok = usage is not None
         used = usage if usage is not None else ZERO
+        if ok:
+            used = await self._within_ceiling(call, principal, used)
         cost = cost_micro(price, used) if ok else 0
         entry = Entry(
             call.rid,
@@ -118,6 +121,29 @@ class Settling:
             extra={"rid": call.rid, "org": call.org, "error": error},
         )
         return None
+
+    async def _within_ceiling(self, call: Call, principal: Principal, usage: Usage) -> Usage:
+        """`usage` lowered to the sanity ceiling; an answer above it is charged the ceiling
+        (never 0) and flagged for an operator: a metric, a log line and an ``absurd_usage``
+        ledger event with what the upstream reported."""
+        m = self.holder.current.metering
+        fixed, absurd = within_ceiling(usage, m.max_tokens_per_request, m.max_tool_requests)
+        if not absurd:
+            return usage
+        reported = {name: getattr(usage, name) for name in absurd}
+        self.metrics.absurd_usage.labels(principal.org).inc()
+        log.warning(
+            "absurd usage charged at the ceiling",
+            extra={"rid": call.rid, "org": principal.org, "model": call.model, **reported},
+        )
+        fields = {"rid": call.rid, "model": call.model or "", **reported}
+        try:
+            await Credits(self.meter.store, self.clock).record_event(
+                principal.org, "absurd_usage", fields
+            )
+        except StoreUnavailable:  # the settlement itself is journaled; the flag is logged
+            log.error("absurd usage not flagged in the ledger", extra={"rid": call.rid})
+        return fixed
 
     async def settle_entry(self, entry: Entry, route: str = "-") -> Settlement:
         """Settle one request (live, or replayed from the journal at its own time), then

@@ -12,15 +12,18 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from tollway.limits.apikeys import ApiKeys
+from tollway.config.overlay import Overlay
+from tollway.limits.apikeys import REVOCATION_POLL, ApiKeys
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
+from tollway.limits.errors import StoreUnavailable
 from tollway.limits.history import History
 from tollway.limits.journal import Journal, Replayer
 from tollway.limits.ledgerdb import open_ledger
 from tollway.limits.meter import Meter
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
+from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin.app import create_admin_app
 from tollway.proxy.admin.context import ADMIN, PAYMENTS
 from tollway.proxy.console.app import setup as setup_console
@@ -34,6 +37,7 @@ from tollway.proxy.runtime.shipping import ShippingTask
 log = logging.getLogger("tollway")
 
 HOLDER = web.AppKey("holder", Any)
+USERS = web.AppKey("users", RuntimeUsers)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
 CLOCK = web.AppKey("clock", Clock)
@@ -69,6 +73,10 @@ def create_app(
         # time, counted from the connection's start: the guard against slow headers.
         handler_args={"keepalive_timeout": cfg.server.client_header_timeout},
     )
+    # Run-time users (`tollway users ...`) merged over the YAML's, for every part below.
+    holder = Overlay(holder)
+    app[USERS] = RuntimeUsers(store, holder.update)
+    holder.reader = app[USERS].entries
     app[HOLDER] = holder
     app[STORE] = store
     app[CLOCK] = clock or SystemClock()
@@ -97,6 +105,7 @@ def create_app(
     app.cleanup_ctx.append(_shipping(close_store))
     app.cleanup_ctx.append(_auto_reload)
     app.cleanup_ctx.append(_journal)
+    app.cleanup_ctx.append(_revocations)
     app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
 
     app.router.add_get("/healthz", healthz)
@@ -105,7 +114,7 @@ def create_app(
     for path in ROUTES:
         app.router.add_route("*", path, _proxy_view)
     app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
-    admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS])
+    admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS], users=app[USERS])
     app.add_subapp("/admin", admin)
     setup_console(app, admin[ADMIN])
     limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
@@ -147,6 +156,27 @@ async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     handler.on_settled.append(reloader.on_settled)
     yield
     await reloader.stop()
+
+
+async def _revocations(app: web.Application) -> AsyncIterator[None]:
+    """Poll the revocation list every second while the store answers, so that fail-open
+    never serves a key revoked before an outage (`ApiKeys.poll_revocations`)."""
+
+    async def poll() -> None:
+        while True:
+            try:
+                await app[APIKEYS].poll_revocations()
+            except StoreUnavailable:
+                pass  # fail-open relies on the last poll; the next one catches up
+            except Exception:
+                log.exception("revocation poll failed")
+            await asyncio.sleep(REVOCATION_POLL)
+
+    task = asyncio.ensure_future(poll())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _journal(app: web.Application) -> AsyncIterator[None]:

@@ -17,6 +17,18 @@ from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" when Tollway
+    runs from a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("tollway")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def config_path(given: str | None) -> Path:
     return Path(given or os.environ.get("TOLLWAY_CONFIG") or "tollway.yaml")
 

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from tollway.config.reload import ConfigHolder, watch
 from tollway.proxy.runtime.app import METRICS, create_app
-from tollway.proxy.runtime.locate import StoreHandle
+from tollway.proxy.runtime.locate import StoreHandle, version
 from tollway.proxy.runtime.metrics_server import start_metrics_site
 
 log = logging.getLogger("tollway")
@@ -79,6 +79,36 @@ def _redact(url: str) -> str:
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
 
 
+def startup_line(
+    cfg: Any,
+    handle: StoreHandle,
+    host: str,
+    port: int,
+    workers: int,
+    metrics: tuple[str, int] | None,
+) -> str:
+    """The one human line `serve` prints once it listens: where, which config file, which
+    store (the embedded Valkey's data directory, or the URL without its password), how
+    many workers and where the metrics are. Printed on stdout; logs stay JSON on stderr."""
+    if handle.embedded is not None:
+        store = f"embedded Valkey, data in {handle.embedded.data_dir} ({handle.url})"
+    else:
+        store = _redact(handle.url)
+    mhost, mport = metrics or (cfg.server.metrics_host, cfg.server.metrics_port)
+    parts = [
+        f"Tollway {version()} listening on http://{host}:{port}",
+        f"config {cfg.source or '-'}",
+        f"store {store}",
+        f"{workers} worker" + ("s" if workers != 1 else ""),
+        f"metrics on http://{mhost}:{mport}/metrics" if mport else "no metrics listener",
+    ]
+    return "; ".join(parts)
+
+
+def announce(line: str) -> None:
+    print(line, flush=True)
+
+
 def run(
     holder: ConfigHolder,
     handle: StoreHandle,
@@ -94,7 +124,19 @@ def run(
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         pass
     try:
-        asyncio.run(serve(holder, handle, host, port, drain_seconds=drain_seconds, metrics=metrics))
+        line = startup_line(holder.current, handle, host, port, 1, metrics)
+        ready = lambda: announce(line)  # noqa: E731 - once the listener is up
+        asyncio.run(
+            serve(
+                holder,
+                handle,
+                host,
+                port,
+                drain_seconds=drain_seconds,
+                metrics=metrics,
+                ready=ready,
+            )
+        )
     finally:
         handle.stop()
 

@@ -280,6 +280,9 @@ def run_workers(
     # Signals are taken synchronously (sigtimedwait); workers unblock them after fork. They
     # stay blocked to the end: a second SIGTERM while the store stops must not kill us.
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    from tollway.proxy.runtime.serve import announce, startup_line
+
+    announce(startup_line(holder.current, handle, host, port, n, metrics))
     try:
         return _Parent(holder, handle.url, host, port, n, drain_seconds, metrics).run()
     finally:

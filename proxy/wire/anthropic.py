@@ -4,6 +4,8 @@ Wire facts this module relies on:
 
 - ``usage`` holds ``input_tokens`` (uncached input only), ``cache_creation_input_tokens``,
   ``cache_read_input_tokens`` and ``output_tokens``: four disjoint counts, like `Usage`;
+  and ``cache_creation`` (by TTL), ``output_tokens_details.thinking_tokens``,
+  ``server_tool_use`` (web search and fetch requests), ``service_tier`` and ``speed``;
 - a stream opens with ``message_start`` (``message.usage``: input and cache counts, and an
   early ``output_tokens``), then content events, then one or more ``message_delta`` whose
   ``usage`` is CUMULATIVE (``output_tokens`` always; newer API versions repeat the input and
@@ -16,28 +18,39 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import orjson
-from tollway.limits.usage import Usage
-from tollway.proxy.wire.openai import count
+from tollway.limits.usage import Usage, tier_name
+from tollway.proxy.wire.openai import count, field_at
 from tollway.proxy.wire.sse import event_fields
 
 # The bulk of a stream: recognised by prefix and never parsed while relaying.
 _DELTA_PREFIXES = (b"event: content_block_delta\n", b"event: content_block_delta\r")
-_USAGE_KEYS = (
-    "input_tokens",
-    "output_tokens",
-    "cache_creation_input_tokens",
-    "cache_read_input_tokens",
-)
 
 
 def usage_from_usage_object(u: object) -> Usage | None:
+    """Maps an Anthropic ``usage`` object: the four disjoint counts, the 1-hour part of the
+    cache writes (``cache_creation.ephemeral_1h_input_tokens``), thinking tokens, server
+    tool requests (``server_tool_use``) and the tier (``service_tier``; ``speed: fast`` is
+    the tier ``fast``)."""
     if not isinstance(u, dict) or not ("input_tokens" in u or "output_tokens" in u):
         return None
+    written = count(u.get("cache_creation_input_tokens"))
+    thinking = count(field_at(u, "output_tokens_details", "thinking_tokens"))
+    output = count(u.get("output_tokens"))
+    tier = u.get("service_tier")
+    if u.get("speed") == "fast":
+        tier = "fast"
     return Usage(
         input_tokens=count(u.get("input_tokens")),
-        output_tokens=count(u.get("output_tokens")),
-        cache_write_tokens=count(u.get("cache_creation_input_tokens")),
+        output_tokens=output,
+        cache_write_tokens=written,
         cache_read_tokens=count(u.get("cache_read_input_tokens")),
+        cache_write_1h_tokens=min(
+            count(field_at(u, "cache_creation", "ephemeral_1h_input_tokens")), written
+        ),
+        reasoning_tokens=min(thinking, output),
+        web_search_requests=count(field_at(u, "server_tool_use", "web_search_requests")),
+        web_fetch_requests=count(field_at(u, "server_tool_use", "web_fetch_requests")),
+        service_tier=tier_name(tier),
     )
 
 
@@ -58,26 +71,17 @@ class AnthropicStream:
     a ``message_delta`` arrives its output count is message_start's early one.
     """
 
-    __slots__ = ("_counts", "_seen", "complete", "failed", "model")
+    __slots__ = ("_raw", "complete", "failed", "model")
 
     def __init__(self) -> None:
         self.failed = False
         self.model: str | None = None
         self.complete = False
-        self._counts = dict.fromkeys(_USAGE_KEYS, 0)
-        self._seen = False
+        self._raw: dict | None = None  # the usage members seen so far, last value of each
 
     @property
     def usage(self) -> Usage | None:
-        if not self._seen:
-            return None
-        c = self._counts
-        return Usage(
-            input_tokens=c["input_tokens"],
-            output_tokens=c["output_tokens"],
-            cache_write_tokens=c["cache_creation_input_tokens"],
-            cache_read_tokens=c["cache_read_input_tokens"],
-        )
+        return None if self._raw is None else usage_from_usage_object(self._raw)
 
     def on_event(self, ev: bytes) -> bytes:
         if ev.startswith(_DELTA_PREFIXES):
@@ -105,14 +109,12 @@ class AnthropicStream:
         return ev
 
     def _take(self, u: object) -> bool:
-        """Replaces the counts present in `u` (cumulative values: last one wins)."""
+        """Replaces the members present in `u` (cumulative values: last one wins)."""
         if not isinstance(u, dict):
             return False
-        for key in _USAGE_KEYS:
-            value = u.get(key)
-            if value is not None:
-                self._counts[key] = count(value)
-        self._seen = True
+        if self._raw is None:
+            self._raw = {"input_tokens": 0, "output_tokens": 0}
+        self._raw.update((key, value) for key, value in u.items() if value is not None)
         return True
 
 

@@ -5,9 +5,15 @@ completions SSE streams) and `/v1/responses` (JSON and its typed SSE events).
 
 Wire facts this module relies on:
 
-- chat/completions/embeddings ``usage``: ``prompt_tokens`` (cache reads included),
-  ``completion_tokens`` (reasoning included), ``prompt_tokens_details.cached_tokens``;
-- responses ``usage``: ``input_tokens``, ``output_tokens``, ``input_tokens_details.cached_tokens``;
+- chat/completions/embeddings ``usage``: ``prompt_tokens`` (cache reads and writes
+  included), ``completion_tokens`` (reasoning included), ``prompt_tokens_details``
+  (``cached_tokens``, ``cache_write_tokens``), ``completion_tokens_details.reasoning_tokens``;
+- responses ``usage``: ``input_tokens``, ``output_tokens``, ``input_tokens_details``
+  (``cached_tokens``, ``cache_write_tokens``, ``cache_write_tokens_details.ttl_12h_tokens``),
+  ``output_tokens_details.reasoning_tokens``; server tool calls are ``output`` items
+  (``web_search_call``, ``file_search_call``), billed per call;
+- the tier that served the answer is the top-level ``service_tier`` (of the body, of each
+  chat chunk, or of the responses ``response`` object);
 - with ``stream_options.include_usage`` every chat chunk carries ``"usage":null`` and one
   extra chunk with ``"choices":[]`` carries the usage, just before ``data: [DONE]``;
 - responses streams end with ``response.completed`` / ``response.incomplete`` (usage inside
@@ -20,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import orjson
-from tollway.limits.usage import Usage
+from tollway.limits.usage import Usage, tier_name
 from tollway.proxy.wire.sse import event_fields, with_data
 
 # Responses API stream events whose ``delta`` is generated text.
@@ -45,41 +51,68 @@ _PARSED_EVENT_NAMES = (
 )
 
 
-# No model reads or writes this many tokens in one request: a larger count is a broken
-# upstream, and believing it would bill the organization a fortune and block it for years.
-MAX_TOKENS = 10_000_000
-
-
 def count(value: object) -> int:
-    """A token count from JSON: an int from 0 to `MAX_TOKENS`, anything else is 0."""
+    """A count from JSON: a non-negative integer (an integral float too); anything else is
+    0. No upper bound here: an absurd count is lowered to the sanity ceiling and flagged
+    at settlement (`tollway.limits.usage.within_ceiling`), never read as 0."""
     if isinstance(value, int) and not isinstance(value, bool):
-        return value if 0 < value <= MAX_TOKENS else 0
-    if isinstance(value, float) and value.is_integer() and 0 < value <= MAX_TOKENS:
+        return max(value, 0)
+    if isinstance(value, float) and value.is_integer() and value > 0:
         return int(value)
     return 0
 
 
-def usage_from_usage_object(u: object) -> Usage | None:
-    """Maps an OpenAI ``usage`` object (chat, completions, embeddings or responses shape)."""
+def field_at(obj: object, *path: str) -> object:
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj
+
+
+def usage_from_usage_object(
+    u: object, service_tier: object = None, output: object = None
+) -> Usage | None:
+    """Maps an OpenAI ``usage`` object (chat, completions, embeddings or responses shape),
+    with the answer's ``service_tier`` and (responses) ``output`` items, whose
+    ``web_search_call`` and ``file_search_call`` items are billed per call."""
     if not isinstance(u, dict):
         return None
     if "prompt_tokens" in u or "completion_tokens" in u:
         prompt = count(u.get("prompt_tokens"))
-        output = count(u.get("completion_tokens"))
-        details = u.get("prompt_tokens_details")
+        output_tokens = count(u.get("completion_tokens"))
+        details, out_details = u.get("prompt_tokens_details"), u.get("completion_tokens_details")
     elif "input_tokens" in u or "output_tokens" in u:
         prompt = count(u.get("input_tokens"))
-        output = count(u.get("output_tokens"))
-        details = u.get("input_tokens_details")
+        output_tokens = count(u.get("output_tokens"))
+        details, out_details = u.get("input_tokens_details"), u.get("output_tokens_details")
     else:
         return None
-    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    cached = min(cached, prompt)  # never a negative uncached count on odd servers
-    return Usage(input_tokens=prompt - cached, output_tokens=output, cache_read_tokens=cached)
+    # Never a negative uncached count on odd servers: reads, then writes, within the prompt.
+    cached = min(count(field_at(details, "cached_tokens")), prompt)
+    written = min(count(field_at(details, "cache_write_tokens")), prompt - cached)
+    by_ttl = field_at(details, "cache_write_tokens_details")
+    long_ttl = min(count(field_at(by_ttl, "ttl_12h_tokens")), written)
+    calls = (
+        [item.get("type") for item in output if isinstance(item, dict)]
+        if isinstance(output, list)
+        else []
+    )
+    return Usage(
+        input_tokens=prompt - cached - written,
+        output_tokens=output_tokens,
+        cache_write_tokens=written,
+        cache_read_tokens=cached,
+        cache_write_1h_tokens=long_ttl,
+        reasoning_tokens=min(count(field_at(out_details, "reasoning_tokens")), output_tokens),
+        web_search_requests=calls.count("web_search_call"),
+        file_search_requests=calls.count("file_search_call"),
+        service_tier=tier_name(service_tier),
+    )
 
 
 def usage_from_body(body: dict) -> Usage | None:
-    return usage_from_usage_object(body.get("usage"))
+    return usage_from_usage_object(body.get("usage"), body.get("service_tier"), body.get("output"))
 
 
 def body_failed(body: dict) -> bool:
@@ -155,13 +188,13 @@ class OpenAIStream:
         if isinstance(typ, str) and typ.startswith("response."):
             resp = obj.get("response")
             if isinstance(resp, dict):
-                usage = usage_from_usage_object(resp.get("usage"))
+                usage = usage_from_body(resp)
                 if usage is not None:
                     self.usage = usage
             if typ in _RESPONSES_DONE:
                 self.complete = True
             return ev
-        usage = usage_from_usage_object(obj.get("usage"))
+        usage = usage_from_body(obj)
         if usage is None:
             return ev
         self.usage = usage  # last one wins

@@ -59,6 +59,8 @@ BODIES: dict[str, dict[str, Any]] = {
         "tags": ["team-a"],
     },
     "post_keys_key_id_rotate": {"overlap": "1h"},
+    "post_orgs_org_users": {"user": "erin", "seat": "standard", "workspace": "cc"},
+    "patch_orgs_org_users_user": {"seat": "premium", "rpm": 5, "monthly_cap": "10"},
     "post_orgs_org_credits_purchases": {"amount": "25.00"},
     "post_orgs_org_credits_grants": {"amount": 5, "expires_in": "30d", "identity": "id-1"},
     "put_orgs_org_auto_reload": {"threshold": "5.00", "target": "20.00"},

@@ -85,7 +85,9 @@ def test_overshoot_once_then_refused_in_both_formats_then_a_purchase_works_at_on
         stack.anthropic(key).messages.create(
             model="claude-sonnet-4-6", max_tokens=50, messages=HELLO
         )
-    assert "Your credit balance is too low" in e2.value.message
+    assert "credit balance is too low" in e2.value.message
+    assert "Plans & Billing" not in e2.value.message
+    assert "Ask your Tollway administrator to add credit." in e2.value.message
     assert e2.value.body["error"]["type"] == "invalid_request_error"
     stack.wait_settled()
     assert stack.snapshot() == before  # a refusal takes nothing, records nothing

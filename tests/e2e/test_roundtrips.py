@@ -119,7 +119,7 @@ def test_anthropic_stream_is_two_script_calls(metered) -> None:
 
     def request() -> None:
         with client.messages.stream(
-            model="claude-sonnet-4-5",
+            model="claude-sonnet-4-6",
             max_tokens=64,
             messages=[{"role": "user", "content": "Say hello"}],
         ) as stream:
@@ -135,7 +135,7 @@ def test_anthropic_json_request_is_two_script_calls(metered) -> None:
 
     def request() -> None:
         message = client.messages.create(
-            model="claude-sonnet-4-5",
+            model="claude-sonnet-4-6",
             max_tokens=64,
             messages=[{"role": "user", "content": "Say hello"}],
         )

@@ -136,17 +136,19 @@ def test_a_user_cap_is_overshot_once_then_refused_in_each_sdk_until_the_month_en
     assert mtd(stack, "2026-01")["extra:user=alice"] == 3 * C
     assert isinstance(e, openai.RateLimitError)
     assert e.code == "insufficient_quota"
+    # Tollway's words: the cap, its amount, its reset and the next step (never the
+    # provider's "Plans & Billing"); the provider's type and code, so the SDK raises as usual.
     assert e.body["message"] == (
-        "You have reached your specified API usage limits: the seat tier 'standard' spend "
-        "cap. It resets at 2026-02-01T00:00:00Z. To ask for a higher limit, POST "
-        "/v1/tollway/limit-requests with this key."
+        "You have reached the seat tier 'standard' spend cap of $0.025 for this month. It "
+        "resets at 2026-02-01T00:00:00Z. To ask for a higher limit, POST "
+        "/v1/tollway/limit-requests with this key (or ask your Tollway administrator)."
     )
     before = stack.snapshot()
     with pytest.raises(anthropic.BadRequestError) as refused:
         message(stack, key)
     assert refused.value.status_code == 400
     text = refused.value.body["error"]["message"]
-    assert text.startswith("You have reached your specified API usage limits")
+    assert text.startswith("You have reached the seat tier 'standard' spend cap of $0.025")
     assert "seat tier 'standard'" in text and "2026-02-01T00:00:00Z" in text
     with pytest.raises(openai.RateLimitError):
         chat(stack, key)
@@ -219,8 +221,9 @@ def test_without_extra_usage_a_user_stops_at_the_included_amount(stack_factory):
     assert n == 2
     assert isinstance(e, openai.RateLimitError) and e.code == "insufficient_quota"
     assert e.body["message"].startswith(
-        "You have used all the usage included in your seat for this month and extra usage "
-        "is not enabled. Your usage resets at 2026-02-01T00:00:00Z."
+        "You have used all the usage included in your seat for this month ($0.02) and extra "
+        "usage is not enabled. Your usage resets at 2026-02-01T00:00:00Z. To ask for a higher "
+        "limit, POST /v1/tollway/limit-requests with this key"
     )
     with pytest.raises(anthropic.BadRequestError, match="included in your seat"):
         message(stack, key)

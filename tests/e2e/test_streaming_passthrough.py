@@ -117,7 +117,7 @@ def test_anthropic_stream_is_not_buffered(paused) -> None:
     client = stack.anthropic(key)
     seen: list[str] = []
     with client.messages.stream(
-        model="claude-sonnet-4-5",
+        model="claude-sonnet-4-6",
         max_tokens=64,
         messages=[{"role": "user", "content": "Count to six"}],
     ) as stream:

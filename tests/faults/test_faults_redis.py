@@ -10,6 +10,9 @@ upstream reported."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -369,36 +372,115 @@ def test_a_restart_with_everysec_loses_no_settled_debit(make_stack, tmp_path: Pa
         server.close()
 
 
-@pytest.mark.parametrize("fault", ["out of memory", "read-only"])
+@pytest.mark.parametrize("fault", ["out of memory", "read-only", "misconf", "busy"])
 def test_a_store_that_refuses_writes_is_unavailable(make_stack, valkey: Valkey, fault: str):
-    """Out of memory (maxmemory, noeviction) or read-only (a primary demoted in a
-    failover): the store answers, but refuses writes. Requests are refused in their
-    format (never a 500), settlements are journaled, and once writes work again the ledger
-    is exact."""
+    """Out of memory (maxmemory, noeviction), read-only (a primary demoted in a failover),
+    MISCONF (writes stopped after a failed snapshot) or BUSY (a script past its time
+    limit): the store answers, but refuses. Requests are refused in their format (never a
+    500), settlements are journaled, and once it serves again the ledger is exact."""
     stack = make_stack("closed")
     key = stack.key()
     assert post(stack, 0, key).status == 200
     settled(stack)
     admin = stack.redis
-
-    def refuse_writes() -> None:
-        if fault == "out of memory":
-            admin.config_set("maxmemory-policy", "noeviction")
-            admin.config_set("maxmemory", "1")
-        else:
-            admin.execute_command("REPLICAOF", "127.0.0.1", "1")
-
-    def accept_writes() -> None:
-        if fault == "out of memory":
-            admin.config_set("maxmemory", "0")
-        else:
-            admin.execute_command("REPLICAOF", "NO", "ONE")
+    refusals = {
+        "out of memory": (_oom, lambda: admin.config_set("maxmemory", "0")),
+        "read-only": (
+            lambda: admin.execute_command("REPLICAOF", "127.0.0.1", "1"),
+            lambda: admin.execute_command("REPLICAOF", "NO", "ONE"),
+        ),
+        "misconf": (lambda a: _misconf(a, valkey.pid), _snapshots_work),
+        "busy": (_busy, _end_busy),
+    }
+    refuse, accept = refusals[fault]
+    refuse_writes = lambda: refuse(admin)  # noqa: E731
+    accept_writes = lambda: accept(admin) if fault in ("misconf", "busy") else accept()  # noqa: E731
 
     result = load_through_an_outage(stack, key, refuse_writes, accept_writes)
     refused = result.statuses[503] + result.statuses[529]
     assert refused > 0 and result.ok + refused == result.sent, result
     assert not result.errors
     assert_charged_exactly(stack)
+
+
+def _oom(admin) -> None:
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1")
+
+
+def _misconf(admin, server_pid: int) -> None:
+    """A snapshot that fails (its child process killed mid-save): with save points set,
+    the server stops writes and answers MISCONF."""
+    admin.config_set("save", "3600 1")
+    admin.config_set("rdb-key-save-delay", "1000000")  # µs per key: the child takes its time
+    admin.bgsave()
+    wait_for(lambda: _children(server_pid), 10, "the snapshot's child process")
+    for child in _children(server_pid):
+        os.kill(child, signal.SIGKILL)
+    status = lambda: admin.info("persistence")["rdb_last_bgsave_status"]  # noqa: E731
+    wait_for(lambda: status() == "err", 10, "a failed snapshot")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _snapshots_work(admin) -> None:
+    admin.config_set("rdb-key-save-delay", "0")
+    admin.bgsave()
+    wait_for(lambda: admin.info("persistence")["rdb_last_bgsave_status"] == "ok", 10, "a save")
+    admin.config_set("save", "")
+
+
+_BUSY_SCRIPT = """
+local t = redis.call('TIME')
+local stop = tonumber(t[1]) + 5
+while tonumber(redis.call('TIME')[1]) < stop do end
+return 1
+"""
+
+
+def _busy(admin) -> None:
+    """A script running past busy-reply-threshold: every other client gets BUSY."""
+    import threading
+
+    import redis
+
+    admin.config_set("busy-reply-threshold", "100")
+    url = admin.connection_pool.connection_kwargs
+    runner = redis.Redis(host=url["host"], port=url["port"], socket_timeout=10)
+
+    def run() -> None:
+        with contextlib.suppress(redis.exceptions.ResponseError):  # killed: "script killed"
+            runner.eval(_BUSY_SCRIPT, 0)
+        runner.close()
+
+    threading.Thread(target=run, daemon=True).start()
+    wait_for(lambda: _is_busy(admin), 5, "BUSY")
+
+
+def _is_busy(admin) -> bool:
+    import redis
+
+    try:
+        admin.ping()
+    except redis.exceptions.ResponseError as e:
+        return str(e).startswith("BUSY")
+    return False
+
+
+def _end_busy(admin) -> None:
+    admin.script_kill()
+    wait_for(lambda: not _is_busy(admin), 5, "the end of BUSY")
+    admin.config_set("busy-reply-threshold", "5000")
 
 
 # --- exactly once ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import socket
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -133,19 +133,28 @@ def test_session_table_and_json(traffic, capsys):
     [s] = json.loads(out)["sessions"]
     [report] = traffic.run(reports.find_sessions(traffic.store, ["acme"], "s-1"))
     assert s == report.as_dict()
-    assert (s["requests"], s["wall_ms"]) == (2, 75_000)
+    assert s["requests"] == 2 and 75_000 <= s["wall_ms"] < 76_000  # + the first's API time
     code, out, _ = run(capsys, "session", "s-1", "--org", "acme")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].startswith("Session s-1 (acme, started 2026-01-01 00:00:00Z)")
+    started = datetime.fromtimestamp(s["first_ms"] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    assert lines[0] == f"Session s-1 (acme, started {started})"
     assert lines[1] == f"Total cost:            ${s['cost_usd']}"
     assert lines[2].startswith("Total duration (API):  ") and lines[2].endswith("s")
     assert lines[3] == "Total duration (wall): 1m 15s"
-    assert (
-        lines[4]
-        == f"Usage:                 {s['input_tokens']:,} input, {s['output_tokens']:,} output"
+    assert lines[4] == (
+        f"Usage:                 {s['input_tokens']:,} input, {s['output_tokens']:,} output, "
+        f"{s['cache_read_tokens']:,} cache read, {s['cache_write_tokens']:,} cache write"
     )
     assert lines[5] == "Requests:              2"
+    # Per model, like a coding assistant's /cost: one line each, most expensive first.
+    assert lines[6] == "Usage by model:"
+    models = {m["model"]: m for m in s["models"]}
+    assert set(models) == {"gpt-4o-mini", "claude-haiku-4-5"}
+    assert sum(m["cost_micro"] for m in s["models"]) == s["cost_micro"]
+    for line, m in zip(lines[7:], s["models"], strict=True):
+        assert line.split()[0] == m["model"] + ":"
+        assert line.endswith(f"(${m['cost_usd']})")
 
 
 def test_session_not_found_is_refused(traffic, capsys):

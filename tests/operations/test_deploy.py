@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import secrets
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,8 @@ import pytest
 import requests
 import yaml
 from tollway.config.loader import parse_config_text
+
+from tests.support.tools import find_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -35,11 +34,8 @@ BY = re.compile(r"\bby\s*\(([^)]*)\)")
 
 
 def tool(name: str) -> str:
-    """A command: from the environment running the tests first (the test extra installs
-    hadolint and kubernetes-validate there, and `make test` does not put it on PATH),
-    else from PATH."""
-    here = Path(sys.executable).parent
-    path = shutil.which(name, path=f"{here}{os.pathsep}{os.environ.get('PATH', '')}")
+    """A command, from .tools/bin (tests/install-tools.sh), the test environment or PATH."""
+    path = find_tool(name)
     assert path, f"{name} is not installed (see the README's test command)"
     return path
 

@@ -3,15 +3,14 @@ metrics`, every metric follows the naming rules and is documented in docs/metric
 everything documented exists), and labels stay bounded (no user or key labels; one route
 value for every /v1/models/<id>).
 
-promtool comes from Debian's `prometheus` package
-(`apt-get install -y --no-install-recommends prometheus`); this test fails, not skips,
-without it.
+promtool is extracted from Debian's `prometheus` package into .tools/bin by
+tests/install-tools.sh (`make test` runs it; the package is never installed); this test
+fails, not skips, without it.
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,6 +21,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from tollway.limits.credits import Credits
 from tollway.proxy.gateway.handler import ROUTES
+
+from tests.support.tools import find_tool
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 ORGS = """
@@ -40,16 +41,15 @@ OUTAGE_ONLY = {
     "tollway_store_errors_total",
     "tollway_store_unavailable_requests_total",
     "tollway_journal_entries_total",
+    "tollway_absurd_usage_total",  # only after an absurd usage report
 }
 HELLO = [{"role": "user", "content": "Say hello"}]
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
+    path = find_tool("promtool")
     if path is None:
-        pytest.fail(
-            "promtool is not installed: apt-get install -y --no-install-recommends prometheus"
-        )
+        pytest.fail("promtool is missing: run tests/install-tools.sh (make test does)")
     return path
 
 

@@ -17,10 +17,18 @@ Rules the tests can rely on:
   lists and into the ``content``, ``text`` and ``input`` keys of objects (so ``role`` and
   ``type`` are not counted). E.g. one user message "Say hello" gives 5.
   ``input_tokens`` is the *uncached* part (``tollway.limits.usage.Usage`` semantics); OpenAI formats
-  report ``prompt_tokens`` (Responses: ``input_tokens``) ``= input + cache_read`` with
-  ``cached_tokens = cache_read``. OpenAI has no cache-write charge: OpenAI routes ignore
-  ``cache_write_tokens`` (the Responses API's ``cache_write_tokens`` detail is always 0).
+  report ``prompt_tokens`` (Responses: ``input_tokens``) ``= input + cache_read +
+  cache_write`` with ``cached_tokens = cache_read`` and ``cache_write_tokens`` (Responses:
+  with ``cache_write_tokens_details``, ``ttl_12h_tokens = cache_write_1h``).
   count_tokens answers ``input + cache_read + cache_write``.
+* **Other usage fields**, as the current SDK types define them: ``reasoning_tokens`` (part
+  of the output: OpenAI ``*_tokens_details.reasoning_tokens``, Anthropic
+  ``output_tokens_details.thinking_tokens``), ``cache_write_1h_tokens`` (part of the cache
+  writes: Anthropic ``cache_creation.ephemeral_1h_input_tokens``), ``web_search_requests``
+  and ``web_fetch_requests`` (Anthropic ``server_tool_use``; the Responses API lists one
+  ``web_search_call`` output item per search), ``service_tier`` (OpenAI top-level
+  ``service_tier``, default ``default``; Anthropic ``usage.service_tier``, default
+  ``standard``).
   Embeddings report no output and no cache tokens.
 * **Chunks**: ``text`` is cut into ``chunks`` pieces of near-equal character length, one
   content delta each. A request ``max_tokens`` / ``max_completion_tokens`` /
@@ -65,7 +73,7 @@ ANTHROPIC_KEY = "sk-ant-upstream-test"
 OPENAI_MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 ANTHROPIC_MODELS = {
     "claude-sonnet-4-6": "Claude Sonnet 4.6",
-    "claude-sonnet-4-5": "Claude Sonnet 4.5",
+    "claude-opus-4-6": "Claude Opus 4.6",
     "claude-haiku-4-5-20251001": "Claude Haiku 4.5",
 }
 _GENERATION = {
@@ -87,6 +95,12 @@ class Behavior:
     output_tokens: int | None = None
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    web_search_requests: int = 0
+    web_fetch_requests: int = 0
+    service_tier: str | None = None
+    speed: str | None = None  # Anthropic usage.speed ("fast")
     status: int = 200
     delay_first_byte: float = 0.0
     delay_between_chunks: float = 0.0
@@ -344,6 +358,8 @@ class FakeUpstream:
         stream = bool(body.get("stream")) and path != "/v1/embeddings"
         rec = {"path": path, "status": b.status, "stream": stream, "input_tokens": 0,
                "output_tokens": 0, "cache_write_tokens": 0, "cache_read_tokens": 0,
+               "cache_write_1h_tokens": 0, "reasoning_tokens": 0, "web_search_requests": 0,
+               "web_fetch_requests": 0, "service_tier": None,
                "completed": False, "text_sent": ""}  # fmt: skip
         if self.record:
             self.responses.append(rec)
@@ -383,10 +399,8 @@ class FakeUpstream:
             "cache_write_tokens": b.cache_write_tokens,
             "cache_read_tokens": b.cache_read_tokens,
         }
-        if not anthropic:
-            u["cache_write_tokens"] = 0
         if path == "/v1/embeddings":
-            u["output_tokens"] = u["cache_read_tokens"] = 0
+            u["output_tokens"] = u["cache_read_tokens"] = u["cache_write_tokens"] = 0
         gen = _Gen(self, request, body, b, headers, rec, pieces, u, truncated)
         if not stream:
             return await gen.json_response()
@@ -412,36 +426,70 @@ class _Gen:
     # -- usage objects ----------------------------------------------------------------------
 
     def openai_usage(self) -> dict:
-        u = self.u
-        p = u["input_tokens"] + u["cache_read_tokens"]
+        u, b = self.u, self.b
+        p = u["input_tokens"] + u["cache_read_tokens"] + u["cache_write_tokens"]
         if self.path == "/v1/embeddings":
             return {"prompt_tokens": p, "total_tokens": p}
         if self.path == "/v1/responses":
-            details = {"cached_tokens": u["cache_read_tokens"], "cache_write_tokens": 0}
+            long_ttl = b.cache_write_1h_tokens
+            by_ttl = {
+                "ttl_12h_tokens": long_ttl,
+                "ttl_30m_tokens": u["cache_write_tokens"] - long_ttl,
+            }
+            details = {
+                "cached_tokens": u["cache_read_tokens"],
+                "cache_write_tokens": u["cache_write_tokens"],
+                "cache_write_tokens_details": by_ttl,
+            }
             return {"input_tokens": p, "input_tokens_details": details,
                     "output_tokens": u["output_tokens"],
-                    "output_tokens_details": {"reasoning_tokens": 0},
+                    "output_tokens_details": {"reasoning_tokens": b.reasoning_tokens},
                     "total_tokens": p + u["output_tokens"]}  # fmt: skip
-        details = {"cached_tokens": u["cache_read_tokens"], "audio_tokens": 0}
+        details = {
+            "cached_tokens": u["cache_read_tokens"],
+            "audio_tokens": 0,
+            "cache_write_tokens": u["cache_write_tokens"],
+        }
         return {"prompt_tokens": p, "completion_tokens": u["output_tokens"],
                 "total_tokens": p + u["output_tokens"], "prompt_tokens_details": details,
-                "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                    "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}}  # fmt: skip
+                "completion_tokens_details": {"reasoning_tokens": b.reasoning_tokens,
+                    "audio_tokens": 0, "accepted_prediction_tokens": 0,
+                    "rejected_prediction_tokens": 0}}  # fmt: skip
 
     def anthropic_usage(self, output_tokens: int) -> dict:
-        u = self.u
+        u, b = self.u, self.b
+        long_ttl = b.cache_write_1h_tokens
+        by_ttl = {
+            "ephemeral_1h_input_tokens": long_ttl,
+            "ephemeral_5m_input_tokens": u["cache_write_tokens"] - long_ttl,
+        }
+        thinking = min(b.reasoning_tokens, output_tokens)
+        tools = {
+            "web_search_requests": b.web_search_requests,
+            "web_fetch_requests": b.web_fetch_requests,
+        }
         return {"input_tokens": u["input_tokens"],
                 "cache_creation_input_tokens": u["cache_write_tokens"],
                 "cache_read_input_tokens": u["cache_read_tokens"],
-                "output_tokens": output_tokens, "service_tier": "standard"}  # fmt: skip
+                "cache_creation": by_ttl, "output_tokens": output_tokens,
+                "output_tokens_details": {"thinking_tokens": thinking},
+                "server_tool_use": tools,
+                "service_tier": b.service_tier or "standard",
+                **({"speed": b.speed} if b.speed else {})}  # fmt: skip
 
     def report(self, *, output: bool = True, inputs: bool = True, completed: bool = False):
         """Record the usage that went on the wire."""
+        b = self.b
         if inputs:
             for k in ("input_tokens", "cache_write_tokens", "cache_read_tokens"):
                 self.rec[k] = self.u[k]
+            self.rec["cache_write_1h_tokens"] = b.cache_write_1h_tokens
+            self.rec["service_tier"] = b.service_tier
         if output:
             self.rec["output_tokens"] = self.u["output_tokens"]
+            self.rec["reasoning_tokens"] = b.reasoning_tokens
+            self.rec["web_search_requests"] = b.web_search_requests
+            self.rec["web_fetch_requests"] = b.web_fetch_requests
         self.rec["completed"] = completed
 
     # -- JSON bodies --------------------------------------------------------------------------
@@ -451,7 +499,7 @@ class _Gen:
 
     def chat_base(self) -> dict:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "service_tier": "default",
+                "model": self.model, "service_tier": self.b.service_tier or "default",
                 "system_fingerprint": "fp_fake0001"}  # fmt: skip
 
     def response_obj(self, status: str, final: bool) -> dict:
@@ -461,14 +509,21 @@ class _Gen:
                 if status == "incomplete" else None,
                 "instructions": self.body.get("instructions"),
                 "max_output_tokens": self.body.get("max_output_tokens"), "model": self.model,
-                "output": [self.message_item("completed", self.text)] if final else [],
+                "output": self.output_items() if final else [],
                 "parallel_tool_calls": True, "previous_response_id": None,
-                "reasoning": {"effort": None, "summary": None}, "service_tier": "default",
+                "reasoning": {"effort": None, "summary": None},
+                "service_tier": self.b.service_tier or "default",
                 "store": True, "temperature": 1.0,
                 "text": {"format": {"type": "text"}, "verbosity": "medium"},
                 "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
                 "usage": self.openai_usage() if final and not self.b.omit_usage else None,
                 "user": None, "metadata": {}}  # fmt: skip
+
+    def output_items(self) -> list[dict]:
+        searches = [{"id": _rid("ws_", 24), "type": "web_search_call", "status": "completed",
+                     "action": {"type": "search", "query": "fake"}}
+                    for _ in range(self.b.web_search_requests)]  # fmt: skip
+        return [*searches, self.message_item("completed", self.text)]
 
     def message_item(self, status: str, text: str | None) -> dict:
         content = [] if text is None else [self.text_part(text)]
@@ -677,7 +732,7 @@ class _Gen:
         await self.content(piece, error)
         await self.send({"type": "content_block_stop", "index": 0}, "content_block_stop")
         usage = self.anthropic_usage(self.u["output_tokens"])
-        del usage["service_tier"]
+        del usage["service_tier"], usage["cache_creation"]  # not in MessageDeltaUsage
         stop = "max_tokens" if self.truncated else "end_turn"
         delta = {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
                  "usage": usage}  # fmt: skip

@@ -35,9 +35,33 @@ prices:
   gpt-4o-mini: {input: 0.15, output: 0.60, cache_read: 0.075}
   gpt-4o: {input: 2.50, output: 10.00, cache_read: 1.25}
   text-embedding-3-small: {input: 0.02, output: 0}
-  claude-sonnet-4-5: {input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}
   claude-sonnet-4-6: {input: 3.00, output: 15.00, cache_write: 3.75, cache_read: 0.30}
   claude-haiku-4-5: {input: 1.00, output: 5.00, cache_write: 1.25, cache_read: 0.10}
+  gpt-5*:
+    input: 1.25
+    output: 10.00
+    cache_write: 1.50
+    cache_write_1h: 2.00
+    cache_read: 0.125
+    tiers:
+      priority: {input: 2.50, output: 20.00, cache_write: 3.00, cache_write_1h: 4.00,
+                 cache_read: 0.25}
+      flex: {input: 0.625, output: 5.00, cache_read: 0.0625}
+    tools: {web_search: 0.01, file_search: 0.0025}
+  claude-opus-4-*:
+    input: 5.00
+    output: 25.00
+    cache_write: 6.25
+    cache_write_1h: 10.00
+    cache_read: 0.50
+    long_context: {above: 200000, input: 10.00, output: 37.50, cache_write: 12.50,
+                   cache_write_1h: 20.00, cache_read: 1.00}
+    tiers:
+      batch: {input: 2.50, output: 12.50, cache_write: 3.125, cache_write_1h: 5.00,
+              cache_read: 0.25}
+      fast: {input: 30.00, output: 150.00, cache_write: 37.50, cache_write_1h: 60.00,
+             cache_read: 3.00}
+    tools: {web_search: 0.01, web_fetch: 0.001}
 """
 
 DEFAULT_ORGS = """

@@ -65,7 +65,7 @@ async def afake():
 def test_chat_create(oai, sync_fake):
     fake = sync_fake[0]
     fake.behavior.cache_read_tokens = 7
-    fake.behavior.cache_write_tokens = 100  # ignored on OpenAI routes
+    fake.behavior.cache_write_tokens = 100  # prompt_tokens_details.cache_write_tokens
     raw = oai.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MSG)
     assert raw.headers["x-request-id"].startswith("req_")
     assert raw.headers["x-ratelimit-remaining-tokens"]
@@ -74,11 +74,14 @@ def test_chat_create(oai, sync_fake):
     assert c.choices[0].message.content == Behavior().text
     assert c.choices[0].finish_reason == "stop"
     u = c.usage
-    assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (12, 5, 17)
+    assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (112, 5, 117)
     assert u.prompt_tokens_details.cached_tokens == 7
+    assert u.prompt_tokens_details.cache_write_tokens == 100
     assert fake.responses[-1] == {
         "path": "/v1/chat/completions", "status": 200, "stream": False, "input_tokens": 5,
-        "output_tokens": 5, "cache_write_tokens": 0, "cache_read_tokens": 7,
+        "output_tokens": 5, "cache_write_tokens": 100, "cache_read_tokens": 7,
+        "cache_write_1h_tokens": 0, "reasoning_tokens": 0, "web_search_requests": 0,
+        "web_fetch_requests": 0, "service_tier": None,
         "completed": True, "text_sent": Behavior().text,
     }  # fmt: skip
     req = fake.requests[-1]

@@ -98,7 +98,7 @@ def test_estimate_openai_chat(counter):
 
 def test_estimate_anthropic_messages(counter):
     body = {
-        "model": "claude-sonnet-4-5",
+        "model": "claude-sonnet-4-6",
         "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
         "messages": [
             {"role": "user", "content": "Weather in Paris?"},

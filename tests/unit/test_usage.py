@@ -91,7 +91,9 @@ def test_openai_embeddings_json():
 
 def test_openai_responses_json():
     result = json_tap("openai_responses.json", "openai", "/v1/responses")
-    assert result.usage == Usage(input_tokens=152, output_tokens=210, cache_read_tokens=2176)
+    assert result.usage == Usage(
+        input_tokens=152, output_tokens=210, cache_read_tokens=2176, reasoning_tokens=192
+    )
     assert result.model == "o4-mini-2025-04-16"
     assert result.generated_text() == "Paris is the capital of France."
     assert not result.failed
@@ -102,7 +104,7 @@ def test_anthropic_messages_json():
     assert result.usage == Usage(
         input_tokens=27, output_tokens=71, cache_write_tokens=1843, cache_read_tokens=14012
     )
-    assert result.model == "claude-sonnet-4-5-20250929"
+    assert result.model == "claude-sonnet-4-6"
     assert result.generated_text() == (
         "I'll check the weather in San Francisco for you."
         '{"location":"San Francisco, CA","unit":"celsius"}'
@@ -277,7 +279,7 @@ def test_anthropic_stream_message_delta_usage_is_cumulative(ending):
     assert forwarded == payload
     # Last message_delta wins: 89, neither 48 + 89 nor 3 + 48 + 89.
     assert usage == Usage(input_tokens=412, output_tokens=89, cache_read_tokens=3186)
-    assert (failed, complete, model) == (False, True, "claude-sonnet-4-5-20250929")
+    assert (failed, complete, model) == (False, True, "claude-sonnet-4-6")
     assert text == (
         "The user wants the weather; I should call the tool."
         "Je regarde la météo à Zürich 🌦️."
@@ -377,3 +379,98 @@ def test_feed_does_not_copy_when_relaying_untouched():
 def test_unknown_provider_is_refused():
     with pytest.raises(ValueError, match="gemini"):
         make_tap("gemini", CHAT, streaming=True, strip_usage_chunk=False)
+
+
+# ---- every usage field of the providers' current SDK types ---------------------------------
+
+
+def test_openai_chat_usage_reads_cache_writes_reasoning_and_tier():
+    from tollway.proxy.wire import openai as wire
+
+    body = {
+        "service_tier": "priority",
+        "usage": {
+            "prompt_tokens": 1000,
+            "completion_tokens": 300,
+            "prompt_tokens_details": {"cached_tokens": 200, "cache_write_tokens": 500},
+            "completion_tokens_details": {"reasoning_tokens": 250},
+        },
+    }
+    assert wire.usage_from_body(body) == Usage(
+        input_tokens=300,
+        output_tokens=300,
+        cache_write_tokens=500,
+        cache_read_tokens=200,
+        reasoning_tokens=250,
+        service_tier="priority",
+    )
+
+
+def test_openai_responses_usage_reads_long_ttl_writes_and_tool_calls():
+    from tollway.proxy.wire import openai as wire
+
+    body = {
+        "service_tier": "flex",
+        "output": [
+            {"type": "web_search_call"},
+            {"type": "web_search_call"},
+            {"type": "file_search_call"},
+            {"type": "message"},
+        ],
+        "usage": {
+            "input_tokens": 5000,
+            "output_tokens": 40,
+            "input_tokens_details": {
+                "cached_tokens": 1000,
+                "cache_write_tokens": 3000,
+                "cache_write_tokens_details": {"ttl_12h_tokens": 2000, "ttl_30m_tokens": 1000},
+            },
+            "output_tokens_details": {"reasoning_tokens": 0},
+        },
+    }
+    assert wire.usage_from_body(body) == Usage(
+        input_tokens=1000,
+        output_tokens=40,
+        cache_write_tokens=3000,
+        cache_write_1h_tokens=2000,
+        cache_read_tokens=1000,
+        web_search_requests=2,
+        file_search_requests=1,
+        service_tier="flex",
+    )
+
+
+def test_anthropic_usage_reads_1h_writes_server_tools_tier_and_speed():
+    from tollway.proxy.wire import anthropic as wire
+
+    u = {
+        "input_tokens": 10,
+        "output_tokens": 500,
+        "cache_creation_input_tokens": 3000,
+        "cache_read_input_tokens": 7000,
+        "cache_creation": {"ephemeral_1h_input_tokens": 2500, "ephemeral_5m_input_tokens": 500},
+        "output_tokens_details": {"thinking_tokens": 400},
+        "server_tool_use": {"web_search_requests": 3, "web_fetch_requests": 1},
+        "service_tier": "batch",
+    }
+    assert wire.usage_from_usage_object(u) == Usage(
+        input_tokens=10,
+        output_tokens=500,
+        cache_write_tokens=3000,
+        cache_read_tokens=7000,
+        cache_write_1h_tokens=2500,
+        reasoning_tokens=400,
+        web_search_requests=3,
+        web_fetch_requests=1,
+        service_tier="batch",
+    )
+    fast = wire.usage_from_usage_object({**u, "service_tier": "standard", "speed": "fast"})
+    assert fast is not None and fast.service_tier == "fast"
+
+
+def test_an_absurd_count_is_kept_for_the_ceiling_not_read_as_zero():
+    from tollway.proxy.wire import openai as wire
+
+    body = {"usage": {"prompt_tokens": 10**12, "completion_tokens": 2.0e9}}
+    assert wire.usage_from_body(body) == Usage(input_tokens=10**12, output_tokens=2_000_000_000)
+    assert wire.count(-5) == 0 and wire.count("7") == 0 and wire.count(True) == 0
