@@ -33,7 +33,7 @@ import redis
 from tollway.config.loader import parse_config_text
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import SystemClock
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 from tollway.limits.usage import Usage
@@ -113,7 +113,7 @@ async def pairs(meter: Meter, principal: Any, deadline: float) -> int:
         rid = "req_" + secrets.token_hex(12)
         decision = await meter.admit(principal, rid, "gpt-4o", 2000, 5000)
         assert decision.admitted, decision
-        await meter.settle(principal, rid, "gpt-4o", Usage(2000, 500), 10_000, True)
+        await meter.settle(Charge(principal, rid, "gpt-4o", Usage(2000, 500), 10_000, True))
         done += 1
     return done
 
@@ -195,7 +195,7 @@ async def memory(url: str, orgs: int, keys_per_org: int, requests: int) -> dict[
     for p in principals:
         rid = "req_" + secrets.token_hex(12)
         await meter.admit(p, rid, "gpt-4o", 2000, 5000)
-        await meter.settle(p, rid, "gpt-4o", Usage(2000, 500), 10_000, True)
+        await meter.settle(Charge(p, rid, "gpt-4o", Usage(2000, 500), 10_000, True))
     result["per_org_bytes"] = (used() - base) / orgs
     typical = {}  # one organization's keys after one request, by kind
     for key in r.scan_iter(match=f"{prefix}:{{{names[-1]}}}:*", count=1000):
@@ -210,7 +210,7 @@ async def memory(url: str, orgs: int, keys_per_org: int, requests: int) -> dict[
     for _ in range(requests):
         rid = "req_" + secrets.token_hex(12)
         await meter.admit(principals[0], rid, "gpt-4o", 2000, 5000)
-        await meter.settle(principals[0], rid, "gpt-4o", Usage(2000, 500), 10_000, True)
+        await meter.settle(Charge(principals[0], rid, "gpt-4o", Usage(2000, 500), 10_000, True))
     result["per_request_retained_bytes"] = (used() - start) / requests
     sizes: dict[str, list[int]] = {}
     for key in r.scan_iter(match=f"{prefix}:*", count=1000):

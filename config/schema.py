@@ -191,6 +191,12 @@ class MeteringConfig(FrozenModel):
     against it (see ``tollway.config.pricing``)."""
     max_tool_requests: PositiveInt = 1_000
     """The same ceiling for one request's count of server-side tool requests."""
+    drain_max_bytes: PositiveInt = 16_777_216
+    """After a client leaves a metered stream, Tollway reads on (without relaying) until
+    the upstream's usage arrives, at most this many bytes..."""
+    drain_max_seconds: Seconds = 120.0
+    """... and at most this many seconds; past either bound it hangs up and charges the
+    input (as reported, else as estimated) and the tokens of the text generated so far."""
 
 
 LimitKind = Literal["rpm", "tpm", "input_tpm", "output_tpm"]
@@ -350,7 +356,35 @@ class Organization(FrozenModel):
         return 0 if seat is None else self.seat_tiers[seat].included
 
 
+class Alerts(FrozenModel):
+    """Threshold alerts, POSTed as JSON to `webhook_url` (signed when `secret_env` is set):
+    each threshold once per period (a month) per cap, budget or included usage."""
+
+    webhook_url: HttpUrl
+    secret_env: EnvName | None = None
+    """Environment variable with the signing secret (X-Tollway-Signature: sha256=HMAC)."""
+    thresholds: tuple[Annotated[int, integer(1, 1000), Field(ge=1, le=1000)], ...] = (50, 80, 100)
+    """Percentages of a limit that send an alert when reached."""
+    low_balance: Money | None = None
+    """Alert when a prepaid organization's credit balance falls below this (once a month)."""
+    max_attempts: PositiveInt = 5
+    """Deliveries are retried with exponential back-off (1 s, 2 s, 4 s...) up to this."""
+    _secret: SecretStr | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _resolve(self, info: ValidationInfo) -> Alerts:
+        if self.secret_env is not None:
+            self._secret = resolve_secret(info, "Alerts", "secret_env", self.secret_env)
+        return self
+
+    @property
+    def secret(self) -> SecretStr | None:
+        return self._secret
+
+
 class Notifications(FrozenModel):
+    alerts: Alerts | None = None
+    """Threshold alerts of caps, budgets, included usage and low balances; null: none."""
     limit_requests_webhook: HttpUrl | None = None
     """URL the daily digest of pending limit-increase requests is POSTed to (JSON, one
     post per organization with pending requests); null: no digest."""

@@ -22,22 +22,41 @@ hash protects low-entropy secrets; these have none to protect).
 
 from __future__ import annotations
 
-import fnmatch
-import hashlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import replace
 
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.errors import ExpiredKey, UnknownKey
+from tollway.limits.keyrecord import (
+    LIMITS,
+    OLD,
+    SECRET_PREFIX,
+    KeyRecord,
+    KeySettings,
+    digest,
+    iso,
+    new_secret,
+    parse_limit,
+    parse_list,
+)
 from tollway.limits.plans import Principal
 from tollway.limits.store import Store
 
-SECRET_PREFIX = "tw-"
+__all__ = [
+    "LIMITS",
+    "SECRET_PREFIX",
+    "ApiKeys",
+    "KeyRecord",
+    "KeySettings",
+    "digest",
+    "iso",
+    "new_secret",
+    "parse_limit",
+    "parse_list",
+]
+
 CACHE_SIZE = 100_000
 MAX_AGE = 1.0  # seconds a process trusts a key record it read
 REVOCATION_POLL = 1.0  # seconds between two polls of the revocation list
@@ -46,135 +65,6 @@ REVOCATION_SLACK_MS = 60_000
 REVOCATIONS_KEPT_MS = 90 * 86_400_000  # a revocation stays on the polled list 90 days
 UNMETERED_MAX_AGE = MAX_AGE  # the same bound on every route now (the name callers use)
 DEFAULT_OVERLAP_MS = 24 * 3_600_000  # a rotated secret keeps working this long by default
-_OLD = "old:"  # record field prefix: old:<digest> = end of that secret's overlap (ms)
-
-
-def new_secret() -> str:
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
-
-
-def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def iso(ms: int | None) -> str | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC).isoformat()
-
-
-def parse_list(text: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
-    """``"a,b"`` or ``["a", "b"]`` → ``("a", "b")``: trimmed, no empties, no duplicates,
-    no whitespace or commas inside an entry (ValueError naming `what` otherwise)."""
-    items = text.split(",") if isinstance(text, str) else list(text or ())
-    out: list[str] = []
-    for raw in items:
-        item = raw.strip()
-        if not item:
-            continue
-        if any(c.isspace() or c == "," for c in item) or len(item) > 200:
-            raise ValueError(f"{what}: {item!r} is not a valid entry")
-        if item not in out:
-            out.append(item)
-    return tuple(out)
-
-
-@dataclass(frozen=True, slots=True)
-class KeySettings:
-    """What an operator chooses for a key at creation. `models` are patterns (``*`` any
-    text, ``?`` one character; ``gpt-4o*``); empty: every model. `expires_ms` None: the
-    key never expires."""
-
-    name: str = ""
-    expires_ms: int | None = None
-    models: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    key_id: str
-    org: str
-    workspace: str | None
-    user: str | None
-    name: str
-    created_ms: int
-    revoked: bool
-    hint: str  # the first characters of the current secret, to recognize it in a list
-    expires_ms: int | None = None
-    models: tuple[str, ...] = ()
-    tags: tuple[str, ...] = ()
-    rotated_ms: int | None = None
-    secret: str = ""  # digest of the current secret ("" for keys made before rotation)
-    old: dict[str, int] = field(default_factory=dict)  # digest -> end of its overlap (ms)
-    legacy_until: int | None = None  # end of overlap of a pre-rotation key's first secret
-
-    @classmethod
-    def from_hash(cls, h: dict[str, str]) -> KeyRecord:
-        def ms(name: str) -> int | None:
-            v = h.get(name)
-            return int(v) if v else None
-
-        return cls(
-            key_id=h["id"],
-            org=h["org"],
-            workspace=h.get("ws") or None,
-            user=h.get("user") or None,
-            name=h.get("name", ""),
-            created_ms=int(h.get("created", 0)),
-            revoked=h.get("revoked") != "0",
-            hint=h.get("hint", ""),
-            expires_ms=ms("expires"),
-            models=parse_list(h.get("models", ""), "models"),
-            tags=parse_list(h.get("tags", ""), "tags"),
-            rotated_ms=ms("rotated"),
-            secret=h.get("secret", ""),
-            old={k[len(_OLD) :]: int(v) for k, v in h.items() if k.startswith(_OLD)},
-            legacy_until=ms("legacy"),
-        )
-
-    @property
-    def principal(self) -> Principal:
-        return Principal(self.org, self.key_id, self.workspace, self.user)
-
-    def allows(self, model: str) -> bool:
-        """Whether the key may call `model` (no allow-list: every model)."""
-        return not self.models or any(fnmatch.fnmatchcase(model, p) for p in self.models)
-
-    def secret_until(self, d: str) -> int | None:
-        """When the secret of digest `d` stops working (ms; None: it lives as the key)."""
-        if not self.secret or d == self.secret:
-            return None
-        return self.old.get(d, self.legacy_until or 0)
-
-    def status(self, now_ms: int) -> str:
-        if self.revoked:
-            return "revoked"
-        if self.expires_ms is not None and now_ms >= self.expires_ms:
-            return "expired"
-        return "active"
-
-    def to_dict(self, now_ms: int) -> dict[str, Any]:
-        """The key as JSON (never a secret nor its digest): the CLI's and the admin API's
-        shape."""
-        ends = [*self.old.values(), self.legacy_until or 0]
-        overlaps = [until for until in ends if until > now_ms]
-        return {
-            "id": self.key_id,
-            "org": self.org,
-            "workspace": self.workspace,
-            "user": self.user,
-            "name": self.name,
-            "hint": self.hint,
-            "created_ms": self.created_ms,
-            "created": iso(self.created_ms),
-            "revoked": self.revoked,
-            "status": self.status(now_ms),
-            "expires_ms": self.expires_ms,
-            "expires": iso(self.expires_ms),
-            "models": list(self.models),
-            "tags": list(self.tags),
-            "rotated_ms": self.rotated_ms,
-            "old_secret_until_ms": max(overlaps, default=None),
-        }
 
 
 class ApiKeys:
@@ -215,6 +105,10 @@ class ApiKeys:
             "tags": ",".join(s.tags),
             "secret": digest(secret),
         }
+        for limit in LIMITS:
+            value = getattr(s.limits, limit) if s.limits is not None else None
+            if value is not None:
+                record[limit] = str(value)
         k = self.keys
         client = self.store.client
         # The record first, the indexes after: a key is usable only once all three exist.
@@ -304,7 +198,7 @@ class ApiKeys:
         until = now_ms + max(0, overlap_ms)
         fields = {"secret": digest(secret), "hint": secret[:7] + "…", "rotated": str(now_ms)}
         if record.secret:
-            fields[_OLD + record.secret] = str(until)
+            fields[OLD + record.secret] = str(until)
         else:  # a key made before rotation existed: its first secret's digest is unknown
             fields["legacy"] = str(until)
         k, client = self.keys, self.store.client

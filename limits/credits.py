@@ -40,6 +40,7 @@ from tollway.limits.errors import CreditError
 from tollway.limits.history import history_of
 from tollway.limits.identity import claim as claim_identity
 from tollway.limits.money import format_usd
+from tollway.limits.rkeys import Fields
 from tollway.limits.store import Store
 
 PURCHASED, PROMOTIONAL = "purchased", "promotional"
@@ -313,7 +314,7 @@ class Credits:
             "reload_settings",
             client.hmget,
             self.keys.overrides(org),
-            ["reload:off", "reload:threshold", "reload:target"],
+            list(Fields.RELOADS),
         )
         if off == "1":
             return None
@@ -337,8 +338,9 @@ class Credits:
         client = self.store.client
         key = self.keys.overrides(org)
         pipe = client.pipeline(transaction=True)
-        pipe.hset(key, mapping={"reload:threshold": str(threshold), "reload:target": str(target)})
-        pipe.hdel(key, "reload:off")
+        pair = {Fields.RELOAD_THRESHOLD: str(threshold), Fields.RELOAD_TARGET: str(target)}
+        pipe.hset(key, mapping=pair)
+        pipe.hdel(key, Fields.RELOAD_OFF)
         await self.store.call("reload_set", pipe.execute)
 
     async def disable_reload(self, org: str) -> None:
@@ -347,8 +349,8 @@ class Credits:
         client = self.store.client
         key = self.keys.overrides(org)
         pipe = client.pipeline(transaction=True)
-        pipe.hset(key, "reload:off", "1")
-        pipe.hdel(key, "reload:threshold", "reload:target")
+        pipe.hset(key, Fields.RELOAD_OFF, "1")
+        pipe.hdel(key, Fields.RELOAD_THRESHOLD, Fields.RELOAD_TARGET)
         await self.store.call("reload_set", pipe.execute)
 
     async def clear_reload(self, org: str) -> None:
@@ -356,9 +358,7 @@ class Credits:
         self._check_org(org)
         client = self.store.client
         key = self.keys.overrides(org)
-        await self.store.call(
-            "reload_set", client.hdel, key, "reload:off", "reload:threshold", "reload:target"
-        )
+        await self.store.call("reload_set", client.hdel, key, *Fields.RELOADS)
 
     # --- checks ---------------------------------------------------------------------------
     def _check_org(self, org: str) -> None:

@@ -32,12 +32,12 @@ import logging
 import os
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 from tollway.limits.errors import StoreUnavailable
+from tollway.limits.outcomes import Charge
 from tollway.limits.plans import Principal
 from tollway.limits.usage import Usage
 
@@ -47,66 +47,51 @@ SUFFIX = ".jsonl"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One settlement, as `Meter.settle` takes it."""
-
-    rid: str
-    principal: Principal
-    model: str | None
-    usage: Usage
-    cost: int  # micro-USD, priced when the request ended
-    ok: bool
-    session: str | None
-    upstream_ms: int
-    now_ms: int  # when the request ended: the replay settles at this time
-
-    def to_line(self) -> bytes:
-        p, u = self.principal, self.usage
-        return (
-            orjson.dumps(
-                {
-                    "v": 1,
-                    "rid": self.rid,
-                    "org": p.org,
-                    "key": p.key_id,
-                    "ws": p.workspace,
-                    "user": p.user,
-                    "model": self.model,
-                    "u": [
-                        u.input_tokens,
-                        u.output_tokens,
-                        u.cache_write_tokens,
-                        u.cache_read_tokens,
-                    ],
-                    "cost": self.cost,
-                    "ok": self.ok,
-                    "sess": self.session,
-                    "up": self.upstream_ms,
-                    "now": self.now_ms,
-                }
-            )
-            + b"\n"
+def to_line(charge: Charge) -> bytes:
+    """One journal line (newline included). `charge.now_ms` must be set: a replay settles
+    at the request's own time."""
+    p, u = charge.principal, charge.usage
+    if charge.now_ms is None:
+        raise TypeError("a journaled charge needs its time (now_ms)")
+    return (
+        orjson.dumps(
+            {
+                "v": 1,
+                "rid": charge.rid,
+                "org": p.org,
+                "key": p.key_id,
+                "ws": p.workspace,
+                "user": p.user,
+                "model": charge.model,
+                "u": [u.input_tokens, u.output_tokens, u.cache_write_tokens, u.cache_read_tokens],
+                "cost": charge.cost,
+                "ok": charge.ok,
+                "sess": charge.session,
+                "up": charge.upstream_ms,
+                "now": charge.now_ms,
+            }
         )
+        + b"\n"
+    )
 
-    @classmethod
-    def from_line(cls, line: bytes) -> Entry:
-        """Raises ValueError when the line is not a whole entry."""
-        try:
-            d = orjson.loads(line)
-            return cls(
-                rid=str(d["rid"]),
-                principal=Principal(d["org"], d["key"], d["ws"], d["user"]),
-                model=d["model"],
-                usage=Usage(*(int(n) for n in d["u"])),
-                cost=int(d["cost"]),
-                ok=bool(d["ok"]),
-                session=d["sess"],
-                upstream_ms=int(d["up"]),
-                now_ms=int(d["now"]),
-            )
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"not a journal entry: {e}") from None
+
+def from_line(line: bytes) -> Charge:
+    """The charge of one journal line; raises ValueError when the line is not a whole one."""
+    try:
+        d = orjson.loads(line)
+        return Charge(
+            principal=Principal(d["org"], d["key"], d["ws"], d["user"]),
+            rid=str(d["rid"]),
+            model=d["model"],
+            usage=Usage(*(int(n) for n in d["u"])),
+            cost=int(d["cost"]),
+            ok=bool(d["ok"]),
+            session=d["sess"],
+            upstream_ms=int(d["up"]),
+            now_ms=int(d["now"]),
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a journal entry: {e}") from None
 
 
 # Observer of journal events: (event, count). event: written | replayed | dropped |
@@ -140,10 +125,10 @@ class Journal:
         self._emit("pending", self.pending)
 
     # --- appending --------------------------------------------------------------------
-    async def append(self, entry: Entry) -> bool:
+    async def append(self, entry: Charge) -> bool:
         """Write `entry` durably; False when it was dropped (journal full or unwritable)."""
         try:
-            line = entry.to_line()
+            line = to_line(entry)
         except (TypeError, orjson.JSONEncodeError) as e:  # text no JSON can hold
             log.error("journal entry dropped", extra={"rid": entry.rid, "error": str(e)})
             self._emit("dropped", 1)
@@ -236,7 +221,7 @@ class Journal:
         self._close_segment()
 
     # --- replaying --------------------------------------------------------------------
-    async def replay(self, settle: Callable[[Entry], Awaitable[Any]]) -> int:
+    async def replay(self, settle: Callable[[Charge], Awaitable[Any]]) -> int:
         """Settle every segment this process can lock, each in its own order; how many
         entries were settled. Stops at the first `StoreUnavailable` (raised as `Stopped`), keeping
         what is left for the next replay."""
@@ -266,7 +251,7 @@ class Journal:
                 total += path.read_bytes().count(b"\n")
         return total
 
-    async def _replay_segment(self, path: Path, settle: Callable[[Entry], Awaitable[Any]]) -> int:
+    async def _replay_segment(self, path: Path, settle: Callable[[Charge], Awaitable[Any]]) -> int:
         """Entries settled from one segment (0 when another process holds it)."""
         fd = await asyncio.to_thread(_lock_segment, path)
         if fd is None:
@@ -278,7 +263,7 @@ class Journal:
             try:
                 for line in lines:
                     try:
-                        entry = Entry.from_line(line)
+                        entry = from_line(line)
                     except ValueError as e:
                         log.error("journal line set aside", extra={"error": str(e)})
                         bad.append(line)
@@ -386,7 +371,7 @@ class Replayer:
     def __init__(
         self,
         journal: Journal,
-        settle: Callable[[Entry], Awaitable[Any]],
+        settle: Callable[[Charge], Awaitable[Any]],
         ping: Callable[[], Awaitable[bool]],
         interval: float = 1.0,
     ) -> None:

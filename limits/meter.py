@@ -1,55 +1,33 @@
 """Admission and settlement: one script call each.
 
-`Meter.admit` answers a `Decision`; `Meter.settle` answers a `Settlement`. Both are plain
-data; `proxy/` turns them into HTTP. The config is read through a getter on every call, so
-a live reload applies to the very next request.
+`Meter.admit` answers a `Decision`; `Meter.settle` takes a `Charge` (what one finished
+request is charged) and answers a `Settlement`. All three are plain data; `proxy/` turns
+them into HTTP, and the journal stores a `Charge` as it is when the store cannot take it.
+The config is read through a getter on every call, so a live reload applies to the very
+next request.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
-from tollway.limits import plans
+from tollway.limits import scriptplans
 from tollway.limits.clock import Clock
-from tollway.limits.plans import BucketSpec, Principal
+from tollway.limits.outcomes import BucketState as BucketState
+from tollway.limits.outcomes import Charge as Charge
+from tollway.limits.outcomes import Decision as Decision
+from tollway.limits.outcomes import Refusal as Refusal
+from tollway.limits.outcomes import Settlement as Settlement
+from tollway.limits.plans import Principal
+from tollway.limits.scriptplans import SettlePlan, StaticParts
 from tollway.limits.store import Store
-from tollway.limits.usage import Usage
 
-KEEP_MS = 400 * 86_400_000  # month counters are kept ~13 months
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
-
-
-@dataclass(frozen=True, slots=True)
-class BucketState:
-    spec: BucketSpec
-    remaining: int  # whole tokens or requests left
-    reset_ms: int  # until the bucket is full again
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    admitted: bool
-    reason: str | None = None  # key | rate | included | cap | credit
-    detail: str = ""  # the limit or cap that refused, in words
-    retry_after_ms: int | None = None  # rate limits: when to retry; None: never by waiting
-    resets_at_ms: int | None = None  # caps and included usage: start of next period
-    amount: int | None = None  # micro-USD: the cap reached, or the seat's included usage
-    buckets: tuple[BucketState, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    cost: int
-    included: int
-    extra: int
-    available: int  # credit balance less debt and holds, after this request
-    reload: int  # micro-USD an auto-reload should buy now (0: none)
-    duplicate: bool  # this request id had been settled already: nothing changed
 
 
 def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
@@ -58,72 +36,6 @@ def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
     year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
     next_month = datetime(year, month, 1, tzinfo=tz)
     return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), int(next_month.timestamp() * 1000)
-
-
-@dataclass(frozen=True, slots=True)
-class _Static:
-    """The parts of the admit and settle plans that depend only on (config, principal,
-    model): built once per pair and config, not per request (they were ~10% of the CPU
-    of a request in the benchmark's profile)."""
-
-    specs: tuple[BucketSpec, ...]
-    bucket_keys: list[str]
-    admit: dict[str, Any]  # admit.lua plan fields, less est
-    money: dict[str, Any]  # admit.lua plan.m, less cost
-    settle: dict[str, Any]  # settle.lua plan fields that do not depend on the request
-
-
-def _static(cfg: Any, k: Any, principal: Principal, model: str | None) -> _Static:
-    org = principal.org
-    org_cfg = cfg.organizations.get(org)
-    if org_cfg is None:  # gone from the config: settle what was admitted, nothing else
-        specs: list[BucketSpec] = []
-        scopes, seat, billing, ws = ["org"], None, None, ""
-        money: dict[str, Any] = {}
-    else:
-        specs = plans.bucket_specs(org_cfg, principal, model)
-        scopes = plans.scopes(org_cfg, principal)
-        seat = plans.seat_plan(org_cfg, principal)
-        billing = org_cfg.billing
-        ws = plans.user_workspace(org_cfg, principal) or ""
-        money = {
-            "prepaid": billing.mode == "prepaid",
-            "seat": seat or False,
-            "extra": plans.extra_plan(org_cfg, principal),
-            "caps": plans.cap_plans(org_cfg, principal),
-        }
-    b = [s.script_args() for s in specs]
-    reload = None
-    if billing is not None and billing.auto_reload is not None:
-        reload = {"threshold": billing.auto_reload.threshold, "target": billing.auto_reload.target}
-    hp, lp = k.hold_prefix(org), k.lot_prefix(org)
-    return _Static(
-        specs=tuple(specs),
-        bucket_keys=[k.bucket(org, s.scope, s.limit) for s in specs],
-        admit={"ttl": cfg.store.hold_ttl_seconds * 1000, "hp": hp, "lp": lp, "b": b},
-        money=money,
-        settle={
-            "prepaid": billing is not None and billing.mode == "prepaid",
-            "seat": seat or False,
-            "scopes": scopes,
-            "b": b,
-            "hp": hp,
-            "lp": lp,
-            "keep": KEEP_MS,
-            "dedup": cfg.store.settled_ttl_seconds * 1000,
-            "reload": reload or False,
-            "ev": [
-                "model",
-                model or "",
-                "key",
-                principal.key_id,
-                "user",
-                principal.user or "",
-                "ws",
-                ws,
-            ],
-        },
-    )
 
 
 class Meter:
@@ -135,7 +47,7 @@ class Meter:
         self._zones: dict[str, ZoneInfo] = {}
         self._labels: dict[tuple[str, int, int, int], tuple[str, str, int]] = {}
         self._cfg: Any = None
-        self._statics: dict[tuple[Principal, str | None], _Static] = {}
+        self._statics: dict[tuple[Principal, str | None], StaticParts] = {}
 
     def _zone(self, name: str) -> ZoneInfo:
         zone = self._zones.get(name)
@@ -155,8 +67,8 @@ class Meter:
             hit = self._labels[key] = periods(now_ms, tz)
         return hit
 
-    def _plan_parts(self, cfg: Any, principal: Principal, model: str | None) -> _Static:
-        """The cached `_Static` of (principal, model) under `cfg`; a new config (a reload)
+    def _plan_parts(self, cfg: Any, principal: Principal, model: str | None) -> StaticParts:
+        """The cached `StaticParts` of (principal, model) under `cfg`; a new config (a reload)
         empties the cache, so it always matches the config in force."""
         if cfg is not self._cfg:
             self._statics.clear()
@@ -166,20 +78,8 @@ class Meter:
         if parts is None:
             if len(self._statics) >= STATIC_CACHE_SIZE:
                 self._statics.clear()
-            parts = self._statics[key] = _static(cfg, self.keys, principal, model)
+            parts = self._statics[key] = scriptplans.static_parts(cfg, self.keys, principal, model)
         return parts
-
-    def _common_keys(self, org: str, rid: str, month: str) -> list[str]:
-        k = self.keys
-        return [
-            k.hold(org, rid),
-            k.holds(org),
-            k.account(org),
-            k.lots(org),
-            k.lot_expiries(org),
-            k.ledger(org),
-            k.month(org, month),
-        ]
 
     async def admit(
         self,
@@ -198,41 +98,39 @@ class Meter:
         month, _, next_month = self._periods(now, cfg.server.timezone)
         parts = self._plan_parts(cfg, principal, model)
         specs = parts.specs
-        k = self.keys
         org = principal.org
-        plan: dict[str, Any] = {**parts.admit, "est": est_tokens}
-        if est_cost is not None:
-            plan["m"] = {**parts.money, "cost": est_cost}
-        keys = self._common_keys(org, rid, month)
-        keys += [k.overrides(org), k.api_key(org, principal.key_id)]
+        money = parts.money if est_cost is not None else None
+        plan = replace(parts.admit, est_tokens=est_tokens, cost=est_cost or 0, money=money)
+        keys = scriptplans.admit_keys(self.keys, org, rid, month, principal.key_id)
         keys += parts.bucket_keys
-        raw = await self.store.run("admit", keys, [now, rid, orjson.dumps(plan)])
-        admitted, reason, detail, retry = int(raw[0]), raw[1], raw[2], int(raw[3])
-        if reason == "key":
-            return Decision(False, "key", "revoked key")
-        if reason == "late":
-            return Decision(False, "late", "released before it ran")
+        raw = await self.store.run("admit", keys, [now, rid, scriptplans.encode(plan)])
+        admitted, detail, retry = int(raw[0]), raw[2], int(raw[3])
+        reason = Refusal(raw[1]) if raw[1] else None
+        if reason is Refusal.KEY:
+            return Decision(False, reason, "revoked key")
+        if reason is Refusal.LATE:
+            return Decision(False, reason, "released before it ran")
         states = tuple(
             BucketState(spec, int(raw[4 + 2 * i]), int(raw[5 + 2 * i]))
             for i, spec in enumerate(specs)
         )
         if admitted:
             return Decision(True, buckets=states)
-        if reason == "rate":
+        if reason is Refusal.RATE:
             spec = specs[int(detail) - 1]
             return Decision(
                 False,
-                "rate",
+                reason,
                 spec.describe(org),
                 retry_after_ms=retry if retry >= 0 else None,
                 buckets=states,
             )
-        if reason == "cap":
+        if reason is Refusal.CAP:
             label, _, cap = detail.rpartition("|")
             return Decision(
                 False, reason, label, resets_at_ms=next_month, amount=int(cap), buckets=states
             )
-        if reason == "included":
+        if reason is Refusal.INCLUDED:
             return Decision(
                 False, reason, "", resets_at_ms=next_month, amount=int(detail), buckets=states
             )
@@ -248,48 +146,30 @@ class Meter:
         ttl = cfg.store.hold_ttl_seconds * 1000
         return bool(await self.store.run("release", keys, [self.clock.now_ms(), rid, ttl]))
 
-    async def settle(
-        self,
-        principal: Principal,
-        rid: str,
-        model: str | None,
-        usage: Usage,
-        cost: int,
-        ok: bool,
-        session_id: str | None = None,
-        upstream_ms: int = 0,
-        now_ms: int | None = None,
-    ) -> Settlement:
+    async def settle(self, charge: Charge) -> Settlement:
         """Replace the reservation by actual usage; exactly once per request id.
 
-        A failed request (ok False) is charged nothing and gives its reservation back.
-        `now_ms` (default: the clock) is when the request ended: a journal replay passes
-        it so the settlement lands in the request's own day and month."""
+        A failed request (`charge.ok` False) is charged nothing and gives its reservation
+        back."""
         cfg = self.config()
-        org = principal.org
-        now = self.clock.now_ms() if now_ms is None else now_ms
+        org, rid, usage = charge.principal.org, charge.rid, charge.usage
+        now = self.clock.now_ms() if charge.now_ms is None else charge.now_ms
         month, day, _ = self._periods(now, cfg.server.timezone)
-        parts = self._plan_parts(cfg, principal, model)
-        k = self.keys
-        plan: dict[str, Any] = {
-            **parts.settle,
-            "ok": ok,
-            "u": [
-                usage.input_tokens,
-                usage.output_tokens,
-                usage.cache_write_tokens,
-                usage.cache_read_tokens,
-            ],
-            "tin": usage.tpm_input(cfg.metering.count_cache_reads_in_tpm),
-            "cost": cost,
-            "day": day,
-            "sid": session_id or False,
-            "up": upstream_ms,
-        }
-        keys = self._common_keys(org, rid, month)
-        keys += [k.settled(org, rid), k.overrides(org)]
+        parts = self._plan_parts(cfg, charge.principal, charge.model)
+        plan = SettlePlan(
+            static=parts.settle,
+            ok=charge.ok,
+            usage=usage,
+            tpm_input=usage.tpm_input(cfg.metering.count_cache_reads_in_tpm),
+            cost=charge.cost,
+            session=charge.session is not None,
+            session_id=charge.session or "",
+            upstream_ms=charge.upstream_ms,
+            day=day,
+        )
+        keys = scriptplans.settle_keys(self.keys, org, rid, month)
         keys += parts.bucket_keys
-        raw = await self.store.run("settle", keys, [now, rid, orjson.dumps(plan)])
+        raw = await self.store.run("settle", keys, [now, rid, scriptplans.encode(plan)])
         r = orjson.loads(raw)
         return Settlement(
             cost=int(r["cost"]),

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from tollway.limits.rkeys import Fields, Scope
+
 # Limit name in the config → bucket kind in the scripts.
 KINDS = {"rpm": "req", "tpm": "tok", "input_tpm": "in", "output_tpm": "out"}
 TOKEN_UNIT = 60_000  # bucket units per token (see scripts/common.lua)
@@ -16,13 +18,24 @@ REQUEST_UNIT = 60_000_000  # bucket units per request; rpm may have 3 decimals
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """A key's own per-minute limits (None: none), set when the key is created."""
+
+    rpm: Decimal | None = None
+    tpm: int | None = None
+    input_tpm: int | None = None
+    output_tpm: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: resolved from an API key."""
+    """Who is calling: resolved from an API key (with the key's own limits)."""
 
     org: str
     key_id: str
     workspace: str | None = None
     user: str | None = None
+    key_limits: KeyLimits | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,16 +54,16 @@ class BucketSpec:
             return int(Decimal(self.per_minute) * 1000), REQUEST_UNIT
         return int(self.per_minute), TOKEN_UNIT
 
-    def script_args(self) -> list[Any]:
+    def plan(self) -> BucketPlan:
         rate, unit = self.rate_unit
-        return [self.kind, rate, unit]
+        return BucketPlan(self.kind, rate, unit)
 
     def describe(self, org: str) -> str:
         """Human name of the limit, for error messages: "tpm of user 'alice'"."""
-        if self.scope == "org":
+        if self.scope == Scope.ORG:
             where = f"organization '{org}'"
         else:
-            level, _, name = self.scope.partition("=")
+            level, name = Scope.split(self.scope)
             noun = {"ws": "workspace", "user": "user", "key": "key", "model": "model"}[level]
             where = f"{noun} '{name}'" if level != "model" else f"model '{name}' in '{org}'"
         return f"{self.limit} of {where}"
@@ -65,14 +78,16 @@ def user_workspace(org_cfg: Any, principal: Principal) -> str | None:
 
 def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[BucketSpec]:
     """Every bucket that applies to this request, organization level first."""
-    levels: list[tuple[str, Any]] = [("org", org_cfg.limits)]
+    levels: list[tuple[str, Any]] = [(Scope.ORG, org_cfg.limits)]
     if model and model in org_cfg.model_limits:
-        levels.append((f"model={model}", org_cfg.model_limits[model]))
+        levels.append((Scope.model(model), org_cfg.model_limits[model]))
     ws = user_workspace(org_cfg, principal)
     if ws and ws in org_cfg.workspaces:
-        levels.append((f"ws={ws}", org_cfg.workspaces[ws].limits))
+        levels.append((Scope.ws(ws), org_cfg.workspaces[ws].limits))
     if principal.user and principal.user in org_cfg.users:
-        levels.append((f"user={principal.user}", org_cfg.users[principal.user].limits))
+        levels.append((Scope.user(principal.user), org_cfg.users[principal.user].limits))
+    if principal.key_limits is not None:
+        levels.append((Scope.key(principal.key_id), principal.key_limits))
     return specs_of(levels)
 
 
@@ -89,73 +104,129 @@ def specs_of(levels: list[tuple[str, Any]]) -> list[BucketSpec]:
 
 def scopes(org_cfg: Any, principal: Principal) -> list[str]:
     """Month-to-date spend scopes of a request."""
-    out = ["org"]
+    out = [Scope.ORG]
     ws = user_workspace(org_cfg, principal)
     if ws:
-        out.append(f"ws={ws}")
+        out.append(Scope.ws(ws))
     if principal.user:
-        out.append(f"user={principal.user}")
-    out.append(f"key={principal.key_id}")
+        out.append(Scope.user(principal.user))
+    out.append(Scope.key(principal.key_id))
     return out
 
 
-def seat_plan(org_cfg: Any, principal: Principal) -> dict[str, Any] | None:
+# --- plan entries: what the scripts receive, read in Lua by these field names --------------
+@dataclass(frozen=True, slots=True)
+class BucketPlan:
+    """A bucket as the scripts see it (units: scripts/common.lua)."""
+
+    kind: str  # req | tok | in | out
+    rate: int
+    unit: int
+
+
+@dataclass(frozen=True, slots=True)
+class SeatPlan:
+    """The user's included usage: `spent` (month field) is included up to `included`,
+    unless the overrides hold `override` (a tier move's amount)."""
+
+    spent: str
+    included: int
+    override: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExtraPlan:
+    """Whether the user may go past the included usage: `on` from the config, unless one
+    of `overrides` is set (the first present wins, "1" on); `off` set to "0" disables
+    extra usage for everyone."""
+
+    on: bool
+    overrides: tuple[str, ...]
+    off: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapPlan:
+    """A monthly cap on `spent` (a month field): `cap` micro-USD (-1 unlimited) unless one
+    of `overrides` is set (the first present wins). A refusal names `label`, or the entry
+    of `labels` of the override that set the cap."""
+
+    spent: str
+    cap: int
+    overrides: tuple[str, ...]
+    label: str
+    labels: tuple[str, ...]
+
+    def source(self, overrides: dict[str, str]) -> tuple[str | None, str]:
+        """(the override in force or None, the label a refusal names) under `overrides`."""
+        for f, label in zip(self.overrides, self.labels, strict=True):
+            if f in overrides:
+                return overrides[f], label
+        return None, self.label
+
+
+def seat_plan(org_cfg: Any, principal: Principal) -> SeatPlan | None:
     user = org_cfg.users.get(principal.user) if principal.user else None
-    if user is None or user.seat is None:
+    if user is None or user.seat is None or principal.user is None:
         return None
     tier = org_cfg.seat_tiers[user.seat]
-    return {
-        "f": f"spend:user={principal.user}",
-        "inc": tier.included,
-        "ov": f"included:user={principal.user}",
-    }
+    u = principal.user
+    return SeatPlan(Fields.spend(Scope.user(u)), tier.included, Fields.included(u))
 
 
-def extra_plan(org_cfg: Any, principal: Principal) -> dict[str, Any]:
+def extra_plan(org_cfg: Any, principal: Principal) -> ExtraPlan:
     """Whether the user may go past the included usage: the run-time organization
     override "0" turns extra usage off for everyone (disabled entirely); otherwise the
     user's override, then the organization's, then the config decide."""
     extra = org_cfg.extra_usage
     on = extra.enabled and (extra.users is None or principal.user in extra.users)
-    return {"on": on, "ov": [f"extra:user={principal.user}", "extra:org"], "off": "extra:org"}
+    org = Fields.extra(Scope.ORG)
+    return ExtraPlan(on, (Fields.extra(Scope.user(str(principal.user))), org), org)
 
 
 def _cap(value: int | None) -> int:
     return -1 if value is None else value
 
 
-def cap_plans(org_cfg: Any, principal: Principal) -> list[list[Any]]:
-    """[month field, cap (-1 unlimited), override fields, label, label of each override
-    field] for every cap that applies.
+def cap_plans(org_cfg: Any, principal: Principal) -> list[CapPlan]:
+    """Every cap that applies, organization first.
 
     Precedence: a run-time override of the user's cap, the user's own cap in the config,
     a run-time override of the tier's cap, the tier's cap in the config. A refusal names
     the source that set the cap: a user override is "user 'U'" even on a tier's user.
     """
     org_label = "organization monthly"
-    caps: list[list[Any]] = [
-        ["extra:org", _cap(org_cfg.spend_caps.monthly), ["cap:org"], org_label, [org_label]]
+    org = Scope.ORG
+    caps = [
+        CapPlan(
+            Fields.extra(org),
+            _cap(org_cfg.spend_caps.monthly),
+            (Fields.cap(org),),
+            org_label,
+            (org_label,),
+        )
     ]
     ws = user_workspace(org_cfg, principal)
     if ws:
         ws_cfg = org_cfg.workspaces.get(ws)
         value = ws_cfg.spend_caps.monthly if ws_cfg is not None else None
         label = f"workspace '{ws}'"
-        caps.append([f"extra:ws={ws}", _cap(value), [f"cap:ws={ws}"], label, [label]])
+        s = Scope.ws(ws)
+        caps.append(CapPlan(Fields.extra(s), _cap(value), (Fields.cap(s),), label, (label,)))
     u = principal.user
     if u:
         user = org_cfg.users.get(u)
-        field = f"extra:user={u}"
+        s = Scope.user(u)
+        spent, user_cap = Fields.extra(s), Fields.cap(s)
         user_label = f"user '{u}'"
         if user is not None and user.cap_mode != "inherit":
-            caps.append(
-                [field, _cap(user.monthly_cap), [f"cap:user={u}"], user_label, [user_label]]
-            )
+            cap = _cap(user.monthly_cap)
+            caps.append(CapPlan(spent, cap, (user_cap,), user_label, (user_label,)))
         elif user is not None and user.seat is not None:
             tier_cap = org_cfg.seat_tiers[user.seat].monthly_cap
             label = f"seat tier '{user.seat}'"
-            overrides = [f"cap:user={u}", f"cap:tier={user.seat}"]
-            caps.append([field, _cap(tier_cap), overrides, label, [user_label, label]])
+            overrides = (user_cap, Fields.cap(Scope.tier(user.seat)))
+            caps.append(CapPlan(spent, _cap(tier_cap), overrides, label, (user_label, label)))
         else:
-            caps.append([field, -1, [f"cap:user={u}"], user_label, [user_label]])
+            caps.append(CapPlan(spent, -1, (user_cap,), user_label, (user_label,)))
     return caps

@@ -7,6 +7,11 @@ land on one Redis Cluster slot and every script touching them runs on one node::
 
 Keys that must be found before the organization is known (the key-hash index, key-id index,
 promotional identities) are global and never touched by the metering scripts.
+
+Hash field names live here too (`Scope`, `Fields`): a scope names a level of an organization
+(``org``, ``ws=W``, ``user=U``, ``key=K``, ``tier=T``, ``model=M``) and a field is a rule
+applied to a scope (``spend:user=U`` in the month hash, ``cap:ws=W`` in the overrides).
+The scripts never build a field name: they receive them in their plans.
 """
 
 from __future__ import annotations
@@ -78,6 +83,10 @@ class Keys:
     def api_key(self, org: str, key_id: str) -> str:
         return self.org(org, "key", key_id)
 
+    def alert(self, org: str, what: str) -> str:
+        """The claim of one threshold alert (`tollway.limits.alerts`)."""
+        return self.org(org, "alert", what)
+
     def users(self, org: str) -> str:
         """Users added or changed at run time (`tollway.limits.users`)."""
         return self.org(org, "users")
@@ -87,6 +96,10 @@ class Keys:
 
     def reload_lock(self, org: str) -> str:
         return self.org(org, "reload")
+
+    def reload_pending(self, org: str) -> str:
+        """Auto-reload purchases started and not finished (`tollway.limits.autoreload`)."""
+        return self.org(org, "reload_pending")
 
     def limit_requests(self, org: str) -> str:
         return self.org(org, "lir")
@@ -120,3 +133,83 @@ class Keys:
 
     def console_session(self, digest: str) -> str:
         return f"{self.prefix}:console:{digest}"
+
+
+# --- hash field names ------------------------------------------------------------------------
+class Scope:
+    """A level of an organization, as it appears in field names and bucket keys."""
+
+    ORG = "org"
+
+    @staticmethod
+    def ws(name: str) -> str:
+        return f"ws={name}"
+
+    @staticmethod
+    def user(name: str) -> str:
+        return f"user={name}"
+
+    @staticmethod
+    def key(key_id: str) -> str:
+        return f"key={key_id}"
+
+    @staticmethod
+    def tier(name: str) -> str:
+        return f"tier={name}"
+
+    @staticmethod
+    def model(name: str) -> str:
+        return f"model={name}"
+
+    @staticmethod
+    def split(scope: str) -> tuple[str, str]:
+        """``"user=alice"`` → ``("user", "alice")``; ``"org"`` → ``("org", "")``."""
+        level, _, name = scope.partition("=")
+        return level, name
+
+
+class Fields:
+    """Field names of the organization's hashes.
+
+    Month hash (``Keys.month``): ``spend:<scope>`` (all spend) and ``extra:<scope>`` (the part
+    past the included usage). Overrides hash (``Keys.overrides``, run-time settings that win
+    over the YAML): ``cap:<scope>`` (a monthly cap, micro-USD or "unlimited"; scopes org,
+    ws=W, tier=T, user=U), ``extra:<scope>`` (extra usage switch "1"/"0"; org or user=U),
+    ``included:user=U`` and ``seat:user=U`` (a tier move), ``reload:*`` (auto-reload).
+    """
+
+    RELOAD_OFF = "reload:off"
+    RELOAD_THRESHOLD = "reload:threshold"
+    RELOAD_TARGET = "reload:target"
+    RELOADS = (RELOAD_OFF, RELOAD_THRESHOLD, RELOAD_TARGET)
+
+    @staticmethod
+    def spend(scope: str) -> str:
+        """Month hash: all spend of `scope`."""
+        return f"spend:{scope}"
+
+    @staticmethod
+    def extra(scope: str) -> str:
+        """Month hash: spend past the included usage. Overrides hash: the extra usage switch."""
+        return f"extra:{scope}"
+
+    @staticmethod
+    def cap(scope: str) -> str:
+        """Overrides hash: a monthly cap on extra usage."""
+        return f"cap:{scope}"
+
+    @staticmethod
+    def included(user: str) -> str:
+        """Overrides hash: the user's included amount after a tier move."""
+        return f"included:{Scope.user(user)}"
+
+    @staticmethod
+    def seat(user: str) -> str:
+        """Overrides hash: the user's seat tier after a tier move."""
+        return f"seat:{Scope.user(user)}"
+
+    @staticmethod
+    def split(field: str) -> tuple[str, str]:
+        """``"spend:user=alice"`` → ``("spend", "user=alice")``."""
+        kind, _, scope = field.partition(":")
+        return kind, scope

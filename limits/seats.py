@@ -16,6 +16,7 @@ from typing import Any
 from tollway.limits import plans
 from tollway.limits.limit_requests import SpendError
 from tollway.limits.plans import Principal
+from tollway.limits.rkeys import Fields, Scope
 
 UNLIMITED = "unlimited"
 MAX_AMOUNT = 10**15  # every sum stays exact in a Lua double
@@ -56,29 +57,22 @@ def cap_value(raw: str | None) -> int | None:
     return None if raw is None or raw == UNLIMITED else int(raw)
 
 
-def _first(overrides: dict[str, str], fields: list[str]) -> tuple[str | None, int]:
-    for i, f in enumerate(fields):
-        if f in overrides:
-            return overrides[f], i
-    return None, -1
-
-
 def user_cap(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> tuple[int | None, str]:
     """(the user's own effective cap, the label a refusal would name it by)."""
-    _, cap, fields, label, labels = plans.cap_plans(org_cfg, Principal(org, "-", user=user))[-1]
-    value, at = _first(ov, fields)
+    plan = plans.cap_plans(org_cfg, Principal(org, "-", user=user))[-1]
+    value, label = plan.source(ov)
     if value is not None:
-        return cap_value(value), labels[at]
-    return (None if cap < 0 else cap), label
+        return cap_value(value), label
+    return (None if plan.cap < 0 else plan.cap), label
 
 
 def extra_enabled(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> bool:
     """Whether the user may go past their included usage now."""
     plan = plans.extra_plan(org_cfg, Principal(org, "-", user=user))
-    if plan.get("off") and ov.get(plan["off"]) == "0":
+    if ov.get(plan.off) == "0":
         return False
-    value, _ = _first(ov, plan["ov"])
-    return plan["on"] if value is None else value == "1"
+    value = next((ov[f] for f in plan.overrides if f in ov), None)
+    return plan.on if value is None else value == "1"
 
 
 def user_status(
@@ -87,16 +81,16 @@ def user_status(
     """`user` (in the config) described from the overrides `ov` and the month hash."""
     u = org_cfg.users[user]
     included = org_cfg.user_included(user)
-    if f"included:user={user}" in ov and u.seat is not None:  # the scripts' seat plan
-        included = int(ov[f"included:user={user}"])
+    if Fields.included(user) in ov and u.seat is not None:  # the scripts' seat plan
+        included = int(ov[Fields.included(user)])
     cap, source = user_cap(org_cfg, org, user, ov)
     return UserStatus(
         user=user,
-        seat=ov.get(f"seat:user={user}", u.seat),
+        seat=ov.get(Fields.seat(user), u.seat),
         workspace=u.workspace,
         included=included,
-        spend=month.get(f"spend:user={user}", 0),
-        extra=month.get(f"extra:user={user}", 0),
+        spend=month.get(Fields.spend(Scope.user(user)), 0),
+        extra=month.get(Fields.extra(Scope.user(user)), 0),
         cap=cap,
         cap_source=source,
         extra_usage=extra_enabled(org_cfg, org, user, ov),

@@ -54,6 +54,7 @@ from tollway.limits.limit_requests import (
     new_request_id,
 )
 from tollway.limits.meter import periods
+from tollway.limits.rkeys import Fields, Scope
 from tollway.limits.seats import UNLIMITED, UserStatus
 from tollway.limits.statement import Statement, build_statement
 from tollway.limits.store import Store
@@ -142,8 +143,8 @@ class Spend:
         h = await self._month_hash(org, month)
         groups: dict[str, dict[str, dict[str, int]]] = {"ws": {}, "user": {}, "key": {}}
         for f in h:
-            kind, _, scope = f.partition(":")
-            level, _, name = scope.partition("=")
+            kind, scope = Fields.split(f)
+            level, name = Scope.split(scope)
             if kind in ("spend", "extra") and level in groups:
                 groups[level][name] = self._line(h, scope)
         return {
@@ -160,22 +161,22 @@ class Spend:
 
     @staticmethod
     def _line(h: dict[str, int], scope: str) -> dict[str, int]:
-        spend, extra = h.get(f"spend:{scope}", 0), h.get(f"extra:{scope}", 0)
+        spend, extra = h.get(Fields.spend(scope), 0), h.get(Fields.extra(scope), 0)
         return {"spend": spend, "included": spend - extra, "extra": extra}
 
     # --- caps ----------------------------------------------------------------------------
     def _cap_field(self, org: str, level: str, name: str | None) -> str:
         org_cfg = self._org(org)
         if level == "org":
-            return "cap:org"
+            return Fields.cap(Scope.ORG)
         known = {"workspace": org_cfg.workspaces, "tier": org_cfg.seat_tiers, "user": org_cfg.users}
         if level not in known:
             raise UnknownName(f"unknown cap level {level!r} (one of: {', '.join(LEVELS)})")
         if name not in known[level]:
             names = ", ".join(sorted(known[level])) or "none defined"
             raise UnknownName(f"unknown {level} {name!r} in {org!r} (known: {names})")
-        prefix = {"workspace": "ws", "tier": "tier", "user": "user"}[level]
-        return f"cap:{prefix}={name}"
+        scope = {"workspace": Scope.ws, "tier": Scope.tier, "user": Scope.user}[level]
+        return Fields.cap(scope(str(name)))
 
     async def set_cap(self, org: str, level: str, name: str | None, amount: int | str) -> None:
         """Override a monthly cap on extra usage: `level` org (name None), workspace, tier
@@ -206,13 +207,13 @@ class Spend:
             return {"cap": configured, "source": "config"}
 
         return {
-            "organization": level("cap:org", org_cfg.spend_caps.monthly),
+            "organization": level(Fields.cap(Scope.ORG), org_cfg.spend_caps.monthly),
             "workspaces": {
-                w: level(f"cap:ws={w}", c.spend_caps.monthly)
+                w: level(Fields.cap(Scope.ws(w)), c.spend_caps.monthly)
                 for w, c in sorted(org_cfg.workspaces.items())
             },
             "tiers": {
-                t: level(f"cap:tier={t}", c.monthly_cap)
+                t: level(Fields.cap(Scope.tier(t)), c.monthly_cap)
                 for t, c in sorted(org_cfg.seat_tiers.items())
             },
             "users": {
@@ -225,10 +226,10 @@ class Spend:
     def _extra_field(self, org: str, user: str | None) -> str:
         org_cfg = self._org(org)
         if user is None:
-            return "extra:org"
+            return Fields.extra(Scope.ORG)
         if user not in org_cfg.users:
             raise UnknownName(f"unknown user {user!r} in {org!r}")
-        return f"extra:user={user}"
+        return Fields.extra(Scope.user(user))
 
     async def set_extra_usage(self, org: str, enabled: bool, user: str | None = None) -> None:
         """Enable or disable extra usage for the organization (user None) or one user.
@@ -278,7 +279,7 @@ class Spend:
             now_ms=self.clock.now_ms(),
             month_hash=h,
             ledger=ledger,
-            seats={u: ov.get(f"seat:user={u}", c.seat) for u, c in org_cfg.users.items()},
+            seats={u: ov.get(Fields.seat(u), c.seat) for u, c in org_cfg.users.items()},
             ledger_folded_ts=int(folded or 0),
         )
 
@@ -347,7 +348,8 @@ class Spend:
             decision: dict[str, Any] = {"cap": seats.override_amount(new_cap)}
             # Raising the cap of a user stopped at their included usage must let them
             # continue: their extra usage is enabled (an organization switch-off still wins).
-            writes = {f"cap:user={user}": decision["cap"], f"extra:user={user}": "1"}
+            scope = Scope.user(user)
+            writes = {Fields.cap(scope): decision["cap"], Fields.extra(scope): "1"}
         else:
             decision, writes = await self._tier_move(org_cfg, org, user, new_tier)
         if decision["cap"] != UNLIMITED:
@@ -366,14 +368,14 @@ class Spend:
             )
         tier_cfg = org_cfg.seat_tiers[tier]
         ov = await self.overrides(org)
-        cap = ov.get(f"cap:tier={tier}")
+        cap = ov.get(Fields.cap(Scope.tier(str(tier))))
         if cap is None:
             cap = UNLIMITED if tier_cfg.monthly_cap is None else str(tier_cfg.monthly_cap)
         decision = {"tier": tier, "included": tier_cfg.included, "cap": cap}
         writes = {
-            f"included:user={user}": str(tier_cfg.included),
-            f"cap:user={user}": cap,
-            f"seat:user={user}": tier,
+            Fields.included(user): str(tier_cfg.included),
+            Fields.cap(Scope.user(user)): cap,
+            Fields.seat(user): str(tier),
         }
         return decision, writes
 

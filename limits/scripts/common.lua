@@ -16,6 +16,39 @@ local function num(v)
   return tonumber(v) or 0
 end
 
+-- Optional plan entries arrive as JSON null, which cjson decodes to a truthy sentinel.
+local function opt(v)
+  if v == cjson.null then
+    return nil
+  end
+  return v
+end
+
+-- A script's KEYS by name: the first #names keys are named in that order (the script's
+-- header lists them; limits/scriptplans.py builds them from the same names), the rest are
+-- the buckets of plan.buckets, in order.
+local function named_keys(names)
+  local k, buckets = {}, {}
+  for i, name in ipairs(names) do
+    k[name] = KEYS[i]
+  end
+  for i = #names + 1, #KEYS do
+    buckets[#buckets + 1] = KEYS[i]
+  end
+  return k, buckets
+end
+
+-- The first of `fields` present in hash `key`: its value and its position (nil if none).
+local function first_present(key, fields)
+  for i, f in ipairs(fields) do
+    local v = redis.call('HGET', key, f)
+    if v then
+      return v, i
+    end
+  end
+  return nil
+end
+
 -- Every number handed to Redis goes through here: newer servers format Lua numbers in the
 -- shortest form ("1e+09"), which HINCRBY and friends refuse as "not an integer".
 local function int(n)

@@ -6,11 +6,22 @@ Keys carry a name, an optional expiry, a model allow-list of patterns and tags
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from aiohttp import web
-from pydantic import Field, field_validator
-from tollway.limits.apikeys import DEFAULT_OVERLAP_MS, KeyRecord, KeySettings, parse_list
+from pydantic import Field, ValidationInfo, field_validator
+from tollway.limits.apikeys import (
+    DEFAULT_OVERLAP_MS,
+    LIMITS,
+    KeyRecord,
+    KeySettings,
+    parse_limit,
+    parse_list,
+)
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
+from tollway.limits.plans import KeyLimits
 from tollway.proxy.admin.context import (
     BOOL,
     INT,
@@ -51,6 +62,17 @@ class KeyCreate(Body):
         "absent: every model.",
     )
     tags: list[str] = Field(default_factory=list, max_length=50)
+    rpm: str | int | Decimal | None = Field(None, description="The key's own requests/minute.")
+    tpm: str | int | Decimal | None = Field(None, description="The key's own tokens/minute.")
+    input_tpm: str | int | Decimal | None = None
+    output_tpm: str | int | Decimal | None = None
+
+    @field_validator("rpm", "tpm", "input_tpm", "output_tpm")
+    @classmethod
+    def _limit(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is not None:
+            parse_limit(str(info.field_name), v)
+        return v
 
     _expires = field_validator("expires_in")(_duration)
 
@@ -80,6 +102,11 @@ class KeyRotate(Body):
     _overlap = field_validator("overlap")(lambda v: _duration(v, zero=True))
 
 
+def _limits(b: KeyCreate) -> KeyLimits | None:
+    found = {n: parse_limit(n, getattr(b, n)) for n in LIMITS if getattr(b, n) is not None}
+    return KeyLimits(**found) if found else None  # type: ignore[arg-type]
+
+
 def _key(request: web.Request, r: KeyRecord) -> dict:
     return r.to_dict(ctx(request).clock.now_ms())
 
@@ -96,6 +123,7 @@ async def create_key(request: web.Request) -> web.Response:
         expires_ms=now + parse_ms(b.expires_in) if b.expires_in else None,
         models=parse_list(b.models, "models"),
         tags=parse_list(b.tags, "tags"),
+        limits=_limits(b),
     )
     record, secret = await c.apikeys.create(name, now, b.workspace, b.user, settings=settings)
     return answer({**_key(request, record), "key": secret}, status=201)
@@ -154,6 +182,7 @@ _KEY = schema_object(
     tags=_LIST,
     rotated_ms={"type": ["integer", "null"]},
     old_secret_until_ms={"type": ["integer", "null"]},
+    limits=schema_object((), **{n: NULLABLE_STR for n in LIMITS}),
 )
 _WITH_SECRET = {**_KEY, "required": [*_KEY["required"], "key"]}
 

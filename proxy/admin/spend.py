@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 from tollway.config.schema import Cap
+from tollway.limits.rkeys import Fields, Scope
 from tollway.limits.spend import UNLIMITED, Spend
 from tollway.limits.statement import statement_csv
 from tollway.proxy.admin.context import (
@@ -109,7 +110,7 @@ async def extra_usage(request: web.Request) -> web.Response:
         {
             "org": name,
             "configured": o.extra_usage.enabled,
-            "override": {"1": True, "0": False}.get(overrides.get("extra:org", "")),
+            "override": {"1": True, "0": False}.get(overrides.get(Fields.extra(Scope.ORG), "")),
             "users": users,
         }
     )

@@ -14,21 +14,35 @@ from typing import Any
 from tollway.config.overlay import with_users
 from tollway.limits.apikeys import (
     DEFAULT_OVERLAP_MS,
+    LIMITS,
     ApiKeys,
     KeyRecord,
     KeySettings,
     iso,
+    parse_limit,
     parse_list,
 )
 from tollway.limits.clock import SystemClock
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
+from tollway.limits.plans import KeyLimits
 from tollway.limits.users import RuntimeUsers
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
 FORMAT_HELP = "table for people (default) or json"
-LIST_COLUMNS = ("id", "name", "status", "workspace", "user", "hint", "expires", "models", "tags")
+LIST_COLUMNS = (
+    "id",
+    "name",
+    "status",
+    "workspace",
+    "user",
+    "hint",
+    "expires",
+    "models",
+    "limits",
+    "tags",
+)
 
 
 def _add_common(p: Any) -> None:
@@ -52,6 +66,9 @@ def register(sub: Any) -> None:
         help="the only models the key may call, e.g. 'gpt-4o*,claude-*' (default: all)",
     )
     p.add_argument("--tags", metavar="TAG,...", help="labels for your own bookkeeping")
+    for limit in LIMITS:
+        flag = "--" + limit.replace("_", "-")
+        p.add_argument(flag, dest=limit, metavar="N", help=f"the key's own {limit} (per minute)")
     _add_common(p)
     p.set_defaults(func=create)
 
@@ -93,7 +110,8 @@ def key_dict(r: KeyRecord) -> dict[str, Any]:
 
 def _row(r: KeyRecord) -> dict[str, Any]:
     d = key_dict(r)
-    return {**d, "models": ",".join(r.models) or "*", "tags": ",".join(r.tags)}
+    limits = ",".join(f"{k}={v}" for k, v in d["limits"].items() if v is not None)
+    return {**d, "models": ",".join(r.models) or "*", "tags": ",".join(r.tags), "limits": limits}
 
 
 def _settings(args: Any, now_ms: int) -> KeySettings:
@@ -109,7 +127,9 @@ def _settings(args: Any, now_ms: int) -> KeySettings:
         raise ValueError(str(e)) from None
     if args.models is not None and not models:
         raise ValueError("--models: give at least one pattern (omit it to allow every model)")
-    return KeySettings(name=args.name, expires_ms=expires, models=models, tags=tags)
+    found = {n: parse_limit(n, getattr(args, n)) for n in LIMITS if getattr(args, n) is not None}
+    limits = KeyLimits(**found) if found else None  # type: ignore[arg-type]
+    return KeySettings(args.name, expires, models, tags, limits)
 
 
 def _print_secret(record: KeyRecord, secret: str, fmt: str) -> None:

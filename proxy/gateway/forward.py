@@ -8,6 +8,7 @@ chunk by chunk as it arrives, through a usage tap when the request is metered.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -88,6 +89,15 @@ def response_headers(upstream: aiohttp.ClientResponse, ours: dict[str, str]) -> 
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Drain:
+    """How far a metered stream is read on after its client left, waiting for the usage
+    the upstream bills (``metering.drain_max_bytes`` / ``drain_max_seconds``)."""
+
+    max_bytes: int
+    max_seconds: float
+
+
 @dataclass(slots=True)
 class Relayed:
     """What happened while relaying one upstream answer."""
@@ -97,6 +107,8 @@ class Relayed:
     result: TapResult | None  # None when nothing was tapped (an error status)
     client_gone: bool = False  # the client went away before the end
     upstream_cut: bool = False  # the upstream body ended abnormally (reset, timeout)
+    drained: int = -1  # bytes read after the client left (-1: it did not leave mid-stream)
+    drain_stopped: bool = False  # a drain bound was reached before the usage arrived
     first_byte_s: float = 0.0
     upstream_s: float = 0.0
 
@@ -143,15 +155,42 @@ async def relay_whole(
     return resp, info
 
 
+async def _drain(
+    upstream: aiohttp.ClientResponse, tap: UsageTap, drain: Drain, info: Relayed
+) -> None:
+    """Read on after the client left, through `tap`, until the usage arrives (the upstream
+    bills the whole answer, reasoning and server-side context included, whether or not
+    anyone reads it), or until a bound of `drain` is reached (`info.drain_stopped`)."""
+    info.drained = 0
+    if tap.complete:
+        return
+    try:
+        async with asyncio.timeout(drain.max_seconds):
+            async for chunk in upstream.content.iter_any():
+                tap.feed(chunk)
+                info.drained += len(chunk)
+                if tap.complete:
+                    return
+                if info.drained >= drain.max_bytes:
+                    info.drain_stopped = True
+                    return
+    except TimeoutError:
+        info.drain_stopped = True
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
+        info.upstream_cut = True
+
+
 async def relay(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     headers: dict[str, str],
     tap: UsageTap | None,
     started: float,
+    drain: Drain | None = None,
 ) -> tuple[web.StreamResponse, Relayed]:
     """Pump `upstream` to the client. Never raises for a client or upstream that goes away
-    mid-body: that is recorded in the returned `Relayed`."""
+    mid-body: that is recorded in the returned `Relayed`. A metered stream whose client
+    left is read on within `drain` (None: not at all) until its usage arrives."""
     streaming = upstream.content_type == "text/event-stream"
     info = Relayed(upstream.status, streaming, None, first_byte_s=time.perf_counter() - started)
     resp = web.StreamResponse(status=upstream.status, headers=response_headers(upstream, headers))
@@ -168,8 +207,11 @@ async def relay(
                 except (ConnectionResetError, aiohttp.ClientConnectionResetError):
                     info.client_gone = True
             if info.client_gone and (streaming or tap is None):
-                # A stream stops generating once we hang up; a JSON body is read to its
-                # end so that its usage, which the upstream bills, is charged exactly.
+                # A metered stream is read on until its usage arrives (bounded); then,
+                # or at once for an unmetered one, we hang up and it stops generating. A
+                # JSON body is read to its end so that its usage is charged exactly.
+                if tap is not None and drain is not None:
+                    await _drain(upstream, tap, drain, info)
                 break
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
         info.upstream_cut = True

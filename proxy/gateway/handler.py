@@ -11,30 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 from aiohttp import web
+from tollway.config.reload import ConfigHolder
+from tollway.config.schema import Config
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
-from tollway.limits.errors import ExpiredKey, StoreUnavailable, UnknownKey
-from tollway.limits.journal import Journal
-from tollway.limits.meter import Decision, Meter
-from tollway.limits.plans import Principal
+from tollway.limits.errors import StoreUnavailable
+from tollway.limits.meter import Meter
+from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.prices import cost_micro
 from tollway.limits.usage import Usage
 from tollway.proxy.gateway import providers
-from tollway.proxy.gateway.forward import relay, relay_whole, upstream_headers
+from tollway.proxy.gateway.call import Call, Reject
+from tollway.proxy.gateway.forward import Drain, Relayed, relay, relay_whole, upstream_headers
+from tollway.proxy.gateway.identify import identify
 from tollway.proxy.gateway.member_requests import refusal_hint
 from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
-from tollway.proxy.gateway.settling import Settling
+from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
-from tollway.proxy.wire.taps import make_tap
+from tollway.proxy.wire.taps import UsageTap, make_tap
 
 log = logging.getLogger("tollway.request")
 
@@ -50,48 +51,10 @@ ROUTES: dict[str, tuple[str | None, bool]] = {
 }
 # Routes whose streams take stream_options.include_usage.
 STREAM_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
-UNMETERED_KEY_MAX_AGE = 1.0
-
-
-class Reject(Exception):
-    """Answer the client with a problem, before anything was forwarded."""
-
-    def __init__(self, problem: Problem, headers: dict[str, str] | None = None) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
-        self.headers = headers or {}
-
-
-@dataclass(slots=True)
-class Call:
-    """One request as it moves through the pipeline."""
-
-    rid: str
-    route: str
-    provider: str
-    started: float
-    org: str = "-"
-    model: str | None = None
-    outcome: str = "ok"
 
 
 # (base URL, auth headers, timeout, client headers not forwarded) of one upstream.
 _Upstream = tuple[str, dict[str, str], aiohttp.ClientTimeout, frozenset[str]]
-
-
-def _secret(headers: Any) -> str | None:
-    """The request's API key: a Bearer token or ``x-api-key``. Two different keys in one
-    request (repeated headers, or both headers) are refused: a proxy in front of Tollway
-    might have read the other one."""
-    found = set()
-    for auth in headers.getall("authorization", ()):
-        scheme, _, value = auth.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            found.add(value.strip())
-    found.update(key.strip() for key in headers.getall("x-api-key", ()) if key.strip())
-    if len(found) > 1:
-        raise Reject(Problem(401, "key", "Conflicting API keys: send one key, in one header."))
-    return found.pop() if found else None
 
 
 def _escapes(model_id: str) -> bool:
@@ -100,16 +63,20 @@ def _escapes(model_id: str) -> bool:
     return "/" in model_id or "\\" in model_id or model_id in (".", "..")
 
 
-class ProxyHandler(Settling):
+class ProxyHandler:
+    """The proxied routes. Settlement is composed in: `settler` (shared with the journal
+    replayer, which the app wires)."""
+
     def __init__(
         self,
-        holder: Any,
+        holder: ConfigHolder,
         meter: Meter,
         apikeys: ApiKeys,
         client: aiohttp.ClientSession,
         counter: TokenCounter,
         metrics: Metrics,
         clock: Clock,
+        settler: Settler,
     ) -> None:
         self.holder = holder
         self.meter = meter
@@ -118,12 +85,9 @@ class ProxyHandler(Settling):
         self.counter = counter
         self.metrics = metrics
         self.clock = clock
-        self.settling: set[asyncio.Task[Any]] = set()
-        self.on_settled: list[Any] = []  # callbacks (principal, Settlement)
-        self._upstream_cfg: Any = None
+        self.settler = settler
+        self._upstream_cfg: Config | None = None
         self._upstreams: dict[str, _Upstream] = {}
-        # Where settlements go while the store is unavailable (None: they are lost).
-        self.journal: Journal | None = None
 
     # --- entry point ------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
@@ -131,10 +95,10 @@ class ProxyHandler(Settling):
         provider, metered = ROUTES.get(path, (None, False))
         if provider is None:
             provider = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
-        call = Call("req_" + secrets.token_hex(12), path, provider, time.perf_counter())
+        call = Call(path, provider, metered)
         self.metrics.in_flight.inc()
         try:
-            return await self._serve(request, call, metered)
+            return await self._serve(request, call)
         except Reject as r:
             return self._problem(call, r.problem, r.headers)
         finally:
@@ -168,33 +132,18 @@ class ProxyHandler(Settling):
         return web.Response(status=status, body=body, headers=h)
 
     # --- pipeline -----------------------------------------------------------------------
-    async def _serve(self, request: web.Request, call: Call, metered: bool) -> web.StreamResponse:
+    async def _serve(self, request: web.Request, call: Call) -> web.StreamResponse:
         cfg = self.holder.current
-        secret = _secret(request.headers)
-        if secret is None:
-            raise Reject(Problem(401, "key", "Missing API key: send it as a Bearer token."))
         try:
-            principal = await self.apikeys.resolve(
-                secret, None if metered else UNMETERED_KEY_MAX_AGE
+            call.principal, call.secret = await identify(
+                request.headers, self.apikeys, cfg, metered=call.metered
             )
-        except ExpiredKey as e:
-            raise Reject(Problem(401, "key", str(e))) from None
-        except UnknownKey:
-            raise Reject(Problem(401, "key", "Invalid API key.")) from None
         except StoreUnavailable:
-            # Fail-open serves a key this process already knows; an unknown key cannot be
-            # authenticated without the store, whatever the policy.
-            cached = self.apikeys.cached(secret) if cfg.store.on_unavailable == "open" else None
-            if cached is None:
-                raise Reject(self._store_down()) from None
-            principal = cached
-        if principal.org not in cfg.organizations:
-            raise Reject(Problem(401, "key", "Invalid API key: its organization is gone."))
-        call.org = principal.org
+            raise Reject(self._store_down()) from None
         refresh = getattr(self.holder, "refresh", None)
         if refresh is not None:  # run-time users of the organization (cached ~1 s)
             with contextlib.suppress(StoreUnavailable):  # admit applies the store policy
-                await refresh(principal.org)
+                await refresh(call.principal.org)
         if _escapes(request.match_info.get("model_id", "")):
             raise Reject(Problem(404, "not_found", "No such model."))
         try:
@@ -203,7 +152,7 @@ class ProxyHandler(Settling):
         except TimeoutError:
             problem = Problem(408, "client_timeout", "The request body did not arrive in time.")
             raise Reject(problem) from None
-        if not metered:
+        if not call.metered:
             return await self._forward_unmetered(request, call, cfg, body)
 
         payload = self._parse(body)
@@ -211,12 +160,20 @@ class ProxyHandler(Settling):
         if not isinstance(model, str) or not model:
             raise Reject(Problem(400, "bad_request", "The request has no 'model'."))
         call.model = model
-        record = self.apikeys.record(secret)
+        if call.route == "/v1/responses" and payload.get("background") is True:
+            # Its answer is fetched later on a route Tollway does not meter, so its usage
+            # could never be charged: refused before anything is spent (README, Decisions).
+            message = (
+                "Background responses ('background': true) are not supported through "
+                "Tollway: their usage cannot be metered. Send the request without it."
+            )
+            raise Reject(Problem(400, "bad_request", message))
+        record = self.apikeys.record(call.secret) if call.secret is not None else None
         if record is not None and not record.allows(model):
             message = f"This API key may not use the model '{model}'."
             raise Reject(Problem(403, "permission", message))
         # The price in force now, at admission, is the one the request pays.
-        price = cfg.price_book.find(model, self.clock.now_ms())
+        call.price = price = cfg.price_book.find(model, self.clock.now_ms())
         if price is None:
             raise Reject(
                 Problem(
@@ -226,8 +183,10 @@ class ProxyHandler(Settling):
                     "be metered. Ask your administrator to add it to the price table.",
                 )
             )
-        est = self.counter.estimate_request(payload, call.route)
-        body, strip = self._with_stream_usage(call, payload, body)
+        call.est = est = self.counter.estimate_request(payload, call.route)
+        body, call.strip = self._with_stream_usage(call, payload, body)
+        principal = call.principal
+        assert principal is not None
         try:
             decision = await self.meter.admit(
                 principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
@@ -238,20 +197,18 @@ class ProxyHandler(Settling):
             # Fail-open: served without limits; its settlement goes to the journal.
             self.metrics.store_unavailable.labels("open").inc()
             decision = Decision(True)
-        headers = providers.ratelimit_headers(call.provider, decision, self.clock.now_ms())
+        call.headers = providers.ratelimit_headers(call.provider, decision, self.clock.now_ms())
         self._observe_buckets(principal.org, decision)
         if not decision.admitted:
-            self.metrics.refusals.labels(decision.reason or "", principal.org).inc()
-            if decision.reason == "key":
-                self.apikeys.forget(secret)
+            self.metrics.refusals.labels(str(decision.reason or ""), principal.org).inc()
+            if decision.reason is Refusal.KEY and call.secret is not None:
+                self.apikeys.forget(call.secret)
             hint = refusal_hint(decision, principal)
             problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)
-            raise Reject(problem, headers)
+            raise Reject(problem, call.headers)
         self.metrics.added_latency.observe(time.perf_counter() - call.started)
-        session = self._session_id(request, cfg)
-        return await self._forward_metered(
-            request, call, cfg, principal, price, body, strip, est, headers, session
-        )
+        call.session = self._session_id(request, cfg)
+        return await self._forward_metered(request, call, cfg, body)
 
     def _parse(self, body: bytes) -> dict[str, Any]:
         try:
@@ -296,7 +253,7 @@ class ProxyHandler(Settling):
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _session_id(self, request: web.Request, cfg: Any) -> str | None:
+    def _session_id(self, request: web.Request, cfg: Config) -> str | None:
         for name in cfg.server.session_headers:
             value = request.headers.get(name)
             if value:
@@ -319,7 +276,7 @@ class ProxyHandler(Settling):
                 self.metrics.bucket_remaining.labels(org, b.spec.limit).set(b.remaining)
 
     # --- forwarding -------------------------------------------------------------------------
-    def _upstream(self, cfg: Any, call: Call) -> _Upstream:
+    def _upstream(self, cfg: Config, call: Call) -> _Upstream:
         """Where and how to reach `call`'s provider under `cfg`: built once per config and
         provider (it was ~2% of a request's CPU, rebuilt per request)."""
         if cfg is not self._upstream_cfg:
@@ -339,7 +296,7 @@ class ProxyHandler(Settling):
         return hit
 
     async def _open(
-        self, request: web.Request, call: Call, cfg: Any, body: bytes
+        self, request: web.Request, call: Call, cfg: Config, body: bytes
     ) -> aiohttp.ClientResponse:
         base, auth, timeout, drop = self._upstream(cfg, call)
         try:
@@ -358,7 +315,7 @@ class ProxyHandler(Settling):
             raise Reject(Problem(502, "upstream", "The model API could not be reached.")) from None
 
     async def _forward_unmetered(
-        self, request: web.Request, call: Call, cfg: Any, body: bytes
+        self, request: web.Request, call: Call, cfg: Config, body: bytes
     ) -> web.StreamResponse:
         ours = {providers.request_id_header(call.provider): call.rid}
         started = time.perf_counter()
@@ -374,52 +331,49 @@ class ProxyHandler(Settling):
         self,
         request: web.Request,
         call: Call,
-        cfg: Any,
+        cfg: Config,
         upstream: aiohttp.ClientResponse,
         ours: dict[str, str],
-        tap: Any,
+        tap: UsageTap | None,
         started: float,
-    ) -> tuple[web.StreamResponse | None, Any]:
+    ) -> tuple[web.StreamResponse | None, Relayed]:
         """Relay an upstream answer: streams as they come; a metered JSON answer, or an
         error, read whole first (None when it was cut off or does not parse)."""
         if upstream.content_type == "text/event-stream" or (tap is None and upstream.ok):
-            return await relay(request, upstream, ours, tap, started)
+            m = cfg.metering
+            drain = Drain(m.drain_max_bytes, m.drain_max_seconds)
+            return await relay(request, upstream, ours, tap, started, drain)
         key = cfg.upstreams[call.provider].api_key.get_secret_value()
         return await relay_whole(request, upstream, ours, tap, started, redact=key)
 
     async def _forward_metered(
-        self,
-        request: web.Request,
-        call: Call,
-        cfg: Any,
-        principal: Principal,
-        price: Any,
-        body: bytes,
-        strip: bool,
-        est: int,
-        headers: dict[str, str],
-        session: str | None,
+        self, request: web.Request, call: Call, cfg: Config, body: bytes
     ) -> web.StreamResponse:
-        ours = {**headers, providers.request_id_header(call.provider): call.rid}
+        """Forward an admitted request and relay its answer; settle it exactly once
+        whatever happens (success, failure, a client that left, cancellation)."""
+        ours = {**call.headers, providers.request_id_header(call.provider): call.rid}
         started = time.perf_counter()
         usage: Usage | None = None
-        upstream_s = 0.0
         tap = None
         try:
             upstream = await self._open(request, call, cfg, body)
             async with upstream:
                 ok_status = 200 <= upstream.status < 300
                 streaming = upstream.content_type == "text/event-stream"
-                tap = make_tap(call.provider, call.route, streaming, strip) if ok_status else None
+                tap = (
+                    make_tap(call.provider, call.route, streaming, call.strip)
+                    if ok_status
+                    else None
+                )
                 resp, info = await self._relay(request, call, cfg, upstream, ours, tap, started)
-            upstream_s = info.upstream_s
+            call.upstream_ms = int(info.upstream_s * 1000)
             self.metrics.upstream_ttfb.labels(call.provider).observe(info.first_byte_s)
             self.metrics.upstream_latency.labels(call.provider).observe(info.upstream_s)
-            usage = await self._charged_usage(info.result, info.streaming, est)
+            usage = await self.settler.charged_usage(info, call.est)
             if resp is None:
                 call.outcome = "upstream_error"
                 message = "The model API sent an incomplete or malformed answer."
-                raise Reject(Problem(502, "upstream", message), headers)
+                raise Reject(Problem(502, "upstream", message), call.headers)
             if usage is None:
                 call.outcome = "upstream_error" if not ok_status else "failed"
             return resp
@@ -427,14 +381,9 @@ class ProxyHandler(Settling):
             # Only a shutdown whose drain timeout ran out cancels a handler: the answer is
             # cut, and charged what was relayed, like any stream cut short.
             if tap is not None and usage is None:
-                usage = self._cut_usage(tap.finish()[1], est)
+                usage = self.settler.cut_usage(tap.finish()[1], call.est)
             raise
         finally:
-            # Runs on success, on failure, on a client that left and on cancellation alike.
-            task = asyncio.ensure_future(
-                self._settle(call, principal, price, usage, session, int(upstream_s * 1000))
-            )
-            self.settling.add(task)
-            task.add_done_callback(self.settling.discard)
-            # Cancelled or not, the settlement runs to its end (shutdown waits for it).
-            await asyncio.shield(task)
+            # Runs on success, on failure, on a client that left and on cancellation alike;
+            # cancelled or not, the settlement runs to its end (shutdown waits for it).
+            await self.settler.finish(call, usage)

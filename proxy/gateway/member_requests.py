@@ -18,20 +18,22 @@ daily digest task (`tollway.proxy.runtime.digest`).
 from __future__ import annotations
 
 import logging
-import secrets
 from typing import Any
 
 import orjson
 from aiohttp import web
+from tollway.config.reload import ConfigHolder
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
-from tollway.limits.errors import StoreUnavailable, UnknownKey
+from tollway.limits.errors import StoreUnavailable
 from tollway.limits.limit_requests import LimitRequest, RequestPending
-from tollway.limits.meter import Decision
+from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.plans import Principal
 from tollway.limits.spend import Spend, SpendError, UserStatus
 from tollway.limits.store import Store
 from tollway.proxy.gateway import providers
+from tollway.proxy.gateway.call import Reject, new_request_id
+from tollway.proxy.gateway.identify import identify
 from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
 
 log = logging.getLogger("tollway.limit_requests")
@@ -48,9 +50,9 @@ def refusal_hint(decision: Decision, principal: Principal) -> str:
     """The next step to append to a money refusal: a user stopped by a spend cap or the
     end of their included usage can file a limit-increase request with their own key;
     anyone else (a key without a user, no credit left) asks the administrator."""
-    if decision.reason == "credit":
+    if decision.reason is Refusal.CREDIT:
         return CREDIT_HINT
-    if decision.reason in ("cap", "included"):
+    if decision.reason in (Refusal.CAP, Refusal.INCLUDED):
         return HINT if principal.user else ADMIN_HINT
     return ""
 
@@ -91,7 +93,7 @@ def month_json(s: UserStatus, resets_at_ms: int) -> dict[str, Any]:
 class Endpoint:
     """The two views, bound to the app's config holder, keys and `Spend`."""
 
-    def __init__(self, holder: Any, spend: Spend, apikeys: ApiKeys) -> None:
+    def __init__(self, holder: ConfigHolder, spend: Spend, apikeys: ApiKeys) -> None:
         self.holder = holder
         self.spend = spend
         self.apikeys = apikeys
@@ -103,27 +105,18 @@ class Endpoint:
 
     def _error(self, request: web.Request, problem: Problem) -> web.Response:
         provider = self._provider(request)
-        rid = "req_" + secrets.token_hex(12)
+        rid = new_request_id()
         status, body = providers.error_body(provider, problem, rid)
         headers = providers.error_headers(provider, problem)
         headers[providers.request_id_header(provider)] = rid
         return web.Response(status=status, body=body, headers=headers)
 
     async def _principal(self, request: web.Request) -> Principal:
-        # Imported here: the handler imports this module for the refusal hint.
-        from tollway.proxy.gateway.handler import _secret
-
-        secret = _secret(request.headers)
-        if secret is None:
-            raise _Fail(Problem(401, "key", "Missing API key: send it as a Bearer token."))
-        try:
-            principal = await self.apikeys.resolve(secret, 1.0)
-        except UnknownKey:
-            raise _Fail(Problem(401, "key", "Invalid API key.")) from None
-        if principal.org not in self.holder.current.organizations:
-            raise _Fail(Problem(401, "key", "Invalid API key: its organization is gone."))
+        principal, _ = await identify(
+            request.headers, self.apikeys, self.holder.current, metered=False
+        )
         if not principal.user:
-            raise _Fail(
+            raise Reject(
                 Problem(
                     400,
                     "bad_request",
@@ -136,24 +129,24 @@ class Endpoint:
     async def _reason(self, request: web.Request) -> str:
         body = await request.content.read(MAX_BODY + 1)
         if len(body) > MAX_BODY:
-            raise _Fail(Problem(413, "too_large", f"The body is larger than {MAX_BODY} bytes."))
+            raise Reject(Problem(413, "too_large", f"The body is larger than {MAX_BODY} bytes."))
         if not body.strip():
             return ""
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as e:
-            raise _Fail(Problem(400, "bad_request", f"The body is not valid JSON: {e}")) from None
+            raise Reject(Problem(400, "bad_request", f"The body is not valid JSON: {e}")) from None
         if not isinstance(payload, dict):
-            raise _Fail(Problem(400, "bad_request", "The body must be a JSON object."))
+            raise Reject(Problem(400, "bad_request", "The body must be a JSON object."))
         reason = payload.get("reason", "")
         if not isinstance(reason, str):
-            raise _Fail(Problem(400, "bad_request", "'reason' must be a string."))
+            raise Reject(Problem(400, "bad_request", "'reason' must be a string."))
         return reason
 
     async def _guard(self, request: web.Request, view: Any) -> web.StreamResponse:
         try:
             return await view(request)
-        except _Fail as f:
+        except Reject as f:
             return self._error(request, f.problem)
         except StoreUnavailable:
             problem = Problem(503, "unavailable", "Tollway cannot reach its store; retry later.")
@@ -176,9 +169,9 @@ class Endpoint:
                 f"You already have a pending limit-increase request ({e.request.id}, filed "
                 f"{rfc3339(e.request.asked_ms)}); an administrator will approve or deny it."
             )
-            raise _Fail(Problem(409, "bad_request", message)) from None
+            raise Reject(Problem(409, "bad_request", message)) from None
         except SpendError as e:
-            raise _Fail(Problem(400, "bad_request", str(e))) from None
+            raise Reject(Problem(400, "bad_request", str(e))) from None
         log.info("limit request filed", extra={"org": p.org, "user": p.user, "request": filed.id})
         return web.json_response(request_json(filed), status=201, dumps=_dumps)
 
@@ -187,7 +180,7 @@ class Endpoint:
         user = p.user or ""
         latest = await self.spend.latest_request(p.org, user)
         if latest is None:
-            raise _Fail(Problem(404, "not_found", "You have not filed a limit-increase request."))
+            raise Reject(Problem(404, "not_found", "You have not filed a limit-increase request."))
         body = request_json(latest)
         try:
             status = await self.spend.user_status(p.org, user)
@@ -197,17 +190,13 @@ class Endpoint:
         return web.json_response(body, dumps=_dumps)
 
 
-class _Fail(Exception):
-    def __init__(self, problem: Problem) -> None:
-        super().__init__(problem.message)
-        self.problem = problem
-
-
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def setup(app: web.Application, holder: Any, store: Store, clock: Clock, apikeys: ApiKeys) -> None:
+def setup(
+    app: web.Application, holder: ConfigHolder, store: Store, clock: Clock, apikeys: ApiKeys
+) -> None:
     """Wire the endpoint into the proxy app (and `app[SPEND]`); start the daily digest of
     pending requests when ``notifications.limit_requests_webhook`` is configured."""
     from tollway.proxy.runtime import digest

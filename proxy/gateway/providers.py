@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import orjson
-from tollway.limits.meter import BucketState, Decision
 from tollway.limits.money import format_usd
+from tollway.limits.outcomes import BucketState, Decision, Refusal
 
 # What a refusal means, in each format: (status, openai type, openai code, anthropic type).
 OPENAI = "openai"
@@ -159,9 +159,9 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
     next step in Tollway (ask the administrator, or file a limit-increase request). The
     error types and codes stay the providers', so the SDKs raise their usual exceptions."""
     reason = decision.reason
-    if reason == "key":
+    if reason is Refusal.KEY:
         return Problem(401, "key", "Invalid API key: this key has been revoked.")
-    if reason == "rate":
+    if reason is Refusal.RATE:
         retry = decision.retry_after_ms
         seconds = math.ceil(retry / 1000) if retry is not None else 60
         kind = "rate" if decision.detail.startswith("rpm") else "rate_tokens"
@@ -170,14 +170,14 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
         else:
             msg = f"Rate limit reached for {decision.detail}. Please try again in {seconds}s."
         return Problem(429, kind, msg, retry_after_s=max(seconds, 1))
-    if reason == "credit":
+    if reason is Refusal.CREDIT:
         msg = (
             "Your organization's credit balance is too low: its prepaid Tollway credit is used up."
         )
         return Problem(429, "quota", msg + hint, should_retry=False)
     resets = rfc3339(decision.resets_at_ms or now_ms)
     amount = "" if decision.amount is None else f" (${format_usd(decision.amount)})"
-    if reason == "included":
+    if reason is Refusal.INCLUDED:
         msg = (
             f"You have used all the usage included in your seat for this month{amount} and "
             f"extra usage is not enabled. Your usage resets at {resets}."

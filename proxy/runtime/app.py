@@ -29,8 +29,10 @@ from tollway.proxy.admin.context import ADMIN, PAYMENTS
 from tollway.proxy.console.app import setup as setup_console
 from tollway.proxy.gateway import member_requests as limit_requests
 from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
+from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
+from tollway.proxy.runtime.alerts import AlertSender
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.shipping import ShippingTask
 
@@ -44,11 +46,13 @@ CLOCK = web.AppKey("clock", Clock)
 APIKEYS = web.AppKey("apikeys", ApiKeys)
 METER = web.AppKey("meter", Meter)
 HANDLER = web.AppKey("handler", ProxyHandler)
+SETTLER = web.AppKey("settler", Settler)
 COUNTER = web.AppKey("counter", TokenCounter)
 DATA_DIR = web.AppKey("data_dir", Path)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
 RELOADER = web.AppKey("reloader", AutoReloader)
+ALERTS = web.AppKey("alerts", AlertSender)
 SHIPPING = web.AppKey("shipping", ShippingTask)
 ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
 
@@ -104,6 +108,7 @@ def create_app(
     app.cleanup_ctx.append(_store_lifecycle(close_store))
     app.cleanup_ctx.append(_shipping(close_store))
     app.cleanup_ctx.append(_auto_reload)
+    app.cleanup_ctx.append(_alerts)
     app.cleanup_ctx.append(_journal)
     app.cleanup_ctx.append(_revocations)
     app.cleanup_ctx.append(_settlements)  # last in, so first out: see _settlements
@@ -126,8 +131,18 @@ async def _upstream_client(app: web.Application) -> AsyncIterator[None]:
     client = aiohttp.ClientSession(
         connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
     )
+    app[SETTLER] = settler = Settler(
+        app[HOLDER], app[METER], app[COUNTER], app[METRICS], app[CLOCK]
+    )
     app[HANDLER] = ProxyHandler(
-        app[HOLDER], app[METER], app[APIKEYS], client, app[COUNTER], app[METRICS], app[CLOCK]
+        app[HOLDER],
+        app[METER],
+        app[APIKEYS],
+        client,
+        app[COUNTER],
+        app[METRICS],
+        app[CLOCK],
+        settler,
     )
     yield
     await client.close()
@@ -139,7 +154,7 @@ async def _settlements(app: web.Application) -> AsyncIterator[None]:
     auto-reloader, the store."""
     yield
     deadline = asyncio.get_running_loop().time() + SETTLE_WAIT
-    while pending := [*app[ACTIVE], *app[HANDLER].settling]:
+    while pending := [*app[ACTIVE], *app[SETTLER].pending]:
         left = deadline - asyncio.get_running_loop().time()
         if left <= 0:
             log.error("shutdown: settlements still running", extra={"count": len(pending)})
@@ -147,13 +162,23 @@ async def _settlements(app: web.Application) -> AsyncIterator[None]:
         await asyncio.wait(pending, timeout=left)
 
 
+async def _alerts(app: web.Application) -> AsyncIterator[None]:
+    """Threshold alerts, checked after settlements; stopped before the store closes."""
+    sender = AlertSender(app[HOLDER], app[STORE], app[CLOCK], app[HANDLER].client)
+    app[ALERTS] = sender
+    app[SETTLER].on_settled.append(sender.on_settled)
+    yield
+    await sender.stop()
+
+
 async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     """Auto-reload purchases, started by settlements; stopped before the store closes."""
-    handler = app[HANDLER]
-    reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], handler.client)
+    client = app[HANDLER].client
+    reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], client)
     app[RELOADER] = reloader
     app[PAYMENTS] = reloader.provider  # the console's purchases pay through the same seam
-    handler.on_settled.append(reloader.on_settled)
+    app[SETTLER].on_settled.append(reloader.on_settled)
+    reloader.start_reconciling()  # purchases a dead process left unfinished
     yield
     await reloader.stop()
 
@@ -182,10 +207,10 @@ async def _revocations(app: web.Application) -> AsyncIterator[None]:
 async def _journal(app: web.Application) -> AsyncIterator[None]:
     """The journal of settlements the store could not take, and its replayer (stopped
     before the store closes; what it has not replayed waits on disk for the next start)."""
-    handler = app[HANDLER]
+    settler = app[SETTLER]
     journal = Journal(app[DATA_DIR] / "journal", app[HOLDER].current.store.journal_max_bytes)
     journal.observers.append(app[METRICS].observe_journal)
-    handler.journal = journal
+    settler.journal = journal
     app[JOURNAL] = journal
     history = app[STORE].history
 
@@ -194,7 +219,7 @@ async def _journal(app: web.Application) -> AsyncIterator[None]:
         # the ledger (every settlement's event) is asked first.
         if await history.settled(entry.principal.org, entry.rid):
             return None
-        return await handler.settle_entry(entry)
+        return await settler.apply(entry)
 
     app[REPLAYER] = replayer = Replayer(journal, replay, app[STORE].ping)
     task = asyncio.ensure_future(replayer.run())

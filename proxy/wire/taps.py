@@ -79,6 +79,12 @@ class UsageTap(Protocol):
         """Takes upstream bytes; returns the bytes to send to the client now (maybe b"")."""
         ...
 
+    @property
+    def complete(self) -> bool:
+        """The body has reached its normal end or its usage already (SSE only; a JSON
+        body is known complete only by `finish`)."""
+        ...
+
     def finish(self) -> tuple[bytes, TapResult]:
         """Ends the body: bytes still to send to the client, and the result. Call once."""
         ...
@@ -105,6 +111,10 @@ class JsonTap:
     def feed(self, chunk: bytes) -> bytes:
         self._chunks.append(chunk)
         return chunk
+
+    @property
+    def complete(self) -> bool:
+        return False
 
     def finish(self) -> tuple[bytes, TapResult]:
         try:
@@ -158,6 +168,10 @@ class SseTap:
         if out:
             self._relayed.append(out)
         return out
+
+    @property
+    def complete(self) -> bool:
+        return self._parser.complete
 
     def finish(self) -> tuple[bytes, TapResult]:
         tail = self._framer.flush()

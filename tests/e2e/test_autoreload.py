@@ -5,6 +5,8 @@ failed payments retried with one idempotency key and never credited, run-time se
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import json
 from typing import Any
 
 import aiohttp
@@ -291,3 +293,91 @@ async def test_webhook_timeout_and_connection_refused_are_failures(unused_tcp_po
         await runner.cleanup()
     assert (slow.ok, slow.error) == (False, "payment webhook timed out")
     assert not refused.ok and refused.error.startswith("payment webhook unreachable")
+
+
+# --- written down before paying, finished after a crash ---------------------------------------
+def pending(stack) -> list[dict[str, Any]]:
+    return stack.run(stack.app[RELOADER].workflow.pending("acme"))
+
+
+def test_reload_started_is_recorded_before_the_payment_provider_is_called(pay_stack):
+    stack, payments, _ = pay_stack
+    payments.delay = 0.3
+    stack.run(credits(stack).buy("acme", USD("0.50")))
+    seen: dict[str, Any] = {}
+
+    async def run() -> str:
+        task = stack.app[RELOADER].start("acme")
+        while not payments.in_flight:  # the provider has been called
+            await asyncio.sleep(0.01)
+        seen["started"] = events(stack, "reload_started")
+        seen["pending"] = await stack.app[RELOADER].workflow.pending("acme")
+        return await task
+
+    assert stack.run(run()) == "paid"
+    [started] = seen["started"]
+    [entry] = seen["pending"]
+    key = payments.calls[0]["json"]["idempotency_key"]
+    assert started["key"] == entry["key"] == key
+    assert int(started["amount"]) == entry["amount"] == USD("4.50")
+    assert pending(stack) == []  # finished
+    [lot] = [lot for lot in stack.run(credits(stack).lots("acme")) if lot.source == "reload"]
+    assert lot.id == started["lot"]
+
+
+class DiesAfterPaying:
+    """A payment provider through which the payment is made, after which the process dies
+    (the task is cancelled before the lot is added)."""
+
+    def __init__(self, inner: WebhookPaymentProvider) -> None:
+        self.inner = inner
+
+    async def charge(self, org: str, amount_micro: int, idempotency_key: str):
+        await self.inner.charge(org, amount_micro, idempotency_key)
+        raise asyncio.CancelledError
+
+
+def test_a_payment_made_before_the_process_died_is_credited_by_reconciliation(pay_stack):
+    stack, payments, _ = pay_stack
+    stack.run(credits(stack).buy("acme", USD("0.50")))
+    reloader = stack.app[RELOADER]
+    org_cfg = stack.holder.current.organizations["acme"]
+    dying = DiesAfterPaying(reloader.provider(org_cfg))
+    with pytest.raises((asyncio.CancelledError, concurrent.futures.CancelledError)):
+        stack.run(reloader.workflow.reload("acme", org_cfg.billing.auto_reload, dying))
+    assert len(payments.paid) == 1  # the customer paid...
+    assert balance(stack).available == USD("0.50")  # ...and has no credit yet
+    [entry] = pending(stack)
+
+    # Too early: the purchase might still be running in another process.
+    assert stack.run(reloader.reconcile()) == 0
+    stack.clock.advance(ms=reloader.lock_ttl_ms())
+    stack.redis.delete(stack.keys.reload_lock("acme"))  # a dead process's lock expires
+    assert stack.run(reloader.reconcile()) == 1
+    assert len(payments.calls) == 2 and len(payments.paid) == 1  # asked again, paid once
+    assert payments.calls[1]["json"]["idempotency_key"] == entry["key"]
+    [lot] = [lot for lot in stack.run(credits(stack).lots("acme")) if lot.source == "reload"]
+    assert (lot.id, lot.amount, lot.ref) == (
+        entry["lot"],
+        USD("4.50"),
+        payments.paid[entry["key"]],
+    )
+    assert balance(stack).available == USD("5")
+    assert pending(stack) == [] and counted(stack, "reconciled") == 1
+    assert stack.run(reloader.reconcile()) == 0  # nothing twice
+    assert_ledger_replays(stack)
+
+
+def test_reconciliation_of_a_lot_already_added_only_clears_the_entry(pay_stack):
+    stack, payments, _ = pay_stack
+    stack.run(credits(stack).buy("acme", USD("0.50")))
+    reloader = stack.app[RELOADER]
+    assert stack.run(reloader.reload("acme")) == "paid"
+    [lot] = [lot for lot in stack.run(credits(stack).lots("acme")) if lot.source == "reload"]
+    # A process that died after adding the lot, before removing its entry:
+    key = payments.calls[0]["json"]["idempotency_key"]
+    entry = {"key": key, "amount": lot.amount, "lot": lot.id, "started": 0}
+    stack.redis.hset(stack.keys.reload_pending("acme"), key, json.dumps(entry))
+    assert stack.run(reloader.reconcile()) == 0
+    assert pending(stack) == [] and len(payments.calls) == 1
+    assert balance(stack).available == USD("5")

@@ -6,12 +6,14 @@ on every replica."""
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import anthropic
 import openai
 import pytest
 import requests
 from tollway.limits.apikeys import MAX_AGE, ApiKeys, KeySettings
+from tollway.limits.plans import KeyLimits
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 DAY_MS = 86_400_000
@@ -19,6 +21,7 @@ TOKEN = "admin-token-for-key-tests"
 
 
 def chat(stack, secret: str, model: str = "gpt-4o-mini") -> str:
+    """The answer's text (the fake upstream's usage is about a dozen tokens each way)."""
     r = stack.openai(secret).chat.completions.create(model=model, messages=HELLO)
     return r.choices[0].message.content
 
@@ -146,3 +149,33 @@ def test_admin_api_creates_rotates_and_lists_keys(admin):
     admin.clock.advance(ms=30 * DAY_MS)
     listed = requests.get(f"{url}/orgs/acme/keys", headers=auth, timeout=10).json()["keys"]
     assert listed[0]["status"] == "expired"
+
+
+def test_a_key_with_rpm_2_gets_its_third_request_refused(stack):
+    limits = KeyLimits(rpm=Decimal(2))
+    record, secret = stack.key_record(settings=KeySettings(name="slow", limits=limits))
+    other = stack.key()  # the organization's other keys are not limited by it
+    chat(stack, secret)
+    message(stack, secret)
+    with pytest.raises(openai.RateLimitError) as e:
+        chat(stack, secret)
+    assert f"rpm of key '{record.key_id}'" in e.value.message
+    with pytest.raises(anthropic.RateLimitError):
+        message(stack, secret)
+    assert chat(stack, other)
+    stack.clock.advance(seconds=30)  # refilled by one request
+    assert chat(stack, secret)
+    with pytest.raises(openai.RateLimitError):
+        chat(stack, secret)
+
+
+def test_a_key_s_tpm_is_its_own_bucket(stack):
+    _, secret = stack.key_record(settings=KeySettings(limits=KeyLimits(tpm=5)))
+    r = stack.openai(secret).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=HELLO
+    )
+    assert int(r.headers["x-ratelimit-limit-tokens"]) == 5
+    stack.wait_settled()
+    with pytest.raises(openai.RateLimitError) as e:
+        chat(stack, secret)  # the first request's tokens took the bucket below zero
+    assert "tpm of key" in e.value.message

@@ -17,7 +17,7 @@ import openai
 import pytest
 from redis.crc import key_slot
 from tollway.limits.apikeys import ApiKeys
-from tollway.limits.meter import periods
+from tollway.limits.meter import Charge, periods
 from tollway.limits.store import Store
 from tollway.limits.usage import Usage
 
@@ -159,7 +159,7 @@ def test_settlement_is_idempotent(make_stack):
     before = stack.snapshot()
     principal = stack.run(ApiKeys(stack.store).resolve(key))
     again = stack.run(
-        stack.meter.settle(principal, rid, "gpt-4o", Usage(2000, 500), CENT, True, None, 5)
+        stack.meter.settle(Charge(principal, rid, "gpt-4o", Usage(2000, 500), CENT, True, None, 5))
     )
     assert again.duplicate and again.cost == CENT
     assert stack.snapshot() == before

@@ -21,7 +21,7 @@ from tollway.config import load_config
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock, SystemClock
 from tollway.limits.credits import Credits
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 from tollway.limits.usage import Usage
@@ -150,7 +150,7 @@ def test_sigkill_mid_stream_leaves_no_permanent_hold(tmp_path: Path, redis_url: 
             victim = made["victim"][0].principal
             # The control organization gets the very same request, released normally.
             assert (await meter.admit(ctl, "req_ctl", "gpt-4o-mini", est, held)).admitted
-            await meter.settle(ctl, "req_ctl", "gpt-4o-mini", Usage(), 0, False)
+            await meter.settle(Charge(ctl, "req_ctl", "gpt-4o-mini", Usage(), 0, False))
             # Once the hold's time is up, both take one more request, and stand equal.
             clock.set(admitted_at + HOLD_TTL * 1000 + 1000)
             after = [

@@ -22,7 +22,7 @@ import openai
 import orjson
 import pytest
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.meter import periods
+from tollway.limits.meter import Charge, periods
 from tollway.limits.plans import Principal
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
@@ -121,7 +121,7 @@ def assert_no_holds_after_purge(stack: FaultStack) -> None:
     holds = stack.redis.zrange(stack.keys.holds("acme"), 0, -1)
     assert holds == ["req_probe"]
     assert int(stack.redis.hget(stack.keys.account("acme"), "held") or 0) == 0
-    stack.run(stack.meter.settle(principal, "req_probe", "gpt-4o-mini", Usage(), 0, False))
+    stack.run(stack.meter.settle(Charge(principal, "req_probe", "gpt-4o-mini", Usage(), 0, False)))
 
 
 # --- the client of the store --------------------------------------------------------------
@@ -492,9 +492,9 @@ def test_a_settlement_retried_charges_once(make_stack) -> None:
     principal = Principal("acme", "key_x")
     usage = Usage(input_tokens=100, output_tokens=50)
     stack.run(meter.admit(principal, "req_twice", "gpt-4o-mini", 100, 15))
-    first = stack.run(meter.settle(principal, "req_twice", "gpt-4o-mini", usage, 45, True))
+    first = stack.run(meter.settle(Charge(principal, "req_twice", "gpt-4o-mini", usage, 45, True)))
     after_first = stack.snapshot()
-    second = stack.run(meter.settle(principal, "req_twice", "gpt-4o-mini", usage, 45, True))
+    second = stack.run(meter.settle(Charge(principal, "req_twice", "gpt-4o-mini", usage, 45, True)))
     assert not first.duplicate and second.duplicate
     assert second.cost == first.cost == 45
     assert stack.snapshot() == after_first
@@ -541,10 +541,12 @@ def test_a_client_side_timeout_around_a_real_settle_never_doubles(make_stack, va
         stack.run(meter.admit(principal, "req_lost", "gpt-4o-mini", 10, 2))
         relay.set_mode("drop_replies")
         with pytest.raises(StoreUnavailable):
-            stack.run(meter.settle(principal, "req_lost", "gpt-4o-mini", usage, 5, True))
+            stack.run(meter.settle(Charge(principal, "req_lost", "gpt-4o-mini", usage, 5, True)))
         relay.set_mode("pass")
         after_lost = stack.snapshot()
-        retried = stack.run(meter.settle(principal, "req_lost", "gpt-4o-mini", usage, 5, True))
+        retried = stack.run(
+            meter.settle(Charge(principal, "req_lost", "gpt-4o-mini", usage, 5, True))
+        )
         assert retried.duplicate and retried.cost == 5
         assert stack.snapshot() == after_lost
         assert len(ledger_debits(stack)) == 1

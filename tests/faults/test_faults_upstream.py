@@ -293,9 +293,10 @@ def test_malformed_sse_after_text_is_charged_the_text(stack) -> None:
 
 
 @pytest.mark.parametrize("absurd", [2**63, 10**30, 1e300, 10_000_001])
-def test_an_absurd_usage_count_is_not_believed(stack, absurd) -> None:
+def test_an_absurd_usage_count_is_charged_at_the_ceiling(stack, absurd) -> None:
     """An upstream that reports more tokens than any model handles (a broken server) would
-    bill a fortune and block the organization for years: such a count reads as 0."""
+    bill a fortune and block the organization for years; read as 0 it would be free. Such
+    a count is charged at the sanity ceiling (metering.max_tokens_per_request) and flagged."""
     key = stack.key()
     scripted = ScriptedUpstream(stack)
     try:
@@ -309,10 +310,16 @@ def test_an_absurd_usage_count_is_not_believed(stack, absurd) -> None:
         settled(stack)
         day = stack.day()
         if reply.status == 200:
-            assert (day["org|in"], day.get("org|out", 0)) == (7, 0)
+            ceiling = stack.holder.current.metering.max_tokens_per_request
+            assert (day["org|in"], day.get("org|out", 0)) == (7, ceiling)
+            assert stack.metrics.absurd_usage.labels("acme")._value.get() == 1
         else:  # a number the JSON parser refuses: a malformed answer, free
             assert reply.status == 502 and "org|cost" not in day
         stack.point_upstreams_to(stack.fake_url)
-        assert call(stack, "openai", key).status == 200  # not blocked
+        after = call(stack, "openai", key)
+        if reply.status == 200:  # the ceiling empties the 1M TPM bucket: minutes, not years
+            assert after.status == 429 and int(after.headers["retry-after"]) <= 600
+        else:
+            assert after.status == 200
     finally:
         scripted.close()

@@ -46,12 +46,14 @@ def test_create_with_settings_list_show_and_use(stack, capsys):
         capsys,
         *("keys", "create", "--org", "acme", "--name", "ci-bot", "--expires-in", "30d"),
         *("--models", "gpt-4o*, claude-*", "--tags", "team-ml,prod", "--format", "json"),
+        *("--rpm", "2.5", "--tpm", "100000"),
     )
     assert code == 0, err
     key = json.loads(out)
     assert key["name"] == "ci-bot" and key["models"] == ["gpt-4o*", "claude-*"]
     assert key["tags"] == ["team-ml", "prod"] and key["status"] == "active"
     assert key["expires_ms"] - key["created_ms"] == 30 * 86_400_000
+    assert key["limits"] == {"rpm": "2.5", "tpm": "100000", "input_tpm": None, "output_tpm": None}
     chat(stack, key["key"])
     with pytest.raises(openai.PermissionDeniedError):
         stack.openai(key["key"]).embeddings.create(model="text-embedding-3-small", input="x")
@@ -98,6 +100,8 @@ def test_rotate_prints_the_new_secret_once_and_the_old_one_stops(stack, capsys):
         (["keys", "create", "--org", "acme", "--expires-in", "0d"], "--expires-in"),
         (["keys", "create", "--org", "acme", "--models", " , "], "--models"),
         (["keys", "create", "--org", "acme", "--tags", "a b"], "--tags"),
+        (["keys", "create", "--org", "acme", "--rpm", "1.2345"], "rpm"),
+        (["keys", "create", "--org", "acme", "--tpm", "-3"], "tpm"),
         (["keys", "create", "--org", "ghost"], "unknown organization"),
         (["keys", "rotate", "key_nope", "--overlap", "1y"], "--overlap"),
     ],

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from tollway.config import parse_config_text
 from tollway.limits.apikeys import ApiKeys
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.plans import Principal
 from tollway.limits.usage import Usage
 
@@ -42,7 +42,7 @@ async def test_tpm_overshoot_blocks_then_recovers(store, clock):
     d = await meter.admit(p, "r1", "m", 100, 0)
     assert d.admitted and levels(d) == {"org/tpm": 500}
     # The actual usage overshoots what is left: the bucket goes below zero.
-    await meter.settle(p, "r1", "m", Usage(input_tokens=300, output_tokens=500), 0, True)
+    await meter.settle(Charge(p, "r1", "m", Usage(input_tokens=300, output_tokens=500), 0, True))
     d = await meter.admit(p, "r2", "m", 1, 0)
     assert not d.admitted and d.reason == "rate"
     assert d.detail == "tpm of organization 'acme'"
@@ -61,7 +61,7 @@ async def test_refill_is_continuous_and_capped(store, clock):
     p = await principal(apikeys, clock)
     d = await meter.admit(p, "r1", "m", 6000, 0)
     assert levels(d) == {"org/tpm": 0}
-    await meter.settle(p, "r1", "m", Usage(input_tokens=6000), 0, True)
+    await meter.settle(Charge(p, "r1", "m", Usage(input_tokens=6000), 0, True))
     clock.advance(seconds=1.5)  # 100 tokens/s
     d = await meter.admit(p, "r2", "m", 0, 0)
     assert levels(d) == {"org/tpm": 150}
@@ -158,7 +158,7 @@ async def test_failed_request_releases_tokens_but_counts_the_request(store, cloc
     p = await principal(apikeys, clock)
     d = await meter.admit(p, "r1", "m", 400, 0)
     assert levels(d) == {"org/rpm": 4, "org/tpm": 600}
-    s = await meter.settle(p, "r1", "m", Usage(), 0, False)
+    s = await meter.settle(Charge(p, "r1", "m", Usage(), 0, False))
     assert s.cost == 0
     d = await meter.admit(p, "r2", "m", 0, 0)
     assert levels(d) == {"org/rpm": 3, "org/tpm": 1000}
@@ -168,8 +168,12 @@ async def test_settle_is_idempotent(store, clock):
     meter, apikeys = await setup(store, clock, "organizations:\n  acme:\n    limits: {tpm: 1000}\n")
     p = await principal(apikeys, clock)
     await meter.admit(p, "r1", "m", 100, 0)
-    first = await meter.settle(p, "r1", "m", Usage(input_tokens=100, output_tokens=200), 7, True)
-    again = await meter.settle(p, "r1", "m", Usage(input_tokens=100, output_tokens=200), 7, True)
+    first = await meter.settle(
+        Charge(p, "r1", "m", Usage(input_tokens=100, output_tokens=200), 7, True)
+    )
+    again = await meter.settle(
+        Charge(p, "r1", "m", Usage(input_tokens=100, output_tokens=200), 7, True)
+    )
     assert not first.duplicate and again.duplicate and again.cost == first.cost == 7
     d = await meter.admit(p, "r2", "m", 0, 0)
     assert levels(d) == {"org/tpm": 700}
@@ -185,7 +189,7 @@ async def test_expired_hold_gives_its_reservation_back(store, clock):
     # Without the returned reservation the bucket would hold 1000 * 31 tokens only.
     assert levels(d) == {"org/tpm": 60_000}
     # A late settlement of the dead request then charges its actual tokens in full.
-    await meter.settle(p, "dead", "m", Usage(input_tokens=100), 0, True)
+    await meter.settle(Charge(p, "dead", "m", Usage(input_tokens=100), 0, True))
     d = await meter.admit(p, "r3", "m", 0, 0)
     assert levels(d) == {"org/tpm": 59_900}
 
@@ -200,13 +204,15 @@ async def test_concurrent_admissions_against_a_nearly_empty_bucket(store, clock,
     )
     p = await principal(apikeys, clock)
     await meter.admit(p, "fill", "m", 58_950, 0)
-    await meter.settle(p, "fill", "m", Usage(input_tokens=58_950), 0, True)
+    await meter.settle(Charge(p, "fill", "m", Usage(input_tokens=58_950), 0, True))
     decisions = await asyncio.gather(*(meter.admit(p, f"r{i}", "m", 100, 0) for i in range(n)))
     admitted = [i for i, d in enumerate(decisions) if d.admitted]
     assert len(admitted) == 11
     assert all(d.reason == "rate" for d in decisions if not d.admitted)
     # Each admitted request actually used 30 input + 50 output tokens.
-    await asyncio.gather(*(meter.settle(p, f"r{i}", "m", Usage(30, 50), 0, True) for i in admitted))
+    await asyncio.gather(
+        *(meter.settle(Charge(p, f"r{i}", "m", Usage(30, 50), 0, True)) for i in admitted)
+    )
     clock.advance(seconds=2)  # 1000 tokens/s
     d = await meter.admit(p, "probe", "m", 0, 0)
     assert levels(d) == {"org/tpm": 1_050 - 11 * 80 + 2_000}

@@ -11,7 +11,7 @@ import pytest
 from tollway.config import parse_config_text
 from tollway.limits.credits import MAX_AMOUNT, Credits, one_year_later
 from tollway.limits.errors import CreditError
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.money import parse_usd
 from tollway.limits.plans import Principal
 from tollway.limits.usage import Usage
@@ -57,7 +57,7 @@ def meter(store, clock, cfg) -> Meter:
 
 async def spend(meter: Meter, rid: str, cost: int, org: str = "acme"):
     """Settle a successful request of `cost` micro-USD (no admission needed to settle)."""
-    return await meter.settle(Principal(org, "k1"), rid, "m", Usage(1, 1), cost, True)
+    return await meter.settle(Charge(Principal(org, "k1"), rid, "m", Usage(1, 1), cost, True))
 
 
 async def snapshot(store, org: str = "acme") -> dict:

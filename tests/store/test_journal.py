@@ -13,8 +13,8 @@ import pytest
 from tollway.config import parse_config_text
 from tollway.limits.clock import ManualClock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.journal import Entry, Journal, Replayer, Stopped
-from tollway.limits.meter import Meter
+from tollway.limits.journal import Journal, Replayer, Stopped, from_line, to_line
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.plans import Principal
 from tollway.limits.store import Store
 from tollway.limits.usage import Usage
@@ -22,8 +22,8 @@ from tollway.limits.usage import Usage
 P = Principal("acme", "key_1", "ws", "alice")
 
 
-def entry(i: int, ok: bool = True) -> Entry:
-    return Entry(
+def entry(i: int, ok: bool = True) -> Charge:
+    return Charge(
         rid=f"req_{i:04d}",
         principal=P,
         model="gpt-4o-mini",
@@ -40,10 +40,10 @@ class Recorder:
     """A settle that records entries, and fails with StoreUnavailable from call `fail_at`."""
 
     def __init__(self, fail_at: int | None = None) -> None:
-        self.entries: list[Entry] = []
+        self.entries: list[Charge] = []
         self.fail_at = fail_at
 
-    async def __call__(self, e: Entry) -> None:
+    async def __call__(self, e: Charge) -> None:
         if self.fail_at is not None and len(self.entries) >= self.fail_at:
             raise StoreUnavailable("down")
         self.entries.append(e)
@@ -52,9 +52,9 @@ class Recorder:
 def test_entries_round_trip() -> None:
     for i in range(4):
         e = entry(i, ok=bool(i % 2))
-        assert Entry.from_line(e.to_line()) == e
+        assert from_line(to_line(e)) == e
     with pytest.raises(ValueError):
-        Entry.from_line(b'{"rid": "x"')
+        from_line(b'{"rid": "x"')
 
 
 async def test_appends_are_durable_and_replayed_in_order(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ async def test_appends_are_durable_and_replayed_in_order(tmp_path: Path) -> None
 
 
 async def test_the_size_bound_drops_and_counts(tmp_path: Path) -> None:
-    line = len(entry(0).to_line())
+    line = len(to_line(entry(0)))
     journal = Journal(tmp_path, max_bytes=3 * line + line // 2)
     events: list[tuple[str, int]] = []
     journal.observers.append(lambda ev, n: events.append((ev, n)))
@@ -118,12 +118,12 @@ async def test_a_torn_line_is_set_aside_and_the_others_settle(tmp_path: Path) ->
     journal.close()
     segment = journal.segments()[0]
     with open(segment, "ab") as f:
-        f.write(entry(2).to_line() + entry(3).to_line()[:20])  # a crash cut the last write
+        f.write(to_line(entry(2)) + to_line(entry(3))[:20])  # a crash cut the last write
     settle = Recorder()
     assert await journal.replay(settle) == 2
     assert [e.rid for e in settle.entries] == ["req_0001", "req_0002"]
     failed = segment.with_name(segment.name + ".failed")
-    assert failed.read_bytes() == entry(3).to_line()[:20] + b"\n"
+    assert failed.read_bytes() == to_line(entry(3))[:20] + b"\n"
     assert journal.segments() == []
 
 
@@ -178,11 +178,7 @@ async def test_a_replay_repeated_after_a_crash_charges_once(tmp_path: Path, stor
     cfg = parse_config_text(ORGS)
     meter = Meter(store, ManualClock(), lambda: cfg)
 
-    async def settle(e: Entry):
-        return await meter.settle(
-            e.principal, e.rid, e.model, e.usage, e.cost, e.ok, e.session, e.upstream_ms,
-            now_ms=e.now_ms,
-        )  # fmt: skip
+    settle = meter.settle
 
     journal = Journal(tmp_path / "j")
     for i in range(5):
@@ -201,7 +197,7 @@ async def test_a_replay_repeated_after_a_crash_charges_once(tmp_path: Path, stor
     shutil.copytree(copy, tmp_path / "j")  # the segment as the dead process left it
     results = []
 
-    async def settle_again(e: Entry):
+    async def settle_again(e: Charge):
         results.append(await settle(e))
 
     assert await journal.replay(settle_again) == 5

@@ -7,7 +7,7 @@ from __future__ import annotations
 from tollway.config import parse_config_text
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.credits import Credits
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.reconcile import Drift, reconcile
 from tollway.limits.usage import Usage
 
@@ -33,13 +33,13 @@ async def test_no_drift_after_settlements_then_a_tampered_balance_is_found(store
     for i, rec in enumerate([alice, service, alice]):
         p = rec.principal
         assert (await meter.admit(p, f"r{i}", "m", 10, 1)).admitted
-        await meter.settle(p, f"r{i}", "m", Usage(10, 10), 1_000 * (i + 1), True)
+        await meter.settle(Charge(p, f"r{i}", "m", Usage(10, 10), 1_000 * (i + 1), True))
     await meter.admit(alice.principal, "failed", "m", 10, 1)
-    await meter.settle(alice.principal, "failed", "m", Usage(10, 10), 0, False)
+    await meter.settle(Charge(alice.principal, "failed", "m", Usage(10, 10), 0, False))
     assert await reconcile(store, ["acme"]) == []
     # An event still waiting in Redis is shipped first, then counted.
     assert (await meter.admit(alice.principal, "r9", "m", 10, 1)).admitted
-    await meter.settle(alice.principal, "r9", "m", Usage(10, 10), 500, True)
+    await meter.settle(Charge(alice.principal, "r9", "m", Usage(10, 10), 500, True))
     assert await store.client.xlen(store.keys.ledger("acme")) == 1
     assert await reconcile(store, ["acme"]) == []
 

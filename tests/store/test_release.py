@@ -8,7 +8,7 @@ import pytest
 from tollway.config import parse_config_text
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.credits import Credits
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.usage import Usage
 
 ENV = {"OPENAI_API_KEY": "x"}
@@ -73,7 +73,7 @@ async def test_release_and_settlement_in_either_order_charge_once(world, store) 
     meter, p = world
     usage = Usage(input_tokens=100, output_tokens=10)
     # Served fail-open: its settlement runs first, the late admit after, then the release.
-    await meter.settle(p, "open1", "m", usage, 110, True)
+    await meter.settle(Charge(p, "open1", "m", usage, 110, True))
     await meter.admit(p, "open1", "m", 1000, 5000)
     await meter.release(p, "open1")
     acct = await account(store)

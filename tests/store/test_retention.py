@@ -7,7 +7,7 @@ from __future__ import annotations
 from tollway.config import parse_config_text
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.credits import Credits
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.shipper import Shipper
 from tollway.limits.usage import Usage
 
@@ -32,7 +32,7 @@ async def test_ledger_events_leave_redis_once_shipped_and_never_before(store, cl
 
     async def request(rid: str, cost: int) -> None:
         assert (await meter.admit(p, rid, "m", 10, 1)).admitted
-        await meter.settle(p, rid, "m", Usage(10, 10), cost, True)
+        await meter.settle(Charge(p, rid, "m", Usage(10, 10), cost, True))
 
     for i in range(10):
         await request(f"old{i}", 1_000 + i)
@@ -56,6 +56,6 @@ async def test_settled_markers_expire_after_their_ttl(store, clock):
     meter = Meter(store, clock, lambda: cfg)
     record, _ = await ApiKeys(store).create("acme", clock.now_ms())
     await meter.admit(record.principal, "r1", "m", 1, 0)
-    await meter.settle(record.principal, "r1", "m", Usage(1, 1), 0, True)
+    await meter.settle(Charge(record.principal, "r1", "m", Usage(1, 1), 0, True))
     ttl = await store.client.pttl(store.keys.settled("acme", "r1"))
     assert 3_590_000 < ttl <= 3_600_000

@@ -18,13 +18,16 @@ SECRET = "whsec-test-secret"
 @dataclass
 class FakePayments:
     """A payment webhook: answers per `mode` (ok | 500 | no_id | bad_json), after `delay`
-    seconds; `fail_first` failures (500) before answering normally."""
+    seconds; `fail_first` failures (500) before answering normally. Idempotent as real
+    providers are: a key that was paid already answers its first payment again (`paid`:
+    idempotency key -> payment id), never a second charge."""
 
     secret: str | None = SECRET
     mode: str = "ok"
     delay: float = 0.0
     fail_first: int = 0
     calls: list[dict[str, Any]] = field(default_factory=list)
+    paid: dict[str, str] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
 
@@ -54,7 +57,9 @@ class FakePayments:
                 return web.json_response({"status": "ok"})
             if self.mode == "bad_json":
                 return web.Response(text="<html>ok</html>", content_type="text/html")
-            return web.json_response({"payment_id": f"pay_{len(self.calls)}"})
+            key = call["json"]["idempotency_key"]
+            payment_id = self.paid.setdefault(key, f"pay_{len(self.calls)}")
+            return web.json_response({"payment_id": payment_id})
         finally:
             self.in_flight -= 1
 

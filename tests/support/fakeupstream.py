@@ -44,7 +44,9 @@ Rules the tests can rely on:
   (cumulative usage: all four counts), ``message_stop``.
 * **Hooks** count content chunks: after ``n`` of them (``n = 0`` means before the first) the
   stream pauses on ``resume``, then is cut, then sends its error event, in that order.
-  ``delay_between_chunks`` is slept before every content chunk but the first.
+  ``delay_between_chunks`` is slept before every content chunk but the first;
+  ``delay_before_end`` after the text (Responses: after ``output_text.done``), before the
+  events that close the stream and carry its final usage.
   JSON responses: ``delay_first_byte`` applies; ``cut_after_chunks`` (any value) closes the
   connection without answering; the other stream hooks are ignored.
 """
@@ -105,6 +107,7 @@ class Behavior:
     delay_first_byte: float = 0.0
     delay_between_chunks: float = 0.0
     pause_after_chunks: int | None = None
+    delay_before_end: float = 0.0  # streams: slept after the text, before the closing events
     cut_after_chunks: int | None = None
     stream_error_after_chunks: int | None = None
     usage_in_last_content_chunk: bool = False
@@ -674,6 +677,7 @@ class _Gen:
         await self.openai_finish(chunk("", self.finish_reason()), base, with_usage)
 
     async def openai_finish(self, last: dict, base: dict, with_usage: bool) -> None:
+        await asyncio.sleep(self.b.delay_before_end)
         if with_usage and self.b.usage_in_last_content_chunk:
             await self.send(last | {"usage": self.openai_usage()})
         else:
@@ -700,6 +704,7 @@ class _Gen:
 
         await self.content(piece, error)
         await self.rsend("response.output_text.done", **part, text=self.text, logprobs=[])
+        await asyncio.sleep(self.b.delay_before_end)
         await self.rsend("response.content_part.done", **part, part=self.text_part(self.text))
         done = self.message_item("completed", self.text)
         await self.rsend("response.output_item.done", output_index=0, item=done)
@@ -730,6 +735,7 @@ class _Gen:
             await self.send(body, "error")
 
         await self.content(piece, error)
+        await asyncio.sleep(self.b.delay_before_end)
         await self.send({"type": "content_block_stop", "index": 0}, "content_block_stop")
         usage = self.anthropic_usage(self.u["output_tokens"])
         del usage["service_tier"], usage["cache_creation"]  # not in MessageDeltaUsage

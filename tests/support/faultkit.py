@@ -370,12 +370,10 @@ def settled(stack: Stack, timeout: float = 20) -> None:
     """Wait until no request is in flight and no settlement runs. (`Stack.wait_settled`
     alone can return in the instant between a stream's last byte and the start of its
     settlement, on a busy machine.) Bounded by `timeout` seconds of real time."""
-    from tollway.proxy.runtime.app import HANDLER
+    from tollway.proxy.runtime.app import SETTLER
 
     wait_for(
-        lambda: (
-            metric(stack, "tollway_requests_in_flight") == 0 and not stack.app[HANDLER].settling
-        ),
+        lambda: metric(stack, "tollway_requests_in_flight") == 0 and not stack.app[SETTLER].pending,
         timeout,
         "requests to settle",
     )

@@ -16,7 +16,7 @@ from typing import Any
 from tollway.config import parse_config_text
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.credits import Credits
-from tollway.limits.meter import Meter
+from tollway.limits.meter import Charge, Meter
 from tollway.limits.money import parse_usd
 from tollway.limits.plans import Principal
 from tollway.limits.spend import Spend
@@ -106,7 +106,7 @@ class World:
         rid = f"r{self.n}"
         d = await self.meter.admit(p, rid, "m", 1, 1)
         if d.admitted:
-            await self.meter.settle(p, rid, "m", Usage(input_tokens=cost), cost, True)
+            await self.meter.settle(Charge(p, rid, "m", Usage(input_tokens=cost), cost, True))
         return d
 
 

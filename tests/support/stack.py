@@ -21,7 +21,7 @@ from tollway.limits.clock import ManualClock
 from tollway.limits.history import History
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
-from tollway.proxy.runtime.app import HANDLER, METER, METRICS, create_app
+from tollway.proxy.runtime.app import METER, METRICS, SETTLER, create_app
 from tollway.proxy.runtime.metrics_server import create_metrics_app
 
 from tests.support.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, start_fake_upstream
@@ -75,8 +75,14 @@ ENV = {"OPENAI_API_KEY": OPENAI_KEY, "ANTHROPIC_API_KEY": ANTHROPIC_KEY}
 
 class Stack:
     def __init__(
-        self, redis_url: str, tmp: Path, orgs_yaml: str = DEFAULT_ORGS, extra_yaml: str = ""
+        self,
+        redis_url: str,
+        tmp: Path,
+        orgs_yaml: str = DEFAULT_ORGS,
+        extra_yaml: str = "",
+        prices_yaml: str = PRICES,
     ) -> None:
+        self.prices_yaml = prices_yaml
         self.redis_url = redis_url
         self.tmp = tmp
         self.clock = ManualClock()
@@ -124,7 +130,7 @@ class Stack:
             "upstreams:\n"
             f"  openai: {{base_url: '{upstream}', api_key_env: OPENAI_API_KEY}}\n"
             f"  anthropic: {{base_url: '{upstream}', api_key_env: ANTHROPIC_API_KEY}}\n"
-            + PRICES
+            + self.prices_yaml
             + extra_yaml
             + orgs_yaml
         )
@@ -218,12 +224,12 @@ class Stack:
         """Wait until every settlement the proxy started has been written."""
 
         async def drain() -> None:
-            handler = self.app[HANDLER]
+            settler = self.app[SETTLER]
             for _ in range(int(timeout * 100)):
-                if not handler.settling:
+                if not settler.pending:
                     # One more turn: a response may be finishing its settle right now.
                     await asyncio.sleep(0.01)
-                    if not handler.settling:
+                    if not settler.pending:
                         return
                 await asyncio.sleep(0.01)
             raise TimeoutError("settlements still running")

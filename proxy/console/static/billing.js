@@ -17,7 +17,7 @@ function autoReloadCard(info, can) {
     await api("PUT", orgPath("/auto-reload"), { threshold: v.threshold.trim(), target: v.target.trim() });
     return "Auto-reload saved.";
   });
-  const edit = el("button", { type: "button", class: "secondary", "aria-expanded": "false", onclick: () => {
+  const edit = el("button", { type: "button", class: "secondary", "aria-expanded": "false", "aria-label": "Edit auto-reload", onclick: () => {
     editor.hidden = !editor.hidden; edit.setAttribute("aria-expanded", String(!editor.hidden));
     if (!editor.hidden) editor.querySelector("input").focus();
   } }, "Edit");

@@ -123,6 +123,8 @@ function page(id, title, roles, draw) {
 
 async function render() {
   const s = TW.session; if (!s) return;
+  const main = document.getElementById("main");
+  main.setAttribute("aria-busy", "true");
   const allowed = TW.order.filter((id) => TW.pages[id].roles.includes(s.role));
   let id = location.hash.slice(1);
   if (!allowed.includes(id)) id = allowed[0];
@@ -141,4 +143,6 @@ async function render() {
   }
   target.replaceWith(fresh); fresh.id = "page";
   document.title = TW.pages[id].title + " · Tollway console";
+  main.setAttribute("aria-busy", "false");
+  TW.drawn = (TW.drawn || 0) + 1;  /* how many times a page was drawn (tests wait on it) */
 }

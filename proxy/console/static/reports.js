@@ -39,6 +39,25 @@ page("keys", "Keys", ["owner", "admin"], async (root) => {
   ], keys.keys, "No keys yet.")));
 });
 
+/* Every day from `from` to `to` (ISO dates), with the report's row or zero. */
+function everyDay(report) {
+  const byDay = Object.fromEntries(report.rows.map((r) => [r.day, r]));
+  const out = [];
+  for (let d = new Date(report.from + "T00:00:00Z"); d <= new Date(report.to + "T00:00:00Z");
+    d = new Date(d.getTime() + 86400000)) {
+    const day = d.toISOString().slice(0, 10);
+    out.push(byDay[day] || { day, cost_micro: 0, requests: 0 });
+  }
+  return out;
+}
+
+function duration(ms) {
+  const s = Math.round(ms / 1000);
+  if (s < 60) return (ms / 1000).toFixed(1) + " s";
+  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  return [d ? d + "d" : "", h ? h + "h" : "", m + "m", (s % 60) + "s"].filter(Boolean).join(" ");
+}
+
 /* Spend per day as bars: an SVG with a text alternative. */
 function dayChart(rows) {
   const w = 640, h = 180, pad = 28, n = rows.length || 1;
@@ -70,9 +89,9 @@ function dayChart(rows) {
   return el("div", { class: "chart" }, svg);
 }
 
-function totalsTable(caption, by, label, report) {
+function totalsTable(caption, by, label, report, none) {
   return table(caption, [
-    [label, (r) => (r[by] === null ? "—" : r[by])], ["Requests", (r) => num(r.requests), "num"],
+    [label, (r) => (r[by] === null ? none : r.name ? r.name + " (" + r[by] + ")" : r[by])], ["Requests", (r) => num(r.requests), "num"],
     ["Input tokens", (r) => num(r.input_tokens), "num"], ["Output tokens", (r) => num(r.output_tokens), "num"],
     ["Cost", (r) => usd(r.cost_micro), "num"],
   ], report.rows, "No usage in this range.");
@@ -92,23 +111,24 @@ page("reports", "Reports", ["owner", "admin", "billing"], async (root) => {
   root.append(card("Spend per day", range,
     el("div", { class: "figures" }, figure("Spend in range", usd(day.total.cost_micro), "range-spend"),
       figure("Requests", num(day.total.requests))),
-    dayChart(day.rows),
+    dayChart(everyDay(day)),
     el("p", {}, "Download CSV: ", csv("day"), " · ", csv("model"), " · ", csv("user"), " · ", csv("key"))));
-  root.append(card("By model", totalsTable("Spend by model", "model", "Model", model)));
-  root.append(card("By member", totalsTable("Spend by member", "user", "Member", user)));
-  root.append(card("By key", totalsTable("Spend by key", "key", "Key", key)));
-  const found = el("div", { id: "session-report" });
+  root.append(card("By model", totalsTable("Spend by model", "model", "Model", model, "—")));
+  root.append(card("By member", totalsTable("Spend by member", "user", "Member", user, "no member (service keys)")));
+  root.append(card("By key", totalsTable("Spend by key", "key", "Key", key, "—")));
   const look = form({ "aria-label": "Find a session" }, [
     field("Session id", { name: "session", required: true, autocomplete: "off" }),
     el("button", { type: "submit" }, "Show session"),
   ], async (v) => {
     const s = await api("GET", orgPath("/sessions/" + encodeURIComponent(v.session.trim())));
-    TW.flash = card("Session " + s.session_id, el("dl", {},
-      ["Total cost", usd(s.cost_micro)], ["Total duration (API)", (s.api_ms / 1000).toFixed(1) + " s"],
-      ["Total duration (wall)", (s.wall_ms / 1000).toFixed(1) + " s"],
+    TW.shownSession = el("div", { id: "session-report" }, el("h4", {}, "Session " + s.session_id), el("dl", {}, [
+      ["Total cost", usd(s.cost_micro)], ["Total duration (API)", duration(s.api_ms)],
+      ["Total duration (wall)", duration(s.wall_ms)],
       ["Tokens", num(s.input_tokens) + " input, " + num(s.output_tokens) + " output"],
       ["Requests", num(s.requests)]].flatMap(([k, v2]) => [el("dt", {}, k), el("dd", {}, v2)])));
     return "";
   });
-  root.append(card("Sessions", el("p", { class: "muted" }, "Requests sent with an x-tollway-session header, like a coding assistant's /cost."), look, found));
+  root.append(card("Sessions", el("p", { class: "muted" }, "Requests sent with an x-tollway-session header, like a coding assistant's /cost."), look,
+    TW.shownSession || null));
+  TW.shownSession = null;
 });

@@ -90,7 +90,8 @@ page("requests", "Requests", ["owner", "admin"], async (root) => {
   });
   root.append(card("Review requests", table("Pending limit-increase requests, oldest first", [
     ["Member", (r) => r.request.user], ["Seat", (r) => r.user.seat || "—"],
-    ["Used this month", (r) => usd(r.user.spend), "num"], ["Limit", (r) => usd(r.user.cap)],
+    ["Used this month", (r) => usd(r.user.spend), "num"],
+    ["Extra of limit", (r) => usd(r.user.extra) + " of " + usd(r.user.cap)],
     ["Asked", (r) => when(r.request.asked_ms)], ["Reason", (r) => r.request.reason || "—"],
     ["Decision", decide],
   ], p.pending, "No pending requests.")));
@@ -103,11 +104,11 @@ page("me", "My usage", ["member"], async (root) => {
     el("div", { class: "figures" },
       figure("Month-to-date spend", usd(u.spend), "my-spend"),
       figure("Included usage left", usd(Math.max(u.included - u.spend, 0)) + " of " + usd(u.included), "my-included"),
-      figure("Extra usage", usd(u.extra) + " of " + usd(u.cap), "my-limit")),
+      figure("Extra usage of my limit", usd(u.extra) + " of " + usd(u.cap), "my-limit")),
     el("p", {}, "Seat: " + (u.seat || "none") + ". Extra usage past the included amount is " +
       (u.extra_usage ? "on" : "off") + "; your limit is set by " + u.cap_source + ".")));
   root.append(card("Need more?", form({ "aria-label": "Request extra usage" }, [
-    el("label", { for: "reason", style: "flex:1 1 100%" }, "What do you need it for? (optional)",
+    el("label", { for: "reason", class: "wide" }, "What do you need it for? (optional)",
       el("textarea", { id: "reason", name: "reason", maxlength: "2000" })),
     el("button", { type: "submit" }, "Request extra usage"),
   ], async (v) => {
