@@ -31,7 +31,6 @@ from __future__ import annotations
 import calendar
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,6 +38,10 @@ from tollway.limits.clock import Clock
 from tollway.limits.errors import CreditError
 from tollway.limits.history import history_of
 from tollway.limits.identity import claim as claim_identity
+from tollway.limits.lots import Balance as Balance
+from tollway.limits.lots import Event as Event
+from tollway.limits.lots import Lot as Lot
+from tollway.limits.lots import ReloadSettings as ReloadSettings
 from tollway.limits.money import format_usd
 from tollway.limits.rkeys import Fields
 from tollway.limits.store import Store
@@ -73,62 +76,6 @@ def check_amount(amount: Any) -> int:
     if amount > MAX_AMOUNT:
         raise CreditError(f"the amount must be at most {format_usd(MAX_AMOUNT)} USD")
     return amount
-
-
-@dataclass(frozen=True, slots=True)
-class Lot:
-    id: str
-    kind: str  # purchased | promotional
-    amount: int  # as bought or granted
-    remaining: int  # still usable (0 once expired or used up)
-    created_ms: int
-    expires_ms: int
-    expired: int  # the remainder that expired unused
-    source: str  # purchase | grant | reload
-    ref: str  # payment id of a reload, '' otherwise
-    repaid: int  # part of the amount that repaid debt when the lot was added
-
-    @classmethod
-    def from_hash(cls, h: dict[str, str]) -> Lot:
-        return cls(
-            id=h["id"],
-            kind=h["kind"],
-            amount=int(h["amount"]),
-            remaining=int(h.get("remaining", 0)),
-            created_ms=int(h["created"]),
-            expires_ms=int(h["expires"]),
-            expired=int(h.get("expired", 0)),
-            source=h.get("source", ""),
-            ref=h.get("ref", ""),
-            repaid=int(h.get("repaid", 0)),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Balance:
-    available: int  # lots_total - debt - held: what admission compares with zero
-    lots_total: int  # sum of the active lots' remainders
-    debt: int  # left by requests that overshot; repaid first by the next lot
-    held: int  # estimated input cost of requests in flight
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    id: str  # stream entry id
-    type: str  # purchase | grant | reload | debit | expiry | reload_failed
-    ts: int  # ms: when it happened (an expiry: the lot's expiry instant)
-    fields: dict[str, str]
-
-    def number(self, name: str) -> int:
-        """An integer field (amounts in micro-USD); 0 when absent."""
-        return int(self.fields.get(name) or 0)
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadSettings:
-    threshold: int
-    target: int
-    source: str  # config | override
 
 
 class Credits:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 _DURATION = re.compile(r"(\d{1,9})([smhdw])")
 UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -19,3 +20,19 @@ def parse_ms(text: str, *, zero: bool = False) -> int:
     if ms == 0 and not zero:
         raise ValueError("the duration must be greater than zero")
     return ms
+
+
+_PERIOD = re.compile(r"(\d{1,6})([hdw])")
+_PERIOD_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_period(text: str) -> timedelta:
+    """A lot's validity, ``12h``, ``90d``, ``12w`` → a timedelta; ValueError otherwise
+    (months are not accepted: their length varies, write days)."""
+    match = _PERIOD.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (write <N>h, <N>d or <N>w, e.g. 90d)")
+    n, unit = int(match.group(1)), match.group(2)
+    if n == 0:
+        raise ValueError("the duration must be greater than zero")
+    return timedelta(**{_PERIOD_UNITS[unit]: n})

@@ -16,6 +16,8 @@ from aiohttp import web
 from pydantic import Field
 from tollway.config.schema import Money
 from tollway.limits.credits import Credits, new_lot_id
+from tollway.limits.durations import parse_period
+from tollway.limits.lots import reload_dict
 from tollway.proxy.admin.auth import caller
 from tollway.proxy.admin.context import (
     BOOL,
@@ -32,13 +34,6 @@ from tollway.proxy.admin.context import (
     schema_object,
 )
 from tollway.proxy.admin.openapi import Param, Route
-from tollway.proxy.cli.credits import (
-    balance_dict,
-    event_dict,
-    lot_dict,
-    parse_duration,
-    reload_dict,
-)
 
 MAX_EVENTS = 1000
 
@@ -66,8 +61,8 @@ async def show(request: web.Request) -> web.Response:
         {
             "org": name,
             "mode": o.billing.mode,
-            "balance": balance_dict(await credits.balance(name)),
-            "auto_reload": reload_dict(settings, o),
+            "balance": (await credits.balance(name)).to_dict(),
+            "auto_reload": reload_dict(settings, o.billing.payment.provider),
             "payment_method": payment_dict(o),
         }
     )
@@ -75,7 +70,7 @@ async def show(request: web.Request) -> web.Response:
 
 async def lots(request: web.Request) -> web.Response:
     name, _ = org(request)
-    return answer({"lots": [lot_dict(lot) for lot in await _credits(ctx(request)).lots(name)]})
+    return answer({"lots": [lot.to_dict() for lot in await _credits(ctx(request)).lots(name)]})
 
 
 async def history(request: web.Request) -> web.Response:
@@ -84,7 +79,7 @@ async def history(request: web.Request) -> web.Response:
     if not text or not text.isdigit() or not 1 <= int(text) <= MAX_EVENTS:
         raise ApiError(400, f"limit: expected an integer from 1 to {MAX_EVENTS}, got {text!r}")
     events = await _credits(ctx(request)).history(name, int(text))
-    return answer({"events": [event_dict(e) for e in events]})
+    return answer({"events": [e.to_dict() for e in events]})
 
 
 class Purchase(Body):
@@ -115,7 +110,7 @@ class Grant(Body):
 
 
 async def _added(credits: Credits, name: str, lot: Any) -> web.Response:
-    out = {"lot": lot_dict(lot), "balance": balance_dict(await credits.balance(name))}
+    out = {"lot": lot.to_dict(), "balance": (await credits.balance(name)).to_dict()}
     return answer(out, status=201)
 
 
@@ -142,7 +137,7 @@ async def grant(request: web.Request) -> web.Response:
     name, o = org(request)
     b = await body(request, Grant)
     try:
-        period = parse_duration(b.expires_in) if b.expires_in else None
+        period = parse_period(b.expires_in) if b.expires_in else None
     except ValueError as e:
         raise ApiError(400, f"expires_in: {e}") from None
     period = period or timedelta(days=o.billing.promo_expiry_days)
@@ -162,7 +157,7 @@ class AutoReloadSet(Body):
 
 async def _reload_answer(request: web.Request, name: str, o: Any) -> web.Response:
     settings = await _credits(ctx(request)).reload_settings(name, o.billing.auto_reload)
-    return answer({"org": name, "auto_reload": reload_dict(settings, o)})
+    return answer({"org": name, "auto_reload": reload_dict(settings, o.billing.payment.provider)})
 
 
 async def get_reload(request: web.Request) -> web.Response:
@@ -201,7 +196,7 @@ async def credit_section(c: AdminContext, name: str, o: Any) -> dict[str, Any]:
     """The credit part of the live-limits answer (prepaid organizations only)."""
     if o.billing.mode != "prepaid":
         return {}
-    return {"credit": balance_dict(await _credits(c).balance(name))}
+    return {"credit": (await _credits(c).balance(name)).to_dict()}
 
 
 # --- the route table -------------------------------------------------------------------------

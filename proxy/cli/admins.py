@@ -11,6 +11,7 @@ from typing import Any
 from tollway.limits.admins import ROLES, Credential, Credentials
 from tollway.limits.clock import SystemClock
 from tollway.limits.errors import UnknownCredential
+from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import print_rows
 
 FORMAT_HELP = "table for people (default) or json"
@@ -49,8 +50,6 @@ def _row(c: Credential) -> dict[str, Any]:
 
 
 def create(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         if args.org not in cfg.organizations:
             print(f"tollway: unknown organization {args.org!r}", file=sys.stderr)
@@ -71,8 +70,6 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    from tollway.proxy.cli.main import with_store
-
     async def go(cfg: Any, store: Any) -> int:
         rows = [_row(c) for c in await Credentials(store).list(args.org)]
         if args.format == "json":
@@ -85,8 +82,6 @@ def list_(args: Any) -> int:
 
 
 def revoke(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         try:
             record = await Credentials(store).revoke(args.cred_id)

@@ -2,7 +2,7 @@
 
 Amounts are USD on the command line, parsed exactly (`tollway.limits.money.parse_usd`, at most 6
 decimals, never a float) and printed with `format_usd`. Durations (``--expires-in``) are
-``<N>h``, ``<N>d`` or ``<N>w``. Exit codes as in `tollway.proxy.cli.main`: 1 the operation was
+``<N>h``, ``<N>d`` or ``<N>w``. Exit codes as in `tollway.proxy.cli.common`: 1 the operation was
 refused (bad amount, identity already used...), 2 usage or config errors (unknown organization),
 3 the store is unavailable. A refused operation changes nothing.
 """
@@ -10,32 +10,18 @@ refused (bad amount, identity already used...), 2 usage or config errors (unknow
 from __future__ import annotations
 
 import json
-import re
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from tollway.limits.clock import SystemClock
-from tollway.limits.credits import Balance, Credits, Event, Lot, ReloadSettings
+from tollway.limits.credits import Balance, Credits, Event, Lot
+from tollway.limits.durations import parse_period
+from tollway.limits.lots import EVENT_FIELDS, reload_dict, when
 from tollway.limits.money import format_usd, parse_usd
+from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
-
-_DURATION = re.compile(r"(\d{1,6})([hdw])")
-_UNITS = {"h": "hours", "d": "days", "w": "weeks"}
-EVENT_FIELDS = ("lot", "kind", "rid", "model", "key", "user", "ref", "error", "attempt")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``12h``, ``90d``, ``12w`` → a timedelta; ValueError otherwise (months are not
-    accepted: their length varies, write days)."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"not a duration: {text!r} (write <N>h, <N>d or <N>w, e.g. 90d)")
-    n, unit = int(match.group(1)), match.group(2)
-    if n == 0:
-        raise ValueError("the duration must be greater than zero")
-    return timedelta(**{_UNITS[unit]: n})
 
 
 def _common(p: Any, fmt: bool = True) -> None:
@@ -88,10 +74,6 @@ def register(sub: Any) -> None:
 
 
 # --- helpers ---------------------------------------------------------------------------------
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
 def _amount(text: str, what: str = "amount") -> int:
     """USD text → micro-USD, or ValueError with a message naming the option."""
     try:
@@ -103,7 +85,6 @@ def _amount(text: str, what: str = "amount") -> int:
 
 def _run(args: Any, action: Any) -> int:
     """Check the organization, then run `action(credits, org_cfg)` against the store."""
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:
         org_cfg = cfg.organizations.get(args.org)
@@ -115,81 +96,24 @@ def _run(args: Any, action: Any) -> int:
     return with_store(args, go)
 
 
-def lot_dict(lot: Lot) -> dict[str, Any]:
-    return {
-        "id": lot.id,
-        "kind": lot.kind,
-        "source": lot.source,
-        "amount": format_usd(lot.amount),
-        "remaining": format_usd(lot.remaining),
-        "expired": format_usd(lot.expired),
-        "created": _when(lot.created_ms),
-        "expires": _when(lot.expires_ms),
-        "ref": lot.ref or None,
-        "amount_micro": lot.amount,
-        "remaining_micro": lot.remaining,
-        "expired_micro": lot.expired,
-        "created_ms": lot.created_ms,
-        "expires_ms": lot.expires_ms,
-    }
-
-
-def balance_dict(b: Balance) -> dict[str, Any]:
-    return {
-        "available": format_usd(b.available),
-        "lots_total": format_usd(b.lots_total),
-        "debt": format_usd(b.debt),
-        "held": format_usd(b.held),
-        "available_micro": b.available,
-        "lots_total_micro": b.lots_total,
-        "debt_micro": b.debt,
-        "held_micro": b.held,
-    }
-
-
-def event_dict(e: Event) -> dict[str, Any]:
-    amount = e.number("cost") if e.type == "debit" else e.number("amount")
-    out: dict[str, Any] = {"id": e.id, "type": e.type, "time": _when(e.ts), "ts_ms": e.ts}
-    out["amount"] = format_usd(amount)
-    out["amount_micro"] = amount
-    if e.type == "debit":
-        out["extra"] = format_usd(e.number("extra"))
-    out.update({f: e.fields[f] for f in EVENT_FIELDS if e.fields.get(f)})
-    return out
-
-
-def reload_dict(settings: ReloadSettings | None, org_cfg: Any) -> dict[str, Any]:
-    payment = org_cfg.billing.payment.provider
-    if settings is None:
-        return {"enabled": False, "payment_provider": payment}
-    return {
-        "enabled": True,
-        "threshold": format_usd(settings.threshold),
-        "target": format_usd(settings.target),
-        "source": settings.source,
-        "payment_provider": payment,
-    }
-
-
 def _events_table(events: list[Event]) -> None:
     rows = []
     for e in events:
-        d = event_dict(e)
+        d = e.to_dict()
         d["detail"] = " ".join(f"{f}={d[f]}" for f in EVENT_FIELDS if f in d)
         rows.append(d)
     print_rows(rows, ("time", "type", "amount", "detail"))
 
 
 # The JSON shapes above are shared with the admin API (proxy/admin/credits.py).
-_lot, _balance, _event, _reload = lot_dict, balance_dict, event_dict, reload_dict
 
 
 # --- commands ----------------------------------------------------------------------------
 def _added(args: Any, lot: Lot, balance: Balance) -> int:
     if args.format == "json":
-        print(json.dumps({"lot": lot_dict(lot), "balance": balance_dict(balance)}))
+        print(json.dumps({"lot": lot.to_dict(), "balance": balance.to_dict()}))
     else:
-        expires = _when(lot.expires_ms)
+        expires = when(lot.expires_ms)
         print(f"{lot.kind} lot {lot.id}: {format_usd(lot.amount)} USD, expires {expires}")
         if lot.repaid:
             print(f"repaid debt: {format_usd(lot.repaid)} USD")
@@ -198,8 +122,6 @@ def _added(args: Any, lot: Lot, balance: Balance) -> int:
 
 
 def buy(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED
-
     try:
         amount = _amount(args.amount)
     except ValueError as e:
@@ -213,14 +135,12 @@ def buy(args: Any) -> int:
 
 
 def grant(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, EXIT_USAGE
-
     try:
         amount = _amount(args.amount)
     except ValueError as e:
         return _fail(str(e), EXIT_REFUSED)
     try:
-        expires_in = parse_duration(args.expires_in) if args.expires_in else None
+        expires_in = parse_period(args.expires_in) if args.expires_in else None
     except ValueError as e:
         return _fail(f"--expires-in: {e}", EXIT_USAGE)
 
@@ -238,15 +158,15 @@ def show(args: Any) -> int:
         lots = await credits.lots(args.org)
         events = await credits.history(args.org, max(args.events, 0))
         settings = await credits.reload_settings(args.org, org_cfg.billing.auto_reload)
-        reload = reload_dict(settings, org_cfg)
+        reload = reload_dict(settings, org_cfg.billing.payment.provider)
         if args.format == "json":
             out = {
                 "org": args.org,
                 "mode": org_cfg.billing.mode,
-                "balance": balance_dict(balance),
+                "balance": balance.to_dict(),
                 "auto_reload": reload,
-                "lots": [lot_dict(lot) for lot in lots],
-                "events": [event_dict(e) for e in events],
+                "lots": [lot.to_dict() for lot in lots],
+                "events": [e.to_dict() for e in events],
             }
             print(json.dumps(out))
             return 0
@@ -265,7 +185,7 @@ def show(args: Any) -> int:
         print()
         if lots:
             cols = ("id", "kind", "amount", "remaining", "expires", "expired", "source")
-            print_rows([lot_dict(lot) for lot in lots], cols)
+            print_rows([lot.to_dict() for lot in lots], cols)
         else:
             print("no lots")
         if events:
@@ -280,7 +200,7 @@ def history(args: Any) -> int:
     async def action(credits: Credits, org_cfg: Any) -> int:
         events = await credits.history(args.org, max(args.limit, 0))
         if args.format == "json":
-            print(json.dumps([event_dict(e) for e in events]))
+            print(json.dumps([e.to_dict() for e in events]))
         elif events:
             _events_table(events)
         else:
@@ -291,8 +211,6 @@ def history(args: Any) -> int:
 
 
 def auto_reload(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, EXIT_USAGE
-
     pair = args.threshold is not None or args.target is not None
     if sum((pair, args.off, args.clear)) != 1:
         return _fail("give --threshold and --target, or --off, or --clear", EXIT_USAGE)
@@ -312,7 +230,7 @@ def auto_reload(args: Any) -> int:
         else:
             await credits.set_reload(args.org, threshold, target)
         settings = await credits.reload_settings(args.org, org_cfg.billing.auto_reload)
-        reload = reload_dict(settings, org_cfg)
+        reload = reload_dict(settings, org_cfg.billing.payment.provider)
         if args.format == "json":
             print(json.dumps({"org": args.org, "auto_reload": reload}))
         elif reload["enabled"]:

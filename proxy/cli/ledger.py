@@ -48,7 +48,7 @@ def _orgs(cfg: Any, org: str | None) -> list[str] | None:
 
 
 def cmd_reconcile(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, EXIT_USAGE, with_store
+    from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:
         orgs = _orgs(cfg, args.org)
@@ -75,7 +75,7 @@ def month_bounds(month: str, timezone: str) -> tuple[int, int]:
 
 
 def cmd_export(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
+    from tollway.proxy.cli.common import EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:
         orgs = _orgs(cfg, args.org)

@@ -1,74 +1,34 @@
 """The `tollway` command line.
 
-Exit codes: 0 success; 1 the operation was refused (unknown key, bad amount...); 2 usage
-or config errors; 3 the store is unavailable.
+Exit codes (`tollway.proxy.cli.common`): 0 success; 1 the operation was refused (unknown
+key, bad amount...); 2 usage or config errors; 3 the store is unavailable.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tollway.config import ConfigError, load_config
 from tollway.config.reload import ConfigHolder
-from tollway.limits.embedded import data_dir_for
-from tollway.limits.errors import LimitsError, StoreUnavailable
-from tollway.limits.history import History
-from tollway.limits.ledgerdb import open_ledger
+from tollway.proxy.cli import admins as cli_admins
+from tollway.proxy.cli import credits as cli_credits
+from tollway.proxy.cli import keys as cli_keys
+from tollway.proxy.cli import ledger as cli_ledger
+from tollway.proxy.cli import reports as cli_ops
+from tollway.proxy.cli import spend as cli_spend
+from tollway.proxy.cli import users as cli_users
+from tollway.proxy.cli.common import EXIT_USAGE, load_setup
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.runtime import logs
-from tollway.proxy.runtime.locate import config_path, store_url, version
-
-EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
-
-# Subcommand modules register themselves here: (name, add_parser(subparsers)).
-COMMANDS: list[Callable[[Any], None]] = []
-
-
-def _load(path_arg: str | None, *, secrets: bool = False):
-    """The config of this setup. Only `serve` needs the upstream keys' variables set."""
-    path = config_path(path_arg)
-    if not path.exists():
-        from tollway.proxy.runtime.serve import default_config_hint
-
-        raise SystemExit(_fail(default_config_hint(path), EXIT_USAGE))
-    try:
-        return path, load_config(path, secrets=secrets)
-    except ConfigError as e:
-        raise SystemExit(_fail(str(e), EXIT_USAGE)) from None
-
-
-def with_store(args: Any, fn: Callable[[Any, Any], Coroutine[Any, Any, int]]) -> int:
-    """Run `fn(cfg, store)` against this setup's store; map store errors to exit codes."""
-    path, cfg = _load(args.config)
-    handle = store_url(cfg, path)
-
-    async def go() -> int:
-        store = handle.open(cfg)
-        store.history = History(store, open_ledger(cfg.ledger.url, data_dir_for(path)))
-        try:
-            return await fn(cfg, store)
-        finally:
-            await store.history.close()
-            await store.close()
-
-    try:
-        return asyncio.run(go())
-    except StoreUnavailable as e:
-        return _fail(f"store unavailable: {e}", EXIT_STORE)
-    except LimitsError as e:
-        return _fail(str(e), EXIT_REFUSED)
-    finally:
-        handle.stop()
+from tollway.proxy.runtime.locate import store_url, version
 
 
 def cmd_serve(args: Any) -> int:
     from tollway.proxy.runtime.serve import run
 
-    path, cfg = _load(args.config, secrets=True)
+    path, cfg = load_setup(args.config, secrets=True)
     logs.setup(args.log_level)
     holder = ConfigHolder(cfg)
     host = args.host or cfg.server.host
@@ -133,14 +93,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the YAML config file to check")
     p.set_defaults(func=cmd_check_config)
 
-    from tollway.proxy.cli import admins as cli_admins
-    from tollway.proxy.cli import credits as cli_credits
-    from tollway.proxy.cli import keys as cli_keys
-    from tollway.proxy.cli import ledger as cli_ledger
-    from tollway.proxy.cli import reports as cli_ops
-    from tollway.proxy.cli import spend as cli_spend
-    from tollway.proxy.cli import users as cli_users
-
     cli_keys.register(sub)
     cli_admins.register(sub)
     cli_credits.register(sub)
@@ -148,8 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     cli_spend.register(sub)
     cli_users.register(sub)
     cli_ledger.register(sub)
-    for register in COMMANDS:
-        register(sub)
     return parser
 
 

@@ -1,6 +1,6 @@
 """`tollway usage`, `tollway session`, `tollway sessions` and `tollway recommend`.
 
-Exit codes as in `tollway.proxy.cli.main`: 0 ok; 1 refused (no such session); 2 usage or
+Exit codes as in `tollway.proxy.cli.common`: 0 ok; 1 refused (no such session); 2 usage or
 config errors (unknown organization, bad date, bad number of users); 3 the store is unavailable.
 ``--format json`` (and ``csv`` for usage, ``yaml`` for recommend) print only the data, for
 pipes; ``table`` is for people.
@@ -20,6 +20,7 @@ from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import SystemClock
 from tollway.limits.meter import periods
 from tollway.limits.money import format_usd
+from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import format_table
 
@@ -127,8 +128,6 @@ def register(sub: Any) -> None:
 
 
 def usage(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
@@ -235,8 +234,6 @@ def session_text(s: reports.SessionReport) -> str:
 
 
 def session(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         if args.org is not None and args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
@@ -255,8 +252,6 @@ def session(args: Any) -> int:
 
 
 def sessions(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
@@ -339,8 +334,6 @@ def recommend_text(r: sizing.Recommendation, org: str) -> str:
 
 
 def recommend(args: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_USAGE
-
     try:
         r = sizing.recommend(args.users)
     except ValueError as e:

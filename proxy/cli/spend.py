@@ -25,6 +25,7 @@ from tollway.limits.money import format_usd, parse_usd
 from tollway.limits.spend import UNLIMITED, Spend, SpendError, UnknownName
 from tollway.limits.statement import statement_csv
 from tollway.limits.users import RuntimeUsers
+from tollway.proxy.cli.common import EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
@@ -143,7 +144,6 @@ def _cap_arg(text: str) -> int | str:
 def _run(args: Any, action: Action) -> int:
     """Check the organization, then run `action(spend)` against the store. An unknown
     name is a usage error (2); any other refusal exits 1 (see `with_store`)."""
-    from tollway.proxy.cli.main import EXIT_USAGE, with_store
 
     async def go(cfg: Any, store: Any) -> int:
         if args.org not in cfg.organizations:

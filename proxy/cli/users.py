@@ -2,7 +2,7 @@
 time, with no YAML edit (precedence in `tollway.config.overlay`: the YAML declares,
 run-time settings override, ``default`` falls back to the YAML).
 
-Exit codes as in `tollway.proxy.cli.main`: 1 refused (the user exists, or is unknown),
+Exit codes as in `tollway.proxy.cli.common`: 1 refused (the user exists, or is unknown),
 2 usage errors (unknown organization, tier or workspace; a bad limit or amount).
 """
 
@@ -19,6 +19,7 @@ from tollway.limits.money import parse_usd
 from tollway.limits.seats import UNLIMITED
 from tollway.limits.spend import Spend
 from tollway.limits.users import CLEAR, LIMIT_NAMES, RuntimeUsers, UserError, describe
+from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
@@ -107,8 +108,6 @@ def _show(rows: list[dict[str, Any]], fmt: str) -> None:
 
 
 def _run(args: Any, action: Any) -> int:
-    from tollway.proxy.cli.main import EXIT_REFUSED, EXIT_USAGE, with_store
-
     async def go(cfg: Any, store: Any) -> int:
         org_cfg = cfg.organizations.get(args.org)
         if org_cfg is None:

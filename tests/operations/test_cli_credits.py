@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from tollway.limits.durations import parse_period
 from tollway.proxy.cli import main as cli
-from tollway.proxy.cli.credits import parse_duration
 
 CONFIG = """
 store: {{key_prefix: {prefix}}}
@@ -109,8 +109,8 @@ def test_grant_durations_and_default_expiry(run):
     assert lot["lot"]["expires_ms"] - lot["lot"]["created_ms"] == 30 * DAY  # promo_expiry_days
     assert lot["lot"]["kind"] == "promotional" and lot["lot"]["amount"] == "0.000001"
     assert lot["balance"]["available"] == "1.000001"
-    assert parse_duration("90d") == timedelta(days=90)
-    assert parse_duration("48h") == timedelta(hours=48)
+    assert parse_period("90d") == timedelta(days=90)
+    assert parse_period("48h") == timedelta(hours=48)
     before = run.snapshot()
     for bad in ("3m", "0d", "90", "d", "-1d", "1.5d"):
         code, _, err = run(
