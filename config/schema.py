@@ -7,7 +7,7 @@ tasks and swapped whole on reload without anyone mutating it.
 Units, once and for all:
 
 - money (prices, caps, included usage, auto-reload) is integer micro-USD, written in YAML as
-  USD with at most 6 decimals and parsed exactly by ``tollway.limits.money.parse_usd``;
+  USD with at most 6 decimals and parsed exactly by ``tollway.config.money.parse_usd``;
 - prices are micro-USD per million tokens;
 - limits are per minute: ``tpm``/``input_tpm``/``output_tpm`` are integers, ``rpm`` is a
   ``Decimal`` with at most 3 decimals (per-user shares such as 0.37 are fractional);
@@ -38,6 +38,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from tollway.config.money import format_usd
+from tollway.config.pricebook import PriceBook
 from tollway.config.pricing import Price, PriceAliases, check_prices
 from tollway.config.values import (
     Cap,
@@ -59,8 +61,6 @@ from tollway.config.values import (
     integer,
     resolve_secret,
 )
-from tollway.limits.money import format_usd
-from tollway.limits.prices import PriceBook
 
 # ---- models ------------------------------------------------------------------------------
 
@@ -191,6 +191,11 @@ class MeteringConfig(FrozenModel):
     against it (see ``tollway.config.pricing``)."""
     max_tool_requests: PositiveInt = 1_000
     """The same ceiling for one request's count of server-side tool requests."""
+    default_output_tokens: PositiveInt = 1024
+    """Output tokens a request is expected to produce (held against money limits at
+    admission) while nothing is learned yet for its organization and model; the request's
+    declared maximum (max_tokens...) lowers it. Once learned, a high percentile of the
+    organization's real outputs on that model replaces it (docs/spend.md)."""
     drain_max_bytes: PositiveInt = 16_777_216
     """After a client leaves a metered stream, Tollway reads on (without relaying) until
     the upstream's usage arrives, at most this many bytes..."""
@@ -210,6 +215,9 @@ class Limits(FrozenModel):
     tpm: Count | None = None
     input_tpm: Count | None = None
     output_tpm: Count | None = None
+    max_in_flight: PositiveInt | None = None
+    """At most this many admitted requests not yet settled at once (exact; a request
+    beyond it is refused with a rate-limit error)."""
 
     def per_minute(self, kind: LimitKind) -> Decimal | None:
         value = getattr(self, kind)
@@ -439,7 +447,7 @@ class Config(FrozenModel):
 
     @property
     def price_book(self) -> PriceBook:
-        """The prices, looked up by model name (``tollway.limits.prices.PriceBook``)."""
+        """The prices, looked up by model name (``tollway.config.pricebook.PriceBook``)."""
         return self._book
 
     @property

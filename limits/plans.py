@@ -5,7 +5,7 @@ Pure functions of (config, principal, model): no Redis here. `meter.py` runs the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -78,8 +78,9 @@ def user_workspace(org_cfg: Any, principal: Principal) -> str | None:
     return user.workspace if user is not None else None
 
 
-def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[BucketSpec]:
-    """Every bucket that applies to this request, organization level first."""
+def limit_levels(org_cfg: Any, principal: Principal, model: str | None) -> list[tuple[str, Any]]:
+    """(scope, Limits) of every level whose limits apply to this request, organization
+    level first."""
     levels: list[tuple[str, Any]] = [(Scope.ORG, org_cfg.limits)]
     if model and model in org_cfg.model_limits:
         levels.append((Scope.model(model), org_cfg.model_limits[model]))
@@ -90,7 +91,12 @@ def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[
         levels.append((Scope.user(principal.user), org_cfg.users[principal.user].limits))
     if principal.key_limits is not None:
         levels.append((Scope.key(principal.key_id), principal.key_limits))
-    return specs_of(levels)
+    return levels
+
+
+def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[BucketSpec]:
+    """Every bucket that applies to this request, organization level first."""
+    return specs_of(limit_levels(org_cfg, principal, model))
 
 
 def specs_of(levels: list[tuple[str, Any]]) -> list[BucketSpec]:
@@ -159,6 +165,10 @@ class CapPlan:
     label: str
     labels: tuple[str, ...]
     period: str = "month"  # the hash `spent` is read from: month | day | week
+    overshoot: str = field(init=False, default="")  # month field: Fields.over(spent)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overshoot", Fields.over(self.spent))
 
     def source(self, overrides: dict[str, str]) -> tuple[str | None, str]:
         """(the override in force or None, the label a refusal names) under `overrides`."""

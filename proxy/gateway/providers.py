@@ -173,6 +173,9 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
         else:
             msg = f"Rate limit reached for {decision.detail}. Please try again in {seconds}s."
         return Problem(429, kind, msg, retry_after_s=max(seconds, 1))
+    if reason is Refusal.IN_FLIGHT:
+        msg = f"Too many requests in flight: {decision.detail} reached. Please try again in 1s."
+        return Problem(429, "rate", msg, retry_after_s=1)
     if reason is Refusal.CREDIT:
         msg = (
             "Your organization's credit balance is too low: its prepaid Tollway credit is used up."

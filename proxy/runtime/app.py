@@ -8,11 +8,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from tollway.config.overlay import Overlay
+from tollway.config.reload import ConfigSource
 from tollway.limits.apikeys import REVOCATION_POLL, ApiKeys
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
@@ -21,6 +21,7 @@ from tollway.limits.history import History
 from tollway.limits.journal import Journal, Replayer
 from tollway.limits.ledgerdb import open_ledger
 from tollway.limits.meter import Meter
+from tollway.limits.outcomes import Charge
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
@@ -33,13 +34,14 @@ from tollway.proxy.gateway.routes import ROUTES
 from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
+from tollway.proxy.runtime import digest
 from tollway.proxy.runtime.alerts import AlertSender
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.shipping import ShippingTask
 
 log = logging.getLogger("tollway")
 
-HOLDER = web.AppKey("holder", Any)
+HOLDER = web.AppKey("holder", Overlay)
 USERS = web.AppKey("users", RuntimeUsers)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
@@ -61,7 +63,7 @@ SETTLE_WAIT = 10.0  # seconds shutdown waits for cut requests to settle
 
 
 def create_app(
-    holder: Any,
+    holder: ConfigSource,
     store: Store,
     clock: Clock | None = None,
     metrics: Metrics | None = None,
@@ -123,6 +125,9 @@ def create_app(
     app.add_subapp("/admin", admin)
     setup_console(app, admin[ADMIN])
     limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
+    if cfg.notifications.limit_requests_webhook is not None:
+        spend = app[limit_requests.SPEND]
+        app.cleanup_ctx.append(digest.lifecycle(holder, spend, app[CLOCK]))
     # Last: any other /v1 path is answered (404 in the provider's format), never forwarded.
     app.router.add_route("*", "/v1/{tail:.*}", _proxy_view)
     return app
@@ -216,7 +221,7 @@ async def _journal(app: web.Application) -> AsyncIterator[None]:
     app[JOURNAL] = journal
     history = app[STORE].history
 
-    async def replay(entry: Any) -> Any:
+    async def replay(entry: Charge) -> object:
         # The settled marker lives store.settled_ttl_seconds; a replay may come later, so
         # the ledger (every settlement's event) is asked first.
         if await history.settled(entry.principal.org, entry.rid):
