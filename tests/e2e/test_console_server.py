@@ -51,3 +51,20 @@ def test_a_session_ends_on_sign_out(stack_factory, monkeypatch):
     headers = {"x-csrf-token": who["csrf"]}
     assert s.delete(stack.url + "/console/session", headers=headers, timeout=10).ok
     assert s.get(stack.url + "/admin/orgs/acme/users/alice", timeout=10).status_code == 401
+
+
+def test_a_member_session_ends_when_the_key_expires(stack_factory, monkeypatch):
+    monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", "operator-" + "k" * 30)
+    stack = stack_factory(ORGS.replace("acme: {}", "acme: {users: {alice: {}}}"))
+    r = requests.post(
+        stack.url + "/admin/orgs/acme/keys",
+        json={"user": "alice", "name": "short", "expires_in": "1h"},
+        headers={"authorization": "Bearer operator-" + "k" * 30},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
+    s = requests.Session()
+    assert s.post(stack.url + "/console/session", json={"secret": r.json()["key"]}, timeout=10).ok
+    assert s.get(stack.url + "/admin/orgs/acme/users/alice", timeout=10).status_code == 200
+    stack.clock.advance(seconds=3601)
+    assert s.get(stack.url + "/admin/orgs/acme/users/alice", timeout=10).status_code == 401
