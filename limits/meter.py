@@ -40,6 +40,18 @@ def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
     return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), int(next_month.timestamp() * 1000)
 
 
+def _session_budget(
+    principal: Principal, session: str | None, asked: int | None
+) -> scriptplans.SessionBudget | None:
+    """The budget of the request's session: the lower of the key's and the one the
+    client sent; None without a session or a budget."""
+    own = principal.key_limits.session_budget if principal.key_limits else None
+    found = [b for b in (own, asked) if b is not None]
+    if session is None or not found:
+        return None
+    return scriptplans.SessionBudget(min(found), f"session '{session}' budget")
+
+
 def _period_of(money: Any, label: str) -> str:
     """The period (month | day | week) of the cap or budget a refusal named."""
     for c in (*money.caps, *money.budgets) if money is not None else ():
@@ -100,6 +112,8 @@ class Meter:
         est_cost: int | None,
         max_output: int | None = None,
         output_price: int | None = None,
+        session: str | None = None,
+        session_budget: int | None = None,
     ) -> Decision:
         """Check every limit and take the request's share, or refuse and take nothing.
 
@@ -108,7 +122,9 @@ class Meter:
         tokens) the money limits hold the request's expected cost: the input cost
         corrected by what settlements learned, plus its expected output (`max_output`, the
         declared maximum, capped by the learned high percentile of the organization's
-        outputs on `model`, or the configured default). Without it they hold `est_cost`."""
+        outputs on `model`, or the configured default). Without it they hold `est_cost`.
+        `session_budget` (micro-USD) caps what the `session` id spends; the key's own
+        session budget applies too, whichever is lower."""
         cfg = self.config()
         cfg.organizations[principal.org]  # KeyError for an organization not in the config
         now = self.clock.now_ms()
@@ -122,10 +138,18 @@ class Meter:
         if money is not None and output_price is not None and parts.learn is not None:
             declared = -1 if max_output is None else max_output
             expect = ExpectPlan(output_price, declared, parts.default_output, parts.learn)
+        budget = _session_budget(principal, session, session_budget) if money else None
         plan = replace(
-            parts.admit, est_tokens=est_tokens, cost=est_cost or 0, money=money, expect=expect
+            parts.admit,
+            est_tokens=est_tokens,
+            cost=est_cost or 0,
+            money=money,
+            expect=expect,
+            session_budget=budget,
         )
-        keys = scriptplans.admit_keys(self.keys, org, rid, month, principal.key_id, win)
+        keys = scriptplans.admit_keys(
+            self.keys, org, rid, month, principal.key_id, win, session or "-"
+        )
         keys += parts.bucket_keys
         raw = await self.store.run("admit", keys, [now, rid, scriptplans.encode(plan)])
         admitted, detail, retry = int(raw[0]), raw[2], int(raw[3])

@@ -36,6 +36,7 @@ ADMIT_KEYS = (
     "pweek",
     "held",
     "learned",
+    "session",
 )
 SETTLE_KEYS = (
     "hold",
@@ -128,6 +129,15 @@ class AdmitPlan:
     cost: int = 0  # estimated input cost (micro-USD)
     money: MoneyPlan | None = None
     expect: ExpectPlan | None = None  # None: hold `cost` as it is
+    session_budget: SessionBudget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBudget:
+    """A cap on what one session id spends (the session hash's `cost`), named `label`."""
+
+    cap: int
+    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,11 +248,12 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             prepaid=prepaid,
             seat=seat,
             extra=plans.extra_plan(org_cfg, principal),
-            caps=tuple(plans.cap_plans(org_cfg, principal)),
+            caps=(*plans.cap_plans(org_cfg, principal), *plans.model_cap_plans(org_cfg, model)),
             budgets=tuple(plans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
             reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
+    model_scopes = [] if org_cfg is None else plans.model_cap_scopes(org_cfg, model)
     buckets = tuple(s.plan() for s in specs)
     flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
     learn = LearnPlan.of(model) if model else None
@@ -257,7 +268,9 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
         settle=SettleStatic(
             prepaid=prepaid,
             seat=seat,
-            month_fields=tuple(MonthFields(Fields.spend(s), Fields.extra(s)) for s in scopes),
+            month_fields=tuple(
+                MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
+            ),
             dims=(*scopes, Scope.model(model or "-")),
             buckets=buckets,
             hold_prefix=hp,
@@ -287,7 +300,9 @@ def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[
     return out
 
 
-def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows) -> list[str]:
+def admit_keys(
+    k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows, session: str = "-"
+) -> list[str]:
     """admit.lua's fixed KEYS, in the order of ADMIT_KEYS."""
     return [
         k.hold(org, rid),
@@ -303,6 +318,7 @@ def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Window
         k.period(org, win.week),
         k.held(org),
         k.learned(org),
+        k.session(org, session),
     ]
 
 

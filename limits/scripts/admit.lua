@@ -16,6 +16,7 @@ KEYS (named in this order by limits/scriptplans.py ADMIT_KEYS)
   held       tw:{org}:held           what requests in flight hold: month fields (micro-USD)
                                      and flight:<scope> counts
   learned    tw:{org}:learned        what settle.lua learned per model (rkeys.Fields.learned)
+  session    tw:{org}:sess:<id>      the request's session (field cost), any name without one
   then the buckets, one per entry of plan.buckets, in the same order
 
 ARGV
@@ -37,6 +38,8 @@ ARGV
                cap, else `label`; `spent` is read from the period's hash (month|day|week)
       budgets  [CapPlan, ...]: caps checked whether the spend is included or not (a
                key's budget)
+    session_budget  {cap, label} or null: the session's spend (its hash's cost) must be
+               below cap (scriptplans.SessionBudget)
 
   Every money limit admits while settled + held < limit (held: what admitted requests not
   yet settled hold); an admitted request holds its expected cost against each of them.
@@ -53,7 +56,7 @@ RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local plan = cjson.decode(ARGV[3])
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'overrides', 'apikey', 'pday', 'pweek', 'held', 'learned'})
+  'month', 'overrides', 'apikey', 'pday', 'pweek', 'held', 'learned', 'session'})
 local PERIOD = {month = K.month, day = K.pday, week = K.pweek}
 
 -- What a cap's `spent` field holds in its period (plans.CapPlan.period).
@@ -164,6 +167,12 @@ local function check_money(money, cost, hold)
       return 'cap', b.label .. '|' .. int(b.cap)
     end
     hold[b.spent] = cost
+  end
+  -- A session's budget counts what it settled (requests in flight are not held per
+  -- session: a burst inside one session may overshoot by what is in flight).
+  local sb = opt(plan.session_budget)
+  if sb and num(redis.call('HGET', K.session, 'cost')) >= sb.cap then
+    return 'cap', sb.label .. '|' .. int(sb.cap)
   end
   local extra = cost
   local seat = opt(money.seat)

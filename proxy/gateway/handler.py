@@ -25,12 +25,19 @@ from tollway.limits.errors import StoreUnavailable
 from tollway.limits.meter import Meter
 from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.prices import cost_micro, rates_for
-from tollway.limits.usage import Usage
+from tollway.limits.usage import Usage, tier_name
 from tollway.proxy.gateway import models_list, passthrough, providers, routes
 from tollway.proxy.gateway.call import Call, Reject
 from tollway.proxy.gateway.forward import Drain, Relayed, relay, relay_whole, upstream_headers
 from tollway.proxy.gateway.identify import identify, request_secret
-from tollway.proxy.gateway.inbound import escapes, parse, read_body, session_id
+from tollway.proxy.gateway.inbound import (
+    BUDGET_HEADER,
+    escapes,
+    parse,
+    read_body,
+    session_budget,
+    session_id,
+)
 from tollway.proxy.gateway.member_requests import refusal_hint
 from tollway.proxy.gateway.providers import OPENAI, Problem
 from tollway.proxy.gateway.settling import Settler
@@ -191,8 +198,11 @@ class ProxyHandler:
         body, call.strip = self._with_stream_usage(call, payload, body)
         principal = call.principal
         assert principal is not None
+        call.session = session_id(request, cfg)
+        budget = session_budget(request.headers)
+        # The hold is priced at the tier the request asks for (OpenAI service_tier).
+        estimate = Usage(input_tokens=est, service_tier=tier_name(payload.get("service_tier")))
         try:
-            estimate = Usage(input_tokens=est)
             decision = await self.meter.admit(
                 principal,
                 call.rid,
@@ -201,6 +211,8 @@ class ProxyHandler:
                 cost_micro(price, estimate),
                 max_output=declared_max_output(payload),
                 output_price=rates_for(price, estimate).output,
+                session=call.session,
+                session_budget=budget,
             )
         except StoreUnavailable:
             # The admit may still run on a slow store, after we answered: give it back.
@@ -220,7 +232,6 @@ class ProxyHandler:
             problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)
             raise Reject(problem, call.headers)
         self.metrics.added_latency.observe(time.perf_counter() - call.started)
-        call.session = session_id(request, cfg)
         return await self._forward_metered(request, call, cfg, body)
 
     def _usable(self, cfg: Config, call: Call) -> models_list.Usable:
@@ -275,7 +286,7 @@ class ProxyHandler:
                 sock_connect=cfg.server.upstream_connect_timeout,
                 sock_read=up.timeout or cfg.server.upstream_read_timeout,
             )
-            drop = frozenset(h.lower() for h in cfg.server.session_headers)
+            drop = frozenset(h.lower() for h in cfg.server.session_headers) | {BUDGET_HEADER}
             hit = self._upstreams[call.provider] = (up.base_url, auth, timeout, drop)
         return hit
 

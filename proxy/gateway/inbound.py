@@ -1,4 +1,4 @@
-"""What a request brings in: its body (bounded), its JSON, its session id, and the model
+"""What a request brings in: its body (bounded), its JSON, its session id and budget, and the model
 id of its path. Each refusal is a `Reject` in the caller's format, before anything was
 forwarded."""
 
@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from tollway.config.schema import Config
+from tollway.limits.money import parse_usd
 from tollway.proxy.gateway.call import Reject
 from tollway.proxy.gateway.providers import Problem
 
@@ -54,3 +55,17 @@ def session_id(request: web.Request, cfg: Config) -> str | None:
             # store cannot encode: the settlement would fail.
             return value[:128].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     return None
+
+
+BUDGET_HEADER = "x-tollway-session-budget"  # USD a client allows its session (not forwarded)
+
+
+def session_budget(headers: Any) -> int | None:
+    """The session budget a client sent (micro-USD); a malformed one is a 400."""
+    value = headers.get(BUDGET_HEADER)
+    if value is None:
+        return None
+    try:
+        return parse_usd(value.strip())
+    except ValueError as e:
+        raise Reject(Problem(400, "bad_request", f"{BUDGET_HEADER}: {e}")) from None
