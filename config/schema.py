@@ -333,6 +333,9 @@ class Organization(FrozenModel):
     billing: Billing = Billing()
     spend_caps: SpendCaps = SpendCaps()
     extra_usage: ExtraUsage = ExtraUsage()
+    model_caps: ModelMap[SpendCaps] = Field(default_factory=empty_map)
+    """Dollar caps per model name or pattern (``claude-opus-*``): monthly, daily, weekly,
+    on the organization's extra usage of the models it matches."""
     seat_tiers: FrozenMap[SeatTier] = Field(default_factory=empty_map)
     workspaces: FrozenMap[Workspace] = Field(default_factory=empty_map)
     users: FrozenMap[User] = Field(default_factory=empty_map)

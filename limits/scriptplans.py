@@ -59,6 +59,7 @@ SETTLE_KEYS = (
 )
 LEARN_WINDOW = 100  # output counts kept per model; input sums are halved at this count
 LEARN_QUANTILE = 0.95  # of the latest outputs: the expected output of a request
+LEARN_EVERY = 10  # the percentile is recomputed on the first output and every 10 after it
 LEARN_MIN_ESTIMATE = 16  # input estimates below this teach nothing (their ratio is noise)
 
 
@@ -76,21 +77,25 @@ class MoneyPlan:
 @dataclass(frozen=True, slots=True)
 class LearnPlan:
     """Fields of the learned hash for one model (rkeys.Fields.learned) and how settle.lua
-    learns: the `quantile` of the latest `window` outputs; input sums halved every
-    `window` requests; estimates below `min_estimate` tokens skipped."""
+    learns: the `quantile` of the latest `window` outputs, recomputed every `every`
+    outputs (`out_n` counts them); input sums halved every `window` requests; estimates
+    below `min_estimate` tokens skipped."""
 
     out: str
+    out_n: str
     in_real: str
     in_est: str
     in_n: str
     window: int = LEARN_WINDOW
     quantile: float = LEARN_QUANTILE
+    every: int = LEARN_EVERY
     min_estimate: int = LEARN_MIN_ESTIMATE
 
     @classmethod
     def of(cls, model: str) -> LearnPlan:
         f = Fields.learned
-        return cls(f("out", model), f("in_real", model), f("in_est", model), f("in_n", model))
+        names = ("out", "out_n", "in_real", "in_est", "in_n")
+        return cls(*(f(name, model) for name in names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,11 +248,12 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             prepaid=prepaid,
             seat=seat,
             extra=plans.extra_plan(org_cfg, principal),
-            caps=tuple(plans.cap_plans(org_cfg, principal)),
+            caps=(*plans.cap_plans(org_cfg, principal), *plans.model_cap_plans(org_cfg, model)),
             budgets=tuple(plans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
             reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
+    model_scopes = [] if org_cfg is None else plans.model_cap_scopes(org_cfg, model)
     buckets = tuple(s.plan() for s in specs)
     flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
     learn = LearnPlan.of(model) if model else None
@@ -262,7 +268,9 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
         settle=SettleStatic(
             prepaid=prepaid,
             seat=seat,
-            month_fields=tuple(MonthFields(Fields.spend(s), Fields.extra(s)) for s in scopes),
+            month_fields=tuple(
+                MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
+            ),
             dims=(*scopes, Scope.model(model or "-")),
             buckets=buckets,
             hold_prefix=hp,
