@@ -357,14 +357,6 @@ class Organization(FrozenModel):
             fail("Organization", *errors)
         return self
 
-    def user_cap(self, user_name: str) -> int | None:
-        """The user's effective own extra-usage cap in micro-USD (None: no per-user cap;
-        organization and workspace caps still apply). KeyError for an unknown user."""
-        user = self.users[user_name]
-        if user.cap_mode != "inherit":
-            return user.monthly_cap
-        return None if user.seat is None else self.seat_tiers[user.seat].monthly_cap
-
     def user_included(self, user_name: str) -> int:
         """Monthly usage included by the user's seat tier, micro-USD (0 without a seat)."""
         seat = self.users[user_name].seat
