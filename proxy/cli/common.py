@@ -20,7 +20,7 @@ from tollway.limits.errors import LimitsError, StoreUnavailable
 from tollway.limits.history import History
 from tollway.limits.ledgerdb import open_ledger
 from tollway.proxy.cli.output import fail as _fail
-from tollway.proxy.runtime.locate import config_path, store_url
+from tollway.proxy.runtime.locate import config_path, ledger_url, store_url
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
@@ -45,7 +45,7 @@ def with_store(args: Any, fn: Callable[[Any, Any], Coroutine[Any, Any, int]]) ->
 
     async def go() -> int:
         store = handle.open(cfg)
-        store.history = History(store, open_ledger(cfg.ledger.url, data_dir_for(path)))
+        store.history = History(store, open_ledger(ledger_url(cfg), data_dir_for(path)))
         try:
             return await fn(cfg, store)
         finally:

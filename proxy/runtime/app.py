@@ -38,6 +38,7 @@ from tollway.proxy.metrics import Metrics
 from tollway.proxy.runtime import digest
 from tollway.proxy.runtime.alerts import AlertSender
 from tollway.proxy.runtime.autoreload import AutoReloader
+from tollway.proxy.runtime.locate import ledger_url
 from tollway.proxy.runtime.shipping import ShippingTask
 
 log = logging.getLogger("tollway")
@@ -96,7 +97,7 @@ def create_app(
     app[DATA_DIR] = Path(data_dir) if data_dir is not None else data_dir_for(cfg.source)
     store.observers.append(app[METRICS].observe_store)
     if store.history is None:  # the ledger database of this setup (ledger.url)
-        store.history = History(store, open_ledger(cfg.ledger.url, app[DATA_DIR]))
+        store.history = History(store, open_ledger(ledger_url(cfg), app[DATA_DIR]))
     shipper = Shipper(
         store, store.history.db, lambda: holder.current.organizations, cfg.ledger.ship_batch
     )
