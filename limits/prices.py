@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
+from tollway.limits.money import div_half_up
 from tollway.limits.usage import Usage
 
 PER_MILLION = 1_000_000
@@ -37,7 +38,7 @@ class Rates(Protocol):
 
 def round_micro(exact: int) -> int:
     """The rounding rule: an amount in 10⁻⁶ micro-USD → micro-USD, half up."""
-    return (exact + PER_MILLION // 2) // PER_MILLION
+    return div_half_up(exact, PER_MILLION)
 
 
 def rates_for(price: Any, usage: Usage) -> Any:

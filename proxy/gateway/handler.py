@@ -29,7 +29,7 @@ from tollway.limits.usage import Usage
 from tollway.proxy.gateway import providers
 from tollway.proxy.gateway.call import Call, Reject
 from tollway.proxy.gateway.forward import Drain, Relayed, relay, relay_whole, upstream_headers
-from tollway.proxy.gateway.identify import identify
+from tollway.proxy.gateway.identify import client_workspace, identify
 from tollway.proxy.gateway.member_requests import refusal_hint
 from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
 from tollway.proxy.gateway.settling import Settler
@@ -144,6 +144,7 @@ class ProxyHandler:
         if refresh is not None:  # run-time users of the organization (cached ~1 s)
             with contextlib.suppress(StoreUnavailable):  # admit applies the store policy
                 await refresh(call.principal.org)
+        call.principal = client_workspace(call.principal, request.headers, cfg)
         if _escapes(request.match_info.get("model_id", "")):
             raise Reject(Problem(404, "not_found", "No such model."))
         try:
