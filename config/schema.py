@@ -272,6 +272,10 @@ class Billing(FrozenModel):
 class SpendCaps(FrozenModel):
     monthly: Cap = None
     """Monthly cap on extra usage; null or "unlimited": no cap."""
+    daily: Cap = None
+    """Cap on extra usage per calendar day of server.timezone; null: none."""
+    weekly: Cap = None
+    """Cap on extra usage per calendar week (Monday to Sunday) of server.timezone."""
 
 
 class ExtraUsage(FrozenModel):

@@ -109,6 +109,9 @@ class ApiKeys:
             value = getattr(s.limits, limit) if s.limits is not None else None
             if value is not None:
                 record[limit] = str(value)
+        if s.limits is not None and s.limits.budget is not None:
+            record["budget"] = str(s.limits.budget)
+            record["budget_period"] = s.limits.budget_period
         k = self.keys
         client = self.store.client
         # The record first, the indexes after: a key is usable only once all three exist.
@@ -153,10 +156,9 @@ class ApiKeys:
         found = await self.store.call(
             "key_revocations", client.zrangebyscore, self.keys.revocations(), since, "+inf"
         )
-        for key_id in found:
-            if key_id not in self.revoked:
-                self.revoked.add(key_id)
-                self._forget_key(key_id)
+        # Cached records stay: `cached` refuses them, and `record` still tells the handler
+        # that a secret belongs to a revoked key (401, not "store unavailable").
+        self.revoked.update(found)
         self._polled_ms = now
 
     async def revoke(self, key_id: str) -> KeyRecord:
@@ -232,6 +234,9 @@ class ApiKeys:
         hit = self._cache.get(d)
         now = time.monotonic()
         if hit is not None and now - hit[1] < max_age:
+            if hit[0].key_id in self.revoked:
+                self._cache.pop(d, None)
+                raise UnknownKey("revoked key")
             self._cache.move_to_end(d)
             return hit[0]
         client = self.store.client

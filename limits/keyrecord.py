@@ -38,8 +38,11 @@ def parse_limit(name: str, text: str | int | Decimal) -> Decimal | int:
 
 
 def _limits(h: dict[str, str]) -> KeyLimits | None:
-    found = {name: parse_limit(name, h[name]) for name in LIMITS if h.get(name)}
-    return KeyLimits(**found) if found else None  # type: ignore[arg-type]
+    found: dict[str, Any] = {name: parse_limit(name, h[name]) for name in LIMITS if h.get(name)}
+    if h.get("budget"):
+        found["budget"] = int(h["budget"])
+        found["budget_period"] = h.get("budget_period") or "month"
+    return KeyLimits(**found) if found else None
 
 
 def new_secret() -> str:
@@ -175,4 +178,6 @@ class KeyRecord:
                 for name in LIMITS
                 for v in [getattr(self.limits, name) if self.limits else None]
             },
+            "budget_micro": self.limits.budget if self.limits else None,
+            "budget_period": self.limits.budget_period if self.limits else None,
         }

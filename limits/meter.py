@@ -26,6 +26,7 @@ from tollway.limits.outcomes import Settlement as Settlement
 from tollway.limits.plans import Principal
 from tollway.limits.scriptplans import SettlePlan, StaticParts
 from tollway.limits.store import Store
+from tollway.limits.windows import windows
 
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
 
@@ -36,6 +37,14 @@ def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
     year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
     next_month = datetime(year, month, 1, tzinfo=tz)
     return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), int(next_month.timestamp() * 1000)
+
+
+def _period_of(money: Any, label: str) -> str:
+    """The period (month | day | week) of the cap or budget a refusal named."""
+    for c in (*money.caps, *money.budgets) if money is not None else ():
+        if label == c.label or label in c.labels:
+            return c.period
+    return "month"
 
 
 class Meter:
@@ -96,12 +105,13 @@ class Meter:
         cfg.organizations[principal.org]  # KeyError for an organization not in the config
         now = self.clock.now_ms()
         month, _, next_month = self._periods(now, cfg.server.timezone)
+        win = windows(now, self._zone(cfg.server.timezone))
         parts = self._plan_parts(cfg, principal, model)
         specs = parts.specs
         org = principal.org
         money = parts.money if est_cost is not None else None
         plan = replace(parts.admit, est_tokens=est_tokens, cost=est_cost or 0, money=money)
-        keys = scriptplans.admit_keys(self.keys, org, rid, month, principal.key_id)
+        keys = scriptplans.admit_keys(self.keys, org, rid, month, principal.key_id, win)
         keys += parts.bucket_keys
         raw = await self.store.run("admit", keys, [now, rid, scriptplans.encode(plan)])
         admitted, detail, retry = int(raw[0]), raw[2], int(raw[3])
@@ -127,8 +137,10 @@ class Meter:
             )
         if reason is Refusal.CAP:
             label, _, cap = detail.rpartition("|")
+            ends = {"day": win.next_day_ms, "week": win.next_week_ms, "month": next_month}
+            resets = ends[_period_of(parts.money, label)]
             return Decision(
-                False, reason, label, resets_at_ms=next_month, amount=int(cap), buckets=states
+                False, reason, label, resets_at_ms=resets, amount=int(cap), buckets=states
             )
         if reason is Refusal.INCLUDED:
             return Decision(
@@ -136,14 +148,16 @@ class Meter:
             )
         return Decision(False, reason, detail, buckets=states)
 
-    async def release(self, principal: Principal, rid: str) -> bool:
+    async def release(self, principal: Principal, rid: str, keep_ms: int | None = None) -> bool:
         """Give back the admission of `rid`, which nobody waits for any more (its admit
-        timed out), and make an admission of it that runs later take nothing. True when
-        there was one to give back. Safe before or after the request's settlement."""
+        timed out; or a count_tokens request, done), and make an admission of it that runs
+        later take nothing (for `keep_ms`, default the hold TTL; 0: no such guard, for an
+        admission known to have run). True when there was one to give back. Safe before or
+        after the request's settlement."""
         cfg = self.config()
         k, org = self.keys, principal.org
         keys = [k.hold(org, rid), k.holds(org), k.account(org)]
-        ttl = cfg.store.hold_ttl_seconds * 1000
+        ttl = cfg.store.hold_ttl_seconds * 1000 if keep_ms is None else keep_ms
         return bool(await self.store.run("release", keys, [self.clock.now_ms(), rid, ttl]))
 
     async def settle(self, charge: Charge) -> Settlement:
@@ -155,6 +169,7 @@ class Meter:
         org, rid, usage = charge.principal.org, charge.rid, charge.usage
         now = self.clock.now_ms() if charge.now_ms is None else charge.now_ms
         month, day, _ = self._periods(now, cfg.server.timezone)
+        win = windows(now, self._zone(cfg.server.timezone))
         parts = self._plan_parts(cfg, charge.principal, charge.model)
         plan = SettlePlan(
             static=parts.settle,
@@ -166,7 +181,7 @@ class Meter:
             session_id=charge.session or "",
             upstream_ms=charge.upstream_ms,
         )
-        keys = scriptplans.settle_keys(self.keys, org, rid, month, day, charge.session or "-")
+        keys = scriptplans.settle_keys(self.keys, org, rid, month, day, charge.session or "-", win)
         keys += parts.bucket_keys
         raw = await self.store.run("settle", keys, [now, rid, scriptplans.encode(plan)])
         r = orjson.loads(raw)

@@ -25,6 +25,8 @@ class KeyLimits:
     tpm: int | None = None
     input_tpm: int | None = None
     output_tpm: int | None = None
+    budget: int | None = None  # micro-USD of spend per budget_period
+    budget_period: str = "month"  # day | week | month (calendar, server.timezone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +158,7 @@ class CapPlan:
     overrides: tuple[str, ...]
     label: str
     labels: tuple[str, ...]
+    period: str = "month"  # the hash `spent` is read from: month | day | week
 
     def source(self, overrides: dict[str, str]) -> tuple[str | None, str]:
         """(the override in force or None, the label a refusal names) under `overrides`."""
@@ -229,4 +232,31 @@ def cap_plans(org_cfg: Any, principal: Principal) -> list[CapPlan]:
             caps.append(CapPlan(spent, _cap(tier_cap), overrides, label, (user_label, label)))
         else:
             caps.append(CapPlan(spent, -1, (user_cap,), user_label, (user_label,)))
-    return caps
+    return caps + window_caps(org_cfg, principal)
+
+
+def window_caps(org_cfg: Any, principal: Principal) -> list[CapPlan]:
+    """Daily and weekly caps on extra usage of the organization and the workspace."""
+    levels = [(Scope.ORG, "organization", org_cfg.spend_caps)]
+    ws = user_workspace(org_cfg, principal)
+    if ws and ws in org_cfg.workspaces:
+        levels.append((Scope.ws(ws), f"workspace '{ws}'", org_cfg.workspaces[ws].spend_caps))
+    out = []
+    for scope, who, spend_caps in levels:
+        for period, value in (("day", spend_caps.daily), ("week", spend_caps.weekly)):
+            if value is not None:
+                label = f"{who} {period}ly".replace("dayly", "daily")
+                out.append(CapPlan(Fields.extra(scope), value, (), label, (), period))
+    return out
+
+
+def budget_plans(principal: Principal) -> list[CapPlan]:
+    """The key's own budget on all its spend (included or not), per calendar period."""
+    limits = principal.key_limits
+    if limits is None or limits.budget is None:
+        return []
+    period = limits.budget_period
+    label = f"key '{principal.key_id}' {period}ly budget".replace("dayly", "daily")
+    return [
+        CapPlan(Fields.spend(Scope.key(principal.key_id)), limits.budget, (), label, (), period)
+    ]

@@ -83,6 +83,11 @@ class Keys:
     def api_key(self, org: str, key_id: str) -> str:
         return self.org(org, "key", key_id)
 
+    def period(self, org: str, label: str) -> str:
+        """Spend of one day or week (``d2026-01-31``, ``w2026-W05``), fields as the month
+        hash's: what daily and weekly caps and budgets are checked against."""
+        return self.org(org, "per", label)
+
     def alert(self, org: str, what: str) -> str:
         """The claim of one threshold alert (`tollway.limits.alerts`)."""
         return self.org(org, "alert", what)

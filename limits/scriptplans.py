@@ -17,6 +17,7 @@ from tollway.limits import plans
 from tollway.limits.plans import BucketPlan, BucketSpec, CapPlan, ExtraPlan, Principal, SeatPlan
 from tollway.limits.rkeys import Fields, Keys, Scope
 from tollway.limits.usage import Usage
+from tollway.limits.windows import Windows
 
 KEEP_MS = 400 * 86_400_000  # month and day counters and sessions are kept ~13 months
 
@@ -31,6 +32,8 @@ ADMIT_KEYS = (
     "month",
     "overrides",
     "apikey",
+    "pday",
+    "pweek",
 )
 SETTLE_KEYS = (
     "hold",
@@ -45,6 +48,8 @@ SETTLE_KEYS = (
     "session",
     "overrides",
     "sessions",
+    "pday",
+    "pweek",
 )
 
 
@@ -56,6 +61,7 @@ class MoneyPlan:
     seat: SeatPlan | None
     extra: ExtraPlan
     caps: tuple[CapPlan, ...]
+    budgets: tuple[CapPlan, ...] = ()  # checked whether the spend is included or not
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +180,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             seat=seat,
             extra=plans.extra_plan(org_cfg, principal),
             caps=tuple(plans.cap_plans(org_cfg, principal)),
+            budgets=tuple(plans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
             reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
@@ -204,7 +211,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
     )
 
 
-def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str) -> list[str]:
+def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows) -> list[str]:
     """admit.lua's fixed KEYS, in the order of ADMIT_KEYS."""
     return [
         k.hold(org, rid),
@@ -216,10 +223,14 @@ def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str) -> list[str
         k.month(org, month),
         k.overrides(org),
         k.api_key(org, key_id),
+        k.period(org, win.day),
+        k.period(org, win.week),
     ]
 
 
-def settle_keys(k: Keys, org: str, rid: str, month: str, day: str, session: str) -> list[str]:
+def settle_keys(
+    k: Keys, org: str, rid: str, month: str, day: str, session: str, win: Windows
+) -> list[str]:
     """settle.lua's fixed KEYS, in the order of SETTLE_KEYS."""
     return [
         k.hold(org, rid),
@@ -234,4 +245,6 @@ def settle_keys(k: Keys, org: str, rid: str, month: str, day: str, session: str)
         k.session(org, session),
         k.overrides(org),
         k.sessions(org),
+        k.period(org, win.day),
+        k.period(org, win.week),
     ]

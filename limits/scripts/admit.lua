@@ -11,6 +11,8 @@ KEYS (named in this order by limits/scriptplans.py ADMIT_KEYS)
                                      and extra:<scope>, scope = org | ws=W | user=U | key=K
   overrides  tw:{org}:cfg            run-time overrides of caps and extra usage
   apikey     tw:{org}:key:<key id>   the caller's key record (field revoked = 0 | 1)
+  pday       tw:{org}:per:d<date>    today's spend (local day), fields as the month's
+  pweek      tw:{org}:per:w<week>    this week's spend (ISO week, local), fields as the month's
   then the buckets, one per entry of plan.buckets, in the same order
 
 ARGV
@@ -25,8 +27,11 @@ ARGV
       prepaid  true: the credit balance must be above zero for extra usage
       seat     {spent, included, override} (plans.SeatPlan) or null
       extra    {on, overrides, off} (plans.ExtraPlan)
-      caps     [{spent, cap (-1 unlimited), overrides, label, labels}, ...] (plans.CapPlan):
-               a refusal names the label of the override that set the cap, else `label`
+      caps     [{spent, cap (-1 unlimited), overrides, label, labels, period}, ...]
+               (plans.CapPlan): a refusal names the label of the override that set the
+               cap, else `label`; `spent` is read from the period's hash (month|day|week)
+      budgets  [CapPlan, ...]: caps checked whether the spend is included or not (a
+               key's budget)
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
   reason (outcomes.Refusal): '' | key | late | rate | included | cap | credit (late:
@@ -40,7 +45,13 @@ RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local plan = cjson.decode(ARGV[3])
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'overrides', 'apikey'})
+  'month', 'overrides', 'apikey', 'pday', 'pweek'})
+local PERIOD = {month = K.month, day = K.pday, week = K.pweek}
+
+-- What a cap's `spent` field holds in its period (plans.CapPlan.period).
+local function spent_in(c)
+  return num(redis.call('HGET', PERIOD[c.period or 'month'], c.spent))
+end
 
 -- Buckets: the level of each now and what this request takes from it; the first bucket
 -- that cannot admit (the one to wait longest for, or one that never will).
@@ -107,6 +118,11 @@ end
 -- Money: included usage, extra usage, spend caps, credit balance. Returns the refusal
 -- (reason, detail), or nil, '' and the cost to hold.
 local function check_money(money)
+  for _, b in ipairs(money.budgets or {}) do
+    if b.cap >= 0 and spent_in(b) >= b.cap then
+      return 'cap', b.label .. '|' .. int(b.cap)
+    end
+  end
   local extra_now = true
   local seat = opt(money.seat)
   if seat then
@@ -125,7 +141,7 @@ local function check_money(money)
   end
   for _, c in ipairs(money.caps) do
     local cap, label = cap_in_force(c)
-    if cap >= 0 and num(redis.call('HGET', K.month, c.spent)) >= cap then
+    if cap >= 0 and spent_in(c) >= cap then
       return 'cap', label .. '|' .. int(cap)
     end
   end

@@ -8,7 +8,8 @@ KEYS
   3 account    tw:{org}:acct           hash balance, debt, held (micro-USD)
 
 ARGV
-  1 now (ms)   2 request id   3 tombstone time-to-live (ms)
+  1 now (ms)   2 request id   3 tombstone time-to-live (ms; 0: no tombstone, for an
+                               admission known to have run, as count_tokens' own)
 
 The hold's reservation (held money, reserved tokens) goes back, as when a hold expires;
 the request bucket keeps its 1, as for a failed request. The hold key is then left as a
@@ -38,6 +39,8 @@ if h[1] then
   released = 1
 end
 redis.call('DEL', K_HOLD)
-redis.call('HSET', K_HOLD, 'released', ARGV[1])
-redis.call('PEXPIRE', K_HOLD, int(ttl))
+if ttl > 0 then
+  redis.call('HSET', K_HOLD, 'released', ARGV[1])
+  redis.call('PEXPIRE', K_HOLD, int(ttl))
+end
 return released

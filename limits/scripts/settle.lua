@@ -9,6 +9,7 @@ KEYS (named in this order by limits/scriptplans.py SETTLE_KEYS)
   overrides  tw:{org}:cfg              run-time overrides (the seat's included amount,
                                        reload:off, reload:threshold, reload:target)
   sessions   tw:{org}:sessions         sorted set: session id -> its last request end (ms)
+  pday, pweek                          as in admit.lua: the cost is added to them as to month
   then the buckets, as in admit.lua
 
 ARGV
@@ -42,7 +43,7 @@ RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if 
 
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'settled', 'day', 'session', 'overrides', 'sessions'})
+  'month', 'settled', 'day', 'session', 'overrides', 'sessions', 'pday', 'pweek'})
 
 local earlier = redis.call('GET', K.settled)
 if earlier then
@@ -144,13 +145,18 @@ local function charge(cost, extra)
   if cost <= 0 then
     return {}
   end
-  for _, f in ipairs(plan.month_fields) do
-    redis.call('HINCRBY', K.month, f.spend, int(cost))
-    if extra > 0 then
-      redis.call('HINCRBY', K.month, f.extra, int(extra))
+  for _, h in ipairs({K.month, K.pday, K.pweek}) do
+    for _, f in ipairs(plan.month_fields) do
+      redis.call('HINCRBY', h, f.spend, int(cost))
+      if extra > 0 then
+        redis.call('HINCRBY', h, f.extra, int(extra))
+      end
     end
   end
   redis.call('PEXPIRE', K.month, int(plan.keep_ms))
+  -- Day and week spend serve only daily and weekly caps: kept 40 days.
+  redis.call('PEXPIRE', K.pday, 3456000000)
+  redis.call('PEXPIRE', K.pweek, 3456000000)
   if extra > 0 and plan.prepaid then
     return debit_lots(extra)
   end

@@ -7,10 +7,11 @@ Keys carry a name, an optional expiry, a model allow-list of patterns and tags
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import Field, ValidationInfo, field_validator
+from tollway.config.schema import Money
 from tollway.limits.apikeys import (
     DEFAULT_OVERLAP_MS,
     LIMITS,
@@ -22,6 +23,7 @@ from tollway.limits.apikeys import (
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
 from tollway.limits.plans import KeyLimits
+from tollway.limits.seats import MAX_AMOUNT
 from tollway.proxy.admin.context import (
     BOOL,
     INT,
@@ -66,6 +68,8 @@ class KeyCreate(Body):
     tpm: str | int | Decimal | None = Field(None, description="The key's own tokens/minute.")
     input_tpm: str | int | Decimal | None = None
     output_tpm: str | int | Decimal | None = None
+    budget: Money | None = Field(None, description="The key's spend budget (USD) per period.")
+    budget_period: Literal["day", "week", "month"] = "month"
 
     @field_validator("rpm", "tpm", "input_tpm", "output_tpm")
     @classmethod
@@ -81,6 +85,13 @@ class KeyCreate(Body):
     def _models(cls, v: list[str] | None) -> list[str] | None:
         if v is not None and not parse_list(v, "models"):
             raise ValueError("give at least one pattern (omit models to allow every model)")
+        return v
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, v: int | None) -> int | None:
+        if v is not None and v > MAX_AMOUNT:
+            raise ValueError(f"at most {MAX_AMOUNT // 1_000_000} USD")
         return v
 
     @field_validator("tags")
@@ -103,8 +114,12 @@ class KeyRotate(Body):
 
 
 def _limits(b: KeyCreate) -> KeyLimits | None:
-    found = {n: parse_limit(n, getattr(b, n)) for n in LIMITS if getattr(b, n) is not None}
-    return KeyLimits(**found) if found else None  # type: ignore[arg-type]
+    found: dict[str, Any] = {
+        n: parse_limit(n, getattr(b, n)) for n in LIMITS if getattr(b, n) is not None
+    }
+    if b.budget is not None:
+        found["budget"], found["budget_period"] = b.budget, b.budget_period
+    return KeyLimits(**found) if found else None
 
 
 def _key(request: web.Request, r: KeyRecord) -> dict:
@@ -185,6 +200,8 @@ _KEY = schema_object(
     rotated_ms={"type": ["integer", "null"]},
     old_secret_until_ms={"type": ["integer", "null"]},
     limits=schema_object((), **{n: NULLABLE_STR for n in LIMITS}),
+    budget_micro={"type": ["integer", "null"]},
+    budget_period={"type": ["string", "null"]},
 )
 _WITH_SECRET = {**_KEY, "required": [*_KEY["required"], "key"]}
 

@@ -25,8 +25,11 @@ from tollway.limits.apikeys import (
 from tollway.limits.clock import SystemClock
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
+from tollway.limits.money import parse_usd
 from tollway.limits.plans import KeyLimits
+from tollway.limits.seats import MAX_AMOUNT
 from tollway.limits.users import RuntimeUsers
+from tollway.limits.windows import PERIODS
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
@@ -70,6 +73,13 @@ def register(sub: Any) -> None:
     for limit in LIMITS:
         flag = "--" + limit.replace("_", "-")
         p.add_argument(flag, dest=limit, metavar="N", help=f"the key's own {limit} (per minute)")
+    p.add_argument("--budget", metavar="USD", help="the key's spend budget per period")
+    p.add_argument(
+        "--budget-period",
+        choices=PERIODS,
+        default="month",
+        help="calendar day, week (Monday first) or month of server.timezone (default month)",
+    )
     _add_common(p)
     p.set_defaults(func=create)
 
@@ -128,8 +138,18 @@ def _settings(args: Any, now_ms: int) -> KeySettings:
         raise ValueError(str(e)) from None
     if args.models is not None and not models:
         raise ValueError("--models: give at least one pattern (omit it to allow every model)")
-    found = {n: parse_limit(n, getattr(args, n)) for n in LIMITS if getattr(args, n) is not None}
-    limits = KeyLimits(**found) if found else None  # type: ignore[arg-type]
+    found: dict[str, Any] = {
+        n: parse_limit(n, getattr(args, n)) for n in LIMITS if getattr(args, n) is not None
+    }
+    if args.budget is not None:
+        try:
+            found["budget"] = parse_usd(args.budget)
+            if found["budget"] > MAX_AMOUNT:
+                raise ValueError(f"at most {MAX_AMOUNT // 1_000_000} USD")
+        except ValueError as e:
+            raise ValueError(f"--budget: {e}") from None
+        found["budget_period"] = args.budget_period
+    limits = KeyLimits(**found) if found else None
     return KeySettings(args.name, expires, models, tags, limits)
 
 

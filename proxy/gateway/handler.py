@@ -26,12 +26,12 @@ from tollway.limits.meter import Meter
 from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.prices import cost_micro
 from tollway.limits.usage import Usage
-from tollway.proxy.gateway import providers
+from tollway.proxy.gateway import models_list, passthrough, providers, routes
 from tollway.proxy.gateway.call import Call, Reject
 from tollway.proxy.gateway.forward import Drain, Relayed, relay, relay_whole, upstream_headers
-from tollway.proxy.gateway.identify import client_workspace, identify
+from tollway.proxy.gateway.identify import client_workspace, identify, request_secret
 from tollway.proxy.gateway.member_requests import refusal_hint
-from tollway.proxy.gateway.providers import ANTHROPIC, OPENAI, Problem
+from tollway.proxy.gateway.providers import OPENAI, Problem
 from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
@@ -39,16 +39,6 @@ from tollway.proxy.wire.taps import UsageTap, make_tap
 
 log = logging.getLogger("tollway.request")
 
-# path → (provider or None to choose by header, metered)
-ROUTES: dict[str, tuple[str | None, bool]] = {
-    "/v1/chat/completions": (OPENAI, True),
-    "/v1/completions": (OPENAI, True),
-    "/v1/embeddings": (OPENAI, True),
-    "/v1/responses": (OPENAI, True),
-    "/v1/messages": (ANTHROPIC, True),
-    "/v1/messages/count_tokens": (ANTHROPIC, False),
-    "/v1/models": (None, False),
-}
 # Routes whose streams take stream_options.include_usage.
 STREAM_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 
@@ -88,25 +78,30 @@ class ProxyHandler:
         self.settler = settler
         self._upstream_cfg: Config | None = None
         self._upstreams: dict[str, _Upstream] = {}
+        self.releasing: set[asyncio.Task[Any]] = set()  # passthrough.release_later
 
     # --- entry point ------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.path
-        provider, metered = ROUTES.get(path, (None, False))
-        if provider is None:
-            provider = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
-        call = Call(path, provider, metered)
+        route = routes.route_of(request)
+        provider = routes.provider_of(route, request.headers)
+        # The route's pattern, never the path: a path holding a client's text would make
+        # the metrics' label set unbounded.
+        label = route.path if route is not None else routes.UNKNOWN_ROUTE
+        call = Call(label, provider, route is not None and route.kind == "metered")
         self.metrics.in_flight.inc()
         try:
-            return await self._serve(request, call)
+            upstreams = self.holder.current.upstreams
+            problem = routes.gate(route, request.method, request.headers, upstreams)
+            if problem is not None or route is None:
+                raise Reject(problem or Problem(404, "not_found", "Unknown URL."))
+            return await self._serve(request, call, route.kind)
         except Reject as r:
+            if r.problem.status == 405:
+                r.headers.update(routes.allow_header(route))
             return self._problem(call, r.problem, r.headers)
         finally:
             self.metrics.in_flight.dec()
-            # /v1/models/{id} is one label value: a path holding a client's text would make
-            # the label set unbounded.
-            route = call.route if call.route in ROUTES else "/v1/models/{model_id}"
-            self.metrics.requests.labels(route, call.outcome, call.org).inc()
+            self.metrics.requests.labels(call.route, call.outcome, call.org).inc()
 
     def _problem(self, call: Call, problem: Problem, headers: dict[str, str]) -> web.Response:
         if call.outcome == "ok":
@@ -115,6 +110,7 @@ class ProxyHandler:
                 "unavailable": "unavailable",
                 "upstream": "upstream_error",
                 "timeout": "upstream_error",
+                "no_upstream": "no_upstream",
             }.get(problem.kind, "refused" if problem.status == 429 else "bad_request")
         status, body = providers.error_body(call.provider, problem, call.rid)
         h = {**headers, **providers.error_headers(call.provider, problem)}
@@ -132,29 +128,42 @@ class ProxyHandler:
         return web.Response(status=status, body=body, headers=h)
 
     # --- pipeline -----------------------------------------------------------------------
-    async def _serve(self, request: web.Request, call: Call) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, call: Call, kind: routes.Kind
+    ) -> web.StreamResponse:
         cfg = self.holder.current
         try:
             call.principal, call.secret = await identify(
                 request.headers, self.apikeys, cfg, metered=call.metered
             )
         except StoreUnavailable:
+            # A key the revocation poll saw revoked is refused as such, store or not.
+            record = self.apikeys.record(request_secret(request.headers) or "")
+            if record is not None and record.key_id in self.apikeys.revoked:
+                message = "Invalid API key: this key has been revoked."
+                raise Reject(Problem(401, "key", message)) from None
             raise Reject(self._store_down()) from None
         refresh = getattr(self.holder, "refresh", None)
         if refresh is not None:  # run-time users of the organization (cached ~1 s)
             with contextlib.suppress(StoreUnavailable):  # admit applies the store policy
                 await refresh(call.principal.org)
         call.principal = client_workspace(call.principal, request.headers, cfg)
-        if _escapes(request.match_info.get("model_id", "")):
-            raise Reject(Problem(404, "not_found", "No such model."))
+        model_id = request.match_info.get("model_id")
+        if model_id is not None and (_escapes(model_id) or not self._usable(cfg, call)(model_id)):
+            # A model the key may not use is as unknown to it as one that does not exist.
+            raise Reject(Problem(404, "not_found", f"The model '{model_id}' does not exist."))
         try:
             async with asyncio.timeout(cfg.server.client_body_timeout):
                 body = await self._read_body(request, cfg.server.max_body_bytes)
         except TimeoutError:
             problem = Problem(408, "client_timeout", "The request body did not arrive in time.")
             raise Reject(problem) from None
-        if not call.metered:
+        if kind == "free":
+            if model_id is None:
+                return await passthrough.model_list(self, request, call, cfg)
             return await self._forward_unmetered(request, call, cfg, body)
+        if kind == "counted":
+            return await passthrough.count_tokens(self, request, call, cfg, body)
 
         payload = self._parse(body)
         model = payload.get("model")
@@ -193,6 +202,8 @@ class ProxyHandler:
                 principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
             )
         except StoreUnavailable:
+            # The admit may still run on a slow store, after we answered: give it back.
+            passthrough.release_later(self, principal, call.rid)
             if cfg.store.on_unavailable != "open":
                 raise Reject(self._store_down()) from None
             # Fail-open: served without limits; its settlement goes to the journal.
@@ -210,6 +221,11 @@ class ProxyHandler:
         self.metrics.added_latency.observe(time.perf_counter() - call.started)
         call.session = self._session_id(request, cfg)
         return await self._forward_metered(request, call, cfg, body)
+
+    def _usable(self, cfg: Config, call: Call) -> models_list.Usable:
+        """Whether a model id is one this request's key may use (priced and allowed)."""
+        record = self.apikeys.record(call.secret) if call.secret is not None else None
+        return models_list.usable(cfg, record, self.clock.now_ms())
 
     def _parse(self, body: bytes) -> dict[str, Any]:
         try:
@@ -316,9 +332,14 @@ class ProxyHandler:
             raise Reject(Problem(502, "upstream", "The model API could not be reached.")) from None
 
     async def _forward_unmetered(
-        self, request: web.Request, call: Call, cfg: Config, body: bytes
+        self,
+        request: web.Request,
+        call: Call,
+        cfg: Config,
+        body: bytes,
+        headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
-        ours = {providers.request_id_header(call.provider): call.rid}
+        ours = {**(headers or {}), providers.request_id_header(call.provider): call.rid}
         started = time.perf_counter()
         upstream = await self._open(request, call, cfg, body)
         async with upstream:

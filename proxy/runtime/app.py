@@ -28,7 +28,8 @@ from tollway.proxy.admin.app import create_admin_app
 from tollway.proxy.admin.context import ADMIN, PAYMENTS
 from tollway.proxy.console.app import setup as setup_console
 from tollway.proxy.gateway import member_requests as limit_requests
-from tollway.proxy.gateway.handler import ROUTES, ProxyHandler
+from tollway.proxy.gateway.handler import ProxyHandler
+from tollway.proxy.gateway.routes import ROUTES
 from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
@@ -116,13 +117,14 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     # No /metrics here: the client port answers 404 (see runtime/metrics_server.py).
-    for path in ROUTES:
-        app.router.add_route("*", path, _proxy_view)
-    app.router.add_route("*", "/v1/models/{model_id}", _proxy_view)
+    for route in ROUTES:
+        app.router.add_route("*", route.path, _proxy_view)
     admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS], users=app[USERS])
     app.add_subapp("/admin", admin)
     setup_console(app, admin[ADMIN])
     limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
+    # Last: any other /v1 path is answered (404 in the provider's format), never forwarded.
+    app.router.add_route("*", "/v1/{tail:.*}", _proxy_view)
     return app
 
 

@@ -20,7 +20,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from tollway.limits.credits import Credits
-from tollway.proxy.gateway.handler import ROUTES
+from tollway.proxy.gateway.routes import BY_PATH, UNKNOWN_ROUTE
 
 from tests.support.tools import find_tool
 
@@ -152,7 +152,7 @@ def test_labels_stay_bounded(scrape):
             routes.add(s.labels.get("route"))
             orgs.add(s.labels.get("org"))
             models.add(s.labels.get("model"))
-    assert routes - {None} <= set(ROUTES) | {"/v1/models/{model_id}"}
+    assert routes - {None} <= set(BY_PATH) | {UNKNOWN_ROUTE}
     assert "/v1/models/{model_id}" in routes
     assert orgs - {None} <= {"acme", "paid", "broke", "-"}
     assert models - {None} <= {"gpt-4o-mini", "gpt-4o", "claude-haiku-4-5"}

@@ -72,7 +72,14 @@ from multidict import CIMultiDict
 OPENAI_KEY = "sk-upstream-openai-test"
 ANTHROPIC_KEY = "sk-ant-upstream-test"
 
-OPENAI_MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+# The operator's account also holds a fine-tune named after another customer (unpriced):
+# Tollway must never show it to a tenant.
+OPENAI_MODELS = [
+    "gpt-4o-mini",
+    "gpt-4o",
+    "text-embedding-3-small",
+    "ft:gpt-4o-mini:othercorp::9xQa1",
+]
 ANTHROPIC_MODELS = {
     "claude-sonnet-4-6": "Claude Sonnet 4.6",
     "claude-opus-4-6": "Claude Opus 4.6",
