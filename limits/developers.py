@@ -31,10 +31,11 @@ from tollway.limits.money import div_half_up
 
 # The cost guidance for teams running Claude Code: about $6 per developer per day on
 # average, under $12 a day for 90 % of users, $100-200 per developer per month.
+REF_MEAN, REF_P90, REF_MONTH = 6_000_000, 12_000_000, (100_000_000, 200_000_000)
 REFERENCE = {
-    "mean_daily_micro": 6_000_000,
-    "p90_daily_micro": 12_000_000,
-    "monthly_micro": [100_000_000, 200_000_000],
+    "mean_daily_micro": REF_MEAN,
+    "p90_daily_micro": REF_P90,
+    "monthly_micro": list(REF_MONTH),
 }
 
 _SETTLED = f"type IN ({', '.join(repr(t) for t in SETTLEMENT_TYPES)})"
