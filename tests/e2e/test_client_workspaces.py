@@ -172,3 +172,11 @@ def test_cost_per_developer_per_day_equals_what_was_sent(stack, capsys) -> None:
     code = main(["developers", *period])
     table = capsys.readouterr().out
     assert code == 0 and "p90 per developer-day" in table and "$12" in table
+
+    # recommend --observed: the busiest minute (day 1: 5 requests, 9,700 tokens) per active
+    # developer (3), beside the recommended range for a team of 3.
+    code = main(["recommend", "--observed", *period, "--format", "json"])
+    seen = json.loads(capsys.readouterr().out)
+    assert code == 0 and (seen["active_users"], seen["peak_rpm"], seen["peak_tpm"]) == (3, 5, 9_700)
+    assert seen["per_user"] == {"tpm": "3233", "rpm": "1.67"}
+    assert seen["recommended_per_user"]["tpm"] == [200_000, 300_000]
