@@ -43,8 +43,15 @@ tools:
 test: install-test tools
 	$(BIN)/python -m pytest -q
 
+# ruff; the layer contracts of pyproject.toml [tool.importlinter] (lint-imports); mypy on the
+# product code. Static tools cannot follow setuptools package-dir, so they read the tree
+# through a symlink farm, .lint/tollway/{proxy,limits,config} (gitignored, remade each run).
 lint: install-test
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	@rm -rf .lint && mkdir -p .lint/tollway
+	@for p in proxy limits config; do ln -s ../../$$p .lint/tollway/$$p; done
+	cd .lint && PYTHONPATH=. ../$(BIN)/lint-imports ../pyproject.toml
+	MYPYPATH=.lint $(BIN)/mypy -p tollway.proxy -p tollway.limits -p tollway.config
 
 bench: install-test
 	$(BIN)/python -m bench.run

@@ -44,8 +44,8 @@ from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema, model_validator
+from tollway.config.money import format_usd
 from tollway.config.values import FrozenModel, ModelMap, ModelName, Money, PositiveInt, fail
-from tollway.limits.money import format_usd
 
 MAX_EXACT = 2**53
 """The largest amount (micro-USD) every layer holds exactly (a double's integer range)."""

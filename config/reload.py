@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tollway.config.loader import ConfigError, parse_config_text
 from tollway.config.schema import Config
@@ -34,6 +35,14 @@ class _Read:
 
     data: bytes
     digest: str
+
+
+class ConfigSource(Protocol):
+    """Where the config in force is read: a `ConfigHolder`, or an overlay over one
+    (`tollway.config.overlay.Overlay`). Read `current` on every use: a reload swaps it."""
+
+    @property
+    def current(self) -> Config: ...
 
 
 class ConfigHolder:

@@ -7,7 +7,7 @@ tasks and swapped whole on reload without anyone mutating it.
 Units, once and for all:
 
 - money (prices, caps, included usage, auto-reload) is integer micro-USD, written in YAML as
-  USD with at most 6 decimals and parsed exactly by ``tollway.limits.money.parse_usd``;
+  USD with at most 6 decimals and parsed exactly by ``tollway.config.money.parse_usd``;
 - prices are micro-USD per million tokens;
 - limits are per minute: ``tpm``/``input_tpm``/``output_tpm`` are integers, ``rpm`` is a
   ``Decimal`` with at most 3 decimals (per-user shares such as 0.37 are fractional);
@@ -39,6 +39,8 @@ from pydantic import (
     model_validator,
 )
 from tollway.config.clients import ClientRule, with_built_ins
+from tollway.config.money import format_usd
+from tollway.config.pricebook import PriceBook
 from tollway.config.pricing import Price, PriceAliases, check_prices
 from tollway.config.values import (
     Cap,
@@ -60,8 +62,6 @@ from tollway.config.values import (
     integer,
     resolve_secret,
 )
-from tollway.limits.money import format_usd
-from tollway.limits.prices import PriceBook
 
 # ---- models ------------------------------------------------------------------------------
 
@@ -193,6 +193,11 @@ class MeteringConfig(FrozenModel):
     against it (see ``tollway.config.pricing``)."""
     max_tool_requests: PositiveInt = 1_000
     """The same ceiling for one request's count of server-side tool requests."""
+    default_output_tokens: PositiveInt = 1024
+    """Output tokens a request is expected to produce (held against money limits at
+    admission) while nothing is learned yet for its organization and model; the request's
+    declared maximum (max_tokens...) lowers it. Once learned, a high percentile of the
+    organization's real outputs on that model replaces it (docs/spend.md)."""
     drain_max_bytes: PositiveInt = 16_777_216
     """After a client leaves a metered stream, Tollway reads on (without relaying) until
     the upstream's usage arrives, at most this many bytes..."""
@@ -212,6 +217,9 @@ class Limits(FrozenModel):
     tpm: Count | None = None
     input_tpm: Count | None = None
     output_tpm: Count | None = None
+    max_in_flight: PositiveInt | None = None
+    """At most this many admitted requests not yet settled at once (exact; a request
+    beyond it is refused with a rate-limit error)."""
 
     def per_minute(self, kind: LimitKind) -> Decimal | None:
         value = getattr(self, kind)
@@ -326,6 +334,9 @@ class Organization(FrozenModel):
     billing: Billing = Billing()
     spend_caps: SpendCaps = SpendCaps()
     extra_usage: ExtraUsage = ExtraUsage()
+    model_caps: ModelMap[SpendCaps] = Field(default_factory=empty_map)
+    """Dollar caps per model name or pattern (``claude-opus-*``): monthly, daily, weekly,
+    on the organization's extra usage of the models it matches."""
     seat_tiers: FrozenMap[SeatTier] = Field(default_factory=empty_map)
     workspaces: FrozenMap[Workspace] = Field(default_factory=empty_map)
     users: FrozenMap[User] = Field(default_factory=empty_map)
@@ -493,7 +504,7 @@ class Config(FrozenModel):
 
     @property
     def price_book(self) -> PriceBook:
-        """The prices, looked up by model name (``tollway.limits.prices.PriceBook``)."""
+        """The prices, looked up by model name (``tollway.config.pricebook.PriceBook``)."""
         return self._book
 
     @property

@@ -29,7 +29,7 @@ from pydantic import (
     WrapSerializer,
 )
 from pydantic_core import PydanticCustomError
-from tollway.limits.money import parse_usd
+from tollway.config.money import parse_usd
 
 V = TypeVar("V")
 

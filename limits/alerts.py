@@ -23,6 +23,7 @@ from tollway.limits import plans
 from tollway.limits.plans import Principal
 from tollway.limits.seats import UNLIMITED
 from tollway.limits.store import Store
+from tollway.limits.windows import Windows
 
 CLAIM_TTL_MS = 40 * 86_400_000  # longer than any period a claim is for
 KNOWN_CLAIMS = 100_000  # claims a process remembers as taken
@@ -31,12 +32,12 @@ KNOWN_CLAIMS = 100_000  # claims a process remembers as taken
 @dataclass(frozen=True, slots=True)
 class Alert:
     org: str
-    kind: str  # cap | included | balance
+    kind: str  # cap | budget | included | balance
     subject: str  # what the limit is on, in words: "organization monthly", "user 'alice'"
     threshold: int  # percent of the limit; for balance, the threshold in micro-USD
     used: int  # micro-USD this period (balance: the balance now)
     limit: int  # micro-USD
-    period: str  # "2026-01" (month)
+    period: str  # "2026-01" (month), "d2026-01-31" (day), "w2026-W05" (week)
     at_ms: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -60,6 +61,7 @@ class Alerts:
         org_cfg: Any,
         principal: Principal,
         month: str,
+        win: Windows,
         now_ms: int,
         thresholds: Sequence[int],
         low_balance: int | None = None,
@@ -69,29 +71,39 @@ class Alerts:
         by one call, on one replica, once per period)."""
         org = principal.org
         k, client = self.store.keys, self.store.client
-        caps = plans.cap_plans(org_cfg, principal)
+        caps = [("cap", c) for c in plans.cap_plans(org_cfg, principal)]
+        caps += [("budget", c) for c in plans.budget_plans(principal)]
         seat = plans.seat_plan(org_cfg, principal)
-        fields = [c.spent for c in caps] + ([seat.spent] if seat else [])
+        labels = {"month": month, "day": win.day, "week": win.week}
+        hashes = {
+            p: k.month(org, month) if p == "month" else k.period(org, label)
+            for p, label in labels.items()
+        }
+        wanted = [(c.period, c.spent) for _, c in caps] + ([("month", seat.spent)] if seat else [])
         pipe = client.pipeline(transaction=False)
-        pipe.hmget(k.month(org, month), fields)
+        for period, field in wanted:
+            pipe.hget(hashes[period], field)
         pipe.hgetall(k.overrides(org))
-        spent_raw, ov = await self.store.call("alerts", pipe.execute)
-        spent = {f: int(v or 0) for f, v in zip(fields, spent_raw, strict=True)}
-        candidates: list[tuple[str, str, int, int]] = []  # (kind, subject, used, limit)
-        for c in caps:
+        *spent_raw, ov = await self.store.call("alerts", pipe.execute)
+        spent = {w: int(v or 0) for w, v in zip(wanted, spent_raw, strict=True)}
+        # (kind, subject, used, limit, period label)
+        candidates: list[tuple[str, str, int, int, str]] = []
+        for kind, c in caps:
             value, label = c.source(ov)
             cap = c.cap if value is None else (-1 if value == UNLIMITED else int(value))
             if cap >= 0:
-                candidates.append(("cap", f"{label} spend cap", spent[c.spent], cap))
+                subject = f"{label} spend cap" if kind == "cap" else label
+                used = spent[(c.period, c.spent)]
+                candidates.append((kind, subject, used, cap, labels[c.period]))
         if seat:
             included = int(ov.get(seat.override, seat.included))
             who = f"included usage of user '{principal.user}'"
-            candidates.append(("included", who, spent[seat.spent], included))
+            candidates.append(("included", who, spent[("month", seat.spent)], included, month))
         found: list[Alert] = []
-        for kind, subject, used, limit in candidates:
+        for kind, subject, used, limit, period in candidates:
             for t in crossed(used, limit, thresholds):
-                alert = Alert(org, kind, subject, t, used, limit, month, now_ms)
-                if await self._claim(org, f"{month}:{kind}:{subject}:{t}"):
+                alert = Alert(org, kind, subject, t, used, limit, period, now_ms)
+                if await self._claim(org, f"{period}:{kind}:{subject}:{t}"):
                     found.append(alert)
         if low_balance is not None and available is not None and available < low_balance:
             alert = Alert(

@@ -112,6 +112,8 @@ class ApiKeys:
         if s.limits is not None and s.limits.budget is not None:
             record["budget"] = str(s.limits.budget)
             record["budget_period"] = s.limits.budget_period
+        if s.limits is not None and s.limits.session_budget is not None:
+            record["session_budget"] = str(s.limits.session_budget)
         k = self.keys
         client = self.store.client
         # The record first, the indexes after: a key is usable only once all three exist.

@@ -193,6 +193,7 @@ class Credits:
     async def _expire(self, org: str) -> list[int]:
         k = self.keys
         keys = [k.account(org), k.lots(org), k.lot_expiries(org), k.ledger(org), k.holds(org)]
+        keys.append(k.held(org))
         raw = await self.store.run(
             "expire", keys, [self.clock.now_ms(), k.lot_prefix(org), k.hold_prefix(org)]
         )

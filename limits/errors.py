@@ -6,7 +6,6 @@
      ├── UnknownKey            an API key that does not exist or was revoked
      │    ├── ExpiredKey        a key past its expiry, or a rotated secret past its overlap
      │    └── UnknownCredential an organization's admin credential, unknown or revoked
-     ├── UnknownPrice          a metered model with no price in the table
      └── CreditError           a credit operation refused (bad amount, identity already used)
 
 Refusals of a request by a limit are not exceptions: they are returned as a `Decision`.
@@ -33,12 +32,6 @@ class ExpiredKey(UnknownKey):
 
 class UnknownCredential(UnknownKey):
     pass
-
-
-class UnknownPrice(LimitsError):
-    def __init__(self, model: str) -> None:
-        super().__init__(f"no price is configured for model {model!r}")
-        self.model = model
 
 
 class CreditError(LimitsError):

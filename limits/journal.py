@@ -75,6 +75,13 @@ def to_line(charge: Charge) -> bytes:
     )
 
 
+def _usage(counts: list[int]) -> Usage:
+    n = [int(c) for c in counts]
+    return Usage(
+        input_tokens=n[0], output_tokens=n[1], cache_write_tokens=n[2], cache_read_tokens=n[3]
+    )
+
+
 def from_line(line: bytes) -> Charge:
     """The charge of one journal line; raises ValueError when the line is not a whole one."""
     try:
@@ -83,7 +90,7 @@ def from_line(line: bytes) -> Charge:
             principal=Principal(d["org"], d["key"], d["ws"], d["user"]),
             rid=str(d["rid"]),
             model=d["model"],
-            usage=Usage(*(int(n) for n in d["u"])),
+            usage=_usage(d["u"]),
             cost=int(d["cost"]),
             ok=bool(d["ok"]),
             session=d["sess"],

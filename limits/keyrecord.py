@@ -42,6 +42,8 @@ def _limits(h: dict[str, str]) -> KeyLimits | None:
     if h.get("budget"):
         found["budget"] = int(h["budget"])
         found["budget_period"] = h.get("budget_period") or "month"
+    if h.get("session_budget"):
+        found["session_budget"] = int(h["session_budget"])
     return KeyLimits(**found) if found else None
 
 
@@ -180,4 +182,5 @@ class KeyRecord:
             },
             "budget_micro": self.limits.budget if self.limits else None,
             "budget_period": self.limits.budget_period if self.limits else None,
+            "session_budget_micro": self.limits.session_budget if self.limits else None,
         }

@@ -73,7 +73,7 @@ class Balance:
     available: int  # lots_total - debt - held: what admission compares with zero
     lots_total: int  # sum of the active lots' remainders
     debt: int  # left by requests that overshot; repaid first by the next lot
-    held: int  # estimated input cost of requests in flight
+    held: int  # expected extra cost of requests in flight (prepaid)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -24,7 +24,8 @@ from tollway.limits.outcomes import Decision as Decision
 from tollway.limits.outcomes import Refusal as Refusal
 from tollway.limits.outcomes import Settlement as Settlement
 from tollway.limits.plans import Principal
-from tollway.limits.scriptplans import SettlePlan, StaticParts
+from tollway.limits.rkeys import Fields
+from tollway.limits.scriptplans import ExpectPlan, SettlePlan, StaticParts
 from tollway.limits.store import Store
 from tollway.limits.windows import windows
 
@@ -37,6 +38,18 @@ def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
     year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
     next_month = datetime(year, month, 1, tzinfo=tz)
     return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), int(next_month.timestamp() * 1000)
+
+
+def _session_budget(
+    principal: Principal, session: str | None, asked: int | None
+) -> scriptplans.SessionBudget | None:
+    """The budget of the request's session: the lower of the key's and the one the
+    client sent; None without a session or a budget."""
+    own = principal.key_limits.session_budget if principal.key_limits else None
+    found = [b for b in (own, asked) if b is not None]
+    if session is None or not found:
+        return None
+    return scriptplans.SessionBudget(min(found), f"session '{session}' budget")
 
 
 def _period_of(money: Any, label: str) -> str:
@@ -97,10 +110,21 @@ class Meter:
         model: str | None,
         est_tokens: int,
         est_cost: int | None,
+        max_output: int | None = None,
+        output_price: int | None = None,
+        session: str | None = None,
+        session_budget: int | None = None,
     ) -> Decision:
         """Check every limit and take the request's share, or refuse and take nothing.
 
-        `est_cost` None means an unmetered request: no money checks."""
+        `est_cost` None means an unmetered request: no money checks. `est_cost` is the cost
+        of the estimated input tokens. With `output_price` (micro-USD per million output
+        tokens) the money limits hold the request's expected cost: the input cost
+        corrected by what settlements learned, plus its expected output (`max_output`, the
+        declared maximum, capped by the learned high percentile of the organization's
+        outputs on `model`, or the configured default). Without it they hold `est_cost`.
+        `session_budget` (micro-USD) caps what the `session` id spends; the key's own
+        session budget applies too, whichever is lower."""
         cfg = self.config()
         cfg.organizations[principal.org]  # KeyError for an organization not in the config
         now = self.clock.now_ms()
@@ -110,8 +134,22 @@ class Meter:
         specs = parts.specs
         org = principal.org
         money = parts.money if est_cost is not None else None
-        plan = replace(parts.admit, est_tokens=est_tokens, cost=est_cost or 0, money=money)
-        keys = scriptplans.admit_keys(self.keys, org, rid, month, principal.key_id, win)
+        expect = None
+        if money is not None and output_price is not None and parts.learn is not None:
+            declared = -1 if max_output is None else max_output
+            expect = ExpectPlan(output_price, declared, parts.default_output, parts.learn)
+        budget = _session_budget(principal, session, session_budget) if money else None
+        plan = replace(
+            parts.admit,
+            est_tokens=est_tokens,
+            cost=est_cost or 0,
+            money=money,
+            expect=expect,
+            session_budget=budget,
+        )
+        keys = scriptplans.admit_keys(
+            self.keys, org, rid, month, principal.key_id, win, session or "-"
+        )
         keys += parts.bucket_keys
         raw = await self.store.run("admit", keys, [now, rid, scriptplans.encode(plan)])
         admitted, detail, retry = int(raw[0]), raw[2], int(raw[3])
@@ -126,6 +164,11 @@ class Meter:
         )
         if admitted:
             return Decision(True, buckets=states)
+        if reason is Refusal.IN_FLIGHT:
+            _, scope = Fields.split(detail)
+            return Decision(
+                False, reason, f"max_in_flight of {scope}", retry_after_ms=retry, buckets=states
+            )
         if reason is Refusal.RATE:
             spec = specs[int(detail) - 1]
             return Decision(
@@ -156,7 +199,7 @@ class Meter:
         after the request's settlement."""
         cfg = self.config()
         k, org = self.keys, principal.org
-        keys = [k.hold(org, rid), k.holds(org), k.account(org)]
+        keys = [k.hold(org, rid), k.holds(org), k.account(org), k.held(org)]
         ttl = cfg.store.hold_ttl_seconds * 1000 if keep_ms is None else keep_ms
         return bool(await self.store.run("release", keys, [self.clock.now_ms(), rid, ttl]))
 
@@ -181,7 +224,8 @@ class Meter:
             session_id=charge.session or "",
             upstream_ms=charge.upstream_ms,
         )
-        keys = scriptplans.settle_keys(self.keys, org, rid, month, day, charge.session or "-", win)
+        session = charge.session or "-"
+        keys = scriptplans.settle_keys(self.keys, org, rid, month, day, session, win, charge.model)
         keys += parts.bucket_keys
         raw = await self.store.run("settle", keys, [now, rid, scriptplans.encode(plan)])
         r = orjson.loads(raw)
@@ -192,4 +236,5 @@ class Meter:
             available=int(r["available"]),
             reload=int(r["reload"]),
             duplicate=bool(r["duplicate"]),
+            overshoot=int(r.get("overshoot", 0)),
         )

@@ -19,6 +19,7 @@ class Refusal(StrEnum):
     KEY = "key"  # the key is revoked
     LATE = "late"  # release.lua ran first: Tollway answered without this admission
     RATE = "rate"  # a token or request bucket is empty
+    IN_FLIGHT = "in_flight"  # a max_in_flight ceiling reached
     INCLUDED = "included"  # included usage used up and extra usage off
     CAP = "cap"  # a monthly spend cap reached (settled + held)
     CREDIT = "credit"  # prepaid credit balance used up (settled + held)
@@ -67,3 +68,4 @@ class Settlement:
     available: int  # credit balance less debt and holds, after this request
     reload: int  # micro-USD an auto-reload should buy now (0: none)
     duplicate: bool  # this request id had been settled already: nothing changed
+    overshoot: int = 0  # micro-USD of this request's extra spend past a cap (the largest)

@@ -5,7 +5,8 @@ Pure functions of (config, principal, model): no Redis here. `meter.py` runs the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import fnmatch
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +28,7 @@ class KeyLimits:
     output_tpm: int | None = None
     budget: int | None = None  # micro-USD of spend per budget_period
     budget_period: str = "month"  # day | week | month (calendar, server.timezone)
+    session_budget: int | None = None  # micro-USD a session id may spend with this key
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +80,9 @@ def user_workspace(org_cfg: Any, principal: Principal) -> str | None:
     return user.workspace if user is not None else None
 
 
-def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[BucketSpec]:
-    """Every bucket that applies to this request, organization level first."""
+def limit_levels(org_cfg: Any, principal: Principal, model: str | None) -> list[tuple[str, Any]]:
+    """(scope, Limits) of every level whose limits apply to this request, organization
+    level first."""
     levels: list[tuple[str, Any]] = [(Scope.ORG, org_cfg.limits)]
     if model and model in org_cfg.model_limits:
         levels.append((Scope.model(model), org_cfg.model_limits[model]))
@@ -90,7 +93,12 @@ def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[
         levels.append((Scope.user(principal.user), org_cfg.users[principal.user].limits))
     if principal.key_limits is not None:
         levels.append((Scope.key(principal.key_id), principal.key_limits))
-    return specs_of(levels)
+    return levels
+
+
+def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[BucketSpec]:
+    """Every bucket that applies to this request, organization level first."""
+    return specs_of(limit_levels(org_cfg, principal, model))
 
 
 def specs_of(levels: list[tuple[str, Any]]) -> list[BucketSpec]:
@@ -159,6 +167,10 @@ class CapPlan:
     label: str
     labels: tuple[str, ...]
     period: str = "month"  # the hash `spent` is read from: month | day | week
+    overshoot: str = field(init=False, default="")  # month field: Fields.over(spent)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "overshoot", Fields.over(self.spent))
 
     def source(self, overrides: dict[str, str]) -> tuple[str | None, str]:
         """(the override in force or None, the label a refusal names) under `overrides`."""
@@ -246,6 +258,30 @@ def window_caps(org_cfg: Any, principal: Principal) -> list[CapPlan]:
         for period, value in (("day", spend_caps.daily), ("week", spend_caps.weekly)):
             if value is not None:
                 label = f"{who} {period}ly".replace("dayly", "daily")
+                out.append(CapPlan(Fields.extra(scope), value, (), label, (), period))
+    return out
+
+
+def model_cap_scopes(org_cfg: Any, model: str | None) -> list[str]:
+    """The model caps (names or patterns of `model_caps`) that `model` falls under, as
+    spend scopes (``model=<name or pattern>``)."""
+    if not model:
+        return []
+    found = [p for p in org_cfg.model_caps if p == model or fnmatch.fnmatchcase(model, p)]
+    return [Scope.model(p) for p in sorted(found)]
+
+
+def model_cap_plans(org_cfg: Any, model: str | None) -> list[CapPlan]:
+    """Dollar caps per model: switching to another model does not dodge the cap of the
+    pattern it matches."""
+    out = []
+    for scope in model_cap_scopes(org_cfg, model):
+        caps = org_cfg.model_caps[Scope.split(scope)[1]]
+        windows = (("month", caps.monthly), ("day", caps.daily), ("week", caps.weekly))
+        for period, value in windows:
+            if value is not None:
+                name = {"month": "monthly", "day": "daily", "week": "weekly"}[period]
+                label = f"model '{Scope.split(scope)[1]}' {name}"
                 out.append(CapPlan(Fields.extra(scope), value, (), label, (), period))
     return out
 

@@ -40,6 +40,18 @@ class Keys:
     def holds(self, org: str) -> str:
         return self.org(org, "holds")
 
+    def held(self, org: str) -> str:
+        """What requests in flight hold: month fields (micro-USD) and in-flight counts."""
+        return self.org(org, "held")
+
+    def learned(self, org: str) -> str:
+        """What settlement learned of the organization's traffic, per model."""
+        return self.org(org, "learned")
+
+    def outputs(self, org: str, model: str) -> str:
+        """The latest output token counts of the organization's requests on `model`."""
+        return self.org(org, "outputs", model)
+
     def settled(self, org: str, request_id: str) -> str:
         return self.org(org, "settled", request_id)
 
@@ -181,6 +193,8 @@ class Fields:
     over the YAML): ``cap:<scope>`` (a monthly cap, micro-USD or "unlimited"; scopes org,
     ws=W, tier=T, user=U), ``extra:<scope>`` (extra usage switch "1"/"0"; org or user=U),
     ``included:user=U`` and ``seat:user=U`` (a tier move), ``reload:*`` (auto-reload).
+    Held hash (``Keys.held``): the month fields above, held by requests in flight, and
+    ``flight:<scope>`` counts. Learned hash (``Keys.learned``): ``<kind>:<model>``.
     """
 
     RELOAD_OFF = "reload:off"
@@ -212,6 +226,22 @@ class Fields:
     def seat(user: str) -> str:
         """Overrides hash: the user's seat tier after a tier move."""
         return f"seat:{Scope.user(user)}"
+
+    @staticmethod
+    def over(field: str) -> str:
+        """Month hash: the largest amount by which one request took `field` past its cap."""
+        return f"over:{field}"
+
+    @staticmethod
+    def in_flight(scope: str) -> str:
+        """Held hash: how many admitted requests of `scope` are not settled yet."""
+        return f"flight:{scope}"
+
+    @staticmethod
+    def learned(kind: str, model: str) -> str:
+        """Learned hash: ``out`` (the high percentile of output tokens), ``in_real`` and
+        ``in_est`` (real and estimated input tokens, decayed sums), ``in_n`` (their count)."""
+        return f"{kind}:{model}"
 
     @staticmethod
     def split(field: str) -> tuple[str, str]:

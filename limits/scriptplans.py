@@ -34,6 +34,9 @@ ADMIT_KEYS = (
     "apikey",
     "pday",
     "pweek",
+    "held",
+    "learned",
+    "session",
 )
 SETTLE_KEYS = (
     "hold",
@@ -50,7 +53,13 @@ SETTLE_KEYS = (
     "sessions",
     "pday",
     "pweek",
+    "held",
+    "learned",
+    "outputs",
 )
+LEARN_WINDOW = 100  # output counts kept per model; input sums are halved at this count
+LEARN_QUANTILE = 0.95  # of the latest outputs: the expected output of a request
+LEARN_MIN_ESTIMATE = 16  # input estimates below this teach nothing (their ratio is noise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +74,65 @@ class MoneyPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class LearnPlan:
+    """Fields of the learned hash for one model (rkeys.Fields.learned) and how settle.lua
+    learns: the `quantile` of the latest `window` outputs; input sums halved every
+    `window` requests; estimates below `min_estimate` tokens skipped."""
+
+    out: str
+    in_real: str
+    in_est: str
+    in_n: str
+    window: int = LEARN_WINDOW
+    quantile: float = LEARN_QUANTILE
+    min_estimate: int = LEARN_MIN_ESTIMATE
+
+    @classmethod
+    def of(cls, model: str) -> LearnPlan:
+        f = Fields.learned
+        return cls(f("out", model), f("in_real", model), f("in_est", model), f("in_n", model))
+
+
+@dataclass(frozen=True, slots=True)
+class ExpectPlan:
+    """How admit.lua makes a request's expected cost: input cost corrected by the learned
+    ratio, plus min(declared maximum, learned output or `default_output`) output tokens
+    at `output_price` (micro-USD per million)."""
+
+    output_price: int
+    max_output: int  # -1: none declared
+    default_output: int
+    learned: LearnPlan
+
+
+@dataclass(frozen=True, slots=True)
+class FlightPlan:
+    """A max_in_flight ceiling: at most `max` requests counted at `field` of the held hash."""
+
+    field: str
+    max: int
+
+
+@dataclass(frozen=True, slots=True)
 class AdmitPlan:
     hold_ttl_ms: int
     hold_prefix: str
     lot_prefix: str
     buckets: tuple[BucketPlan, ...]
+    flights: tuple[FlightPlan, ...] = ()
     est_tokens: int = 0
     cost: int = 0  # estimated input cost (micro-USD)
     money: MoneyPlan | None = None
+    expect: ExpectPlan | None = None  # None: hold `cost` as it is
+    session_budget: SessionBudget | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionBudget:
+    """A cap on what one session id spends (the session hash's `cost`), named `label`."""
+
+    cap: int
+    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +173,8 @@ class SettleStatic:
     reload: ReloadPlan | None
     reload_fields: ReloadFields
     ledger_fields: tuple[str, ...]
+    caps: tuple[CapPlan, ...]
+    learn: LearnPlan | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +216,11 @@ class StaticParts:
 
     specs: tuple[BucketSpec, ...]
     bucket_keys: tuple[str, ...]
-    admit: AdmitPlan  # est_tokens, cost and money left to the request
+    admit: AdmitPlan  # est_tokens, cost, money and expect left to the request
     money: MoneyPlan | None  # None: the organization is gone from the config
     settle: SettleStatic
+    learn: LearnPlan | None  # None: no model
+    default_output: int
 
 
 def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> StaticParts:
@@ -179,24 +243,29 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             prepaid=prepaid,
             seat=seat,
             extra=plans.extra_plan(org_cfg, principal),
-            caps=tuple(plans.cap_plans(org_cfg, principal)),
+            caps=(*plans.cap_plans(org_cfg, principal), *plans.model_cap_plans(org_cfg, model)),
             budgets=tuple(plans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
             reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
+    model_scopes = [] if org_cfg is None else plans.model_cap_scopes(org_cfg, model)
     buckets = tuple(s.plan() for s in specs)
+    flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
+    learn = LearnPlan.of(model) if model else None
     hp, lp = k.hold_prefix(org), k.lot_prefix(org)
     ledger_fields = ("model", model or "", "key", principal.key_id)
     ledger_fields += ("user", principal.user or "", "ws", ws)
     return StaticParts(
         specs=tuple(specs),
         bucket_keys=tuple(k.bucket(org, s.scope, s.limit) for s in specs),
-        admit=AdmitPlan(cfg.store.hold_ttl_seconds * 1000, hp, lp, buckets),
+        admit=AdmitPlan(cfg.store.hold_ttl_seconds * 1000, hp, lp, buckets, flights),
         money=money,
         settle=SettleStatic(
             prepaid=prepaid,
             seat=seat,
-            month_fields=tuple(MonthFields(Fields.spend(s), Fields.extra(s)) for s in scopes),
+            month_fields=tuple(
+                MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
+            ),
             dims=(*scopes, Scope.model(model or "-")),
             buckets=buckets,
             hold_prefix=hp,
@@ -207,11 +276,28 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             reload=reload,
             reload_fields=ReloadFields(),
             ledger_fields=ledger_fields,
+            caps=money.caps if money is not None else (),
+            learn=learn,
         ),
+        learn=learn,
+        default_output=cfg.metering.default_output_tokens,
     )
 
 
-def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows) -> list[str]:
+def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[FlightPlan]:
+    """The max_in_flight ceilings that apply: organization, model, workspace, user (a
+    key's own limits carry none yet)."""
+    out = []
+    for scope, limits in plans.limit_levels(org_cfg, principal, model):
+        ceiling = getattr(limits, "max_in_flight", None)
+        if ceiling is not None:
+            out.append(FlightPlan(Fields.in_flight(scope), ceiling))
+    return out
+
+
+def admit_keys(
+    k: Keys, org: str, rid: str, month: str, key_id: str, win: Windows, session: str = "-"
+) -> list[str]:
     """admit.lua's fixed KEYS, in the order of ADMIT_KEYS."""
     return [
         k.hold(org, rid),
@@ -225,11 +311,21 @@ def admit_keys(k: Keys, org: str, rid: str, month: str, key_id: str, win: Window
         k.api_key(org, key_id),
         k.period(org, win.day),
         k.period(org, win.week),
+        k.held(org),
+        k.learned(org),
+        k.session(org, session),
     ]
 
 
 def settle_keys(
-    k: Keys, org: str, rid: str, month: str, day: str, session: str, win: Windows
+    k: Keys,
+    org: str,
+    rid: str,
+    month: str,
+    day: str,
+    session: str,
+    win: Windows,
+    model: str | None,
 ) -> list[str]:
     """settle.lua's fixed KEYS, in the order of SETTLE_KEYS."""
     return [
@@ -247,4 +343,7 @@ def settle_keys(
         k.sessions(org),
         k.period(org, win.day),
         k.period(org, win.week),
+        k.held(org),
+        k.learned(org),
+        k.outputs(org, model or "-"),
     ]

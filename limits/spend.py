@@ -134,9 +134,13 @@ class Spend:
 
             {"org", "month", "timezone", "period_start_ms", "period_end_ms",
              "organization": {"spend", "included", "extra"},
-             "workspaces" | "users" | "keys": {name: {"spend", "included", "extra"}}}
+             "workspaces" | "users" | "keys": {name: {"spend", "included", "extra"}},
+             "held": {field: micro-USD}, "overshoot": {field: micro-USD}}
 
-        ``included`` is ``spend - extra``. Names with no spend in the month are absent."""
+        ``included`` is ``spend - extra``. Names with no spend in the month are absent.
+        ``held``: what requests in flight hold now, by month field (``spend:user=U``
+        against included usage, ``extra:<scope>`` against caps). ``overshoot``: by cap's
+        month field, the largest part of one request's extra spend past the cap."""
         self._org(org)
         month, start, end = self.month_bounds(month)
         h = await self._month_hash(org, month)
@@ -156,6 +160,18 @@ class Spend:
             "workspaces": dict(sorted(groups["ws"].items())),
             "users": dict(sorted(groups["user"].items())),
             "keys": dict(sorted(groups["key"].items())),
+            "held": await self.held(org),
+            "overshoot": {
+                Fields.split(f)[1]: v for f, v in sorted(h.items()) if Fields.split(f)[0] == "over"
+            },
+        }
+
+    async def held(self, org: str) -> dict[str, int]:
+        """Money held now by requests in flight, by month field (in-flight counts left out)."""
+        client = self.store.client
+        raw = await self.store.call("spend_held", client.hgetall, self.keys.held(org))
+        return {
+            f: int(v) for f, v in sorted(raw.items()) if Fields.split(f)[0] in ("spend", "extra")
         }
 
     @staticmethod

@@ -52,7 +52,8 @@ def unavailable_reply(e: Exception) -> bool:
         return False
     words = str(e).split()
     # A script's failed call reads "... script: MISCONF ..." or "ERR ... BUSY ...".
-    return any(w.strip("-:,") in _UNAVAILABLE_REPLIES for w in words[:12])
+    # (A pipeline's reads "Command # 1 (...) of pipeline caused error: ('BUSY ...',)".)
+    return any(w.strip("-:,('\"") in _UNAVAILABLE_REPLIES for w in words[:16])
 
 
 def load_script(name: str) -> str:

@@ -47,6 +47,13 @@ class Metrics:
             ["org", "model"],
             registry=r,
         )
+        self.overshoot = Counter(
+            "tollway_overshoot_usd",
+            "Extra spend past a monthly spend cap (each request's largest part past a cap), "
+            "in USD.",
+            ["org"],
+            registry=r,
+        )
         self.balance = Gauge(
             "tollway_credit_balance_usd",
             "Available credit of prepaid organizations after the last settlement, in USD.",

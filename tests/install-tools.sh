@@ -10,9 +10,11 @@
 #              `prometheus` package, whose installation would enable a systemd service.
 #
 #   chromium   the browser the console tests drive headless through Playwright
-#              (tests/e2e/test_console*.py, at /usr/bin/chromium). It needs dozens of
-#              shared libraries, so it cannot run from an extracted binary: Debian's
-#              `chromium` package is installed (no recommends; it enables no service).
+#              (tests/e2e/test_console*.py). Used from /usr/bin/chromium when the system
+#              has it; else Debian's `chromium` package and every dependency the system
+#              lacks are downloaded and extracted together into .tools/chromium/, and the
+#              tests run .tools/chromium/usr/lib/chromium/chromium with the libraries
+#              found there (tests/support/browser.py). Nothing is installed.
 #
 # A tool already in .tools/bin or on PATH is used as is; this script then does nothing.
 set -euo pipefail
@@ -47,14 +49,28 @@ fetch_deb_binary() { # command, Debian package, path inside the package
 
 fetch_deb_binary promtool prometheus usr/bin/promtool
 
-install_deb() { # file the tests use, Debian package: installed (as root) when missing
-  local file=$1 pkg=$2
-  [ -x "$file" ] && return 0
-  echo "tests/install-tools.sh: $file is missing: installing Debian's $pkg package" >&2
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$pkg"
+fetch_deb_tree() { # directory, Debian package: it and its missing dependencies, extracted
+  local dir=$1 pkg=$2 tmp=""
+  [ -e "$dir/.complete" ] && return 0
+  echo "tests/install-tools.sh: extracting Debian's $pkg and the dependencies this system" \
+    "lacks into $dir/ (nothing is installed)" >&2
+  tmp=$(mktemp -d)
+  [ "$(id -u)" -eq 0 ] && { apt-get update -qq >"$tmp/apt.log" 2>&1 || true; }
+  local wanted=() p
+  while read -r p; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q ' installed$' || wanted+=("$p")
+  done < <(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts \
+    --no-breaks --no-replaces --no-enhances "$pkg" | grep -v '^[ <]' | sort -u)
+  if ! (cd "$tmp" && apt-get download "$pkg" "${wanted[@]}" >>"$tmp/apt.log" 2>&1); then
+    cat "$tmp/apt.log" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  rm -rf "$dir" && mkdir -p "$dir"
+  local deb
+  for deb in "$tmp"/*.deb; do dpkg-deb -x "$deb" "$dir"; done
+  rm -rf "$tmp"
+  touch "$dir/.complete"
 }
 
-install_deb /usr/bin/chromium chromium
+[ -x /usr/bin/chromium ] || fetch_deb_tree .tools/chromium chromium

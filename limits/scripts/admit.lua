@@ -13,6 +13,10 @@ KEYS (named in this order by limits/scriptplans.py ADMIT_KEYS)
   apikey     tw:{org}:key:<key id>   the caller's key record (field revoked = 0 | 1)
   pday       tw:{org}:per:d<date>    today's spend (local day), fields as the month's
   pweek      tw:{org}:per:w<week>    this week's spend (ISO week, local), fields as the month's
+  held       tw:{org}:held           what requests in flight hold: month fields (micro-USD)
+                                     and flight:<scope> counts
+  learned    tw:{org}:learned        what settle.lua learned per model (rkeys.Fields.learned)
+  session    tw:{org}:sess:<id>      the request's session (field cost), any name without one
   then the buckets, one per entry of plan.buckets, in the same order
 
 ARGV
@@ -20,8 +24,10 @@ ARGV
     hold_ttl_ms              hold time-to-live (ms)
     hold_prefix, lot_prefix  key prefixes of holds and lots
     est_tokens               estimated input tokens (reserved in `tok` and `in` buckets)
-    cost                     estimated input cost to hold (micro-USD), held only for
-                             prepaid extra usage
+    cost                     cost of the estimated input tokens (micro-USD)
+    expect     {output_price, max_output, default_output, learned: {out, in_real, in_est}}
+               (scriptplans.ExpectPlan): how the expected cost is made, see expected_cost
+    flights    [{field, max}, ...]: max_in_flight ceilings, counted in the held hash
     buckets    [{kind, rate, unit}, ...]  kind: req | tok | in | out (units: common.lua)
     money      money checks, or null (an unmetered request):
       prepaid  true: the credit balance must be above zero for extra usage
@@ -32,11 +38,16 @@ ARGV
                cap, else `label`; `spent` is read from the period's hash (month|day|week)
       budgets  [CapPlan, ...]: caps checked whether the spend is included or not (a
                key's budget)
+    session_budget  {cap, label} or null: the session's spend (its hash's cost) must be
+               below cap (scriptplans.SessionBudget)
+
+  Every money limit admits while settled + held < limit (held: what admitted requests not
+  yet settled hold); an admitted request holds its expected cost against each of them.
 
 RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...}
-  reason (outcomes.Refusal): '' | key | late | rate | included | cap | credit (late:
-  release.lua ran first). detail: index
-  (1-based) of the refusing bucket; "<label>|<cap>" of the refusing cap (micro-USD); the
+  reason (outcomes.Refusal): '' | key | late | rate | in_flight | included | cap | credit
+  (late: release.lua ran first). detail: index (1-based) of the refusing bucket; the
+  scope of the max_in_flight ceiling reached; "<label>|<cap>" of the refusing cap (micro-USD); the
   seat's included amount (micro-USD) when its included usage is used up. retry_ms: when
   the refused bucket can admit again (-1: never). remaining_i: whole tokens/requests left in
   bucket i after this request; reset_ms_i: ms until bucket i is full.
@@ -45,7 +56,7 @@ RETURNS  {admitted (1|0), reason, detail, retry_ms, remaining_1, reset_ms_1, ...
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local plan = cjson.decode(ARGV[3])
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'overrides', 'apikey', 'pday', 'pweek'})
+  'month', 'overrides', 'apikey', 'pday', 'pweek', 'held', 'learned', 'session'})
 local PERIOD = {month = K.month, day = K.pday, week = K.pweek}
 
 -- What a cap's `spent` field holds in its period (plans.CapPlan.period).
@@ -104,26 +115,66 @@ local function extra_usage_on(extra)
   return extra.on
 end
 
--- The cap in force (-1 unlimited) and the label a refusal names (plans.CapPlan).
-local function cap_in_force(c)
-  local v, at = first_present(K.overrides, c.overrides)
-  if v == 'unlimited' then
-    return -1, c.labels[at]
-  elseif v then
-    return tonumber(v), c.labels[at]
+-- The expected cost of this request (micro-USD): its estimated input, corrected by what
+-- settle.lua learned of real against estimated input on this model, plus its expected
+-- output: the declared maximum, capped by the high percentile of real outputs learned on
+-- this model (the configured default before anything is learned).
+local function expected_cost(x)
+  local v = redis.call('HMGET', K.learned, x.learned.out, x.learned.in_real, x.learned.in_est)
+  local out = x.default_output
+  if v[1] then
+    out = tonumber(v[1])
   end
-  return c.cap, c.label
+  if x.max_output >= 0 and x.max_output < out then
+    out = x.max_output
+  end
+  local ratio = 1
+  if num(v[3]) > 0 then
+    ratio = math.min(math.max(num(v[2]) / num(v[3]), 0.5), 4)
+  end
+  return round_micro(plan.cost * ratio * 1000000 + out * x.output_price)
 end
 
--- Money: included usage, extra usage, spend caps, credit balance. Returns the refusal
--- (reason, detail), or nil, '' and the cost to hold.
-local function check_money(money)
+-- What requests in flight hold against `field` (held hash). A hold is not tied to a
+-- period: it counts against the monthly, weekly and daily caps of its field alike.
+local function held(field)
+  return num(redis.call('HGET', K.held, field))
+end
+
+-- A cap's spend in its period plus what requests in flight hold against its field.
+local function committed(c)
+  return spent_in(c) + held(c.spent)
+end
+
+-- max_in_flight ceilings: the scope of the first one reached, or nil; `hold` counts this
+-- request in each.
+local function check_flights(hold)
+  for _, f in ipairs(plan.flights) do
+    if held(f.field) >= f.max then
+      return f.field
+    end
+    hold[f.field] = 1
+  end
+  return nil
+end
+
+-- Money: a key's budgets, included usage, extra usage, spend caps, credit balance, each
+-- against settled + held. Returns the refusal (reason, detail), or nil, '' and the credit
+-- to hold; `hold` gets the fields to hold `cost` (or its extra part) against.
+local function check_money(money, cost, hold)
   for _, b in ipairs(money.budgets or {}) do
-    if b.cap >= 0 and spent_in(b) >= b.cap then
+    if b.cap >= 0 and committed(b) >= b.cap then
       return 'cap', b.label .. '|' .. int(b.cap)
     end
+    hold[b.spent] = cost
   end
-  local extra_now = true
+  -- A session's budget counts what it settled (requests in flight are not held per
+  -- session: a burst inside one session may overshoot by what is in flight).
+  local sb = opt(plan.session_budget)
+  if sb and num(redis.call('HGET', K.session, 'cost')) >= sb.cap then
+    return 'cap', sb.label .. '|' .. int(sb.cap)
+  end
+  local extra = cost
   local seat = opt(money.seat)
   if seat then
     local included = seat.included
@@ -131,32 +182,37 @@ local function check_money(money)
     if ov then
       included = tonumber(ov)
     end
-    extra_now = num(redis.call('HGET', K.month, seat.spent)) >= included
-    if extra_now and not extra_usage_on(money.extra) then
+    local used = committed({spent = seat.spent})
+    hold[seat.spent] = cost
+    if used < included and used + cost <= included then
+      return nil, '', 0  -- inside the included usage, with what is in flight
+    end
+    -- Crossing it: the part past the included usage is extra usage.
+    extra = cost - math.max(0, included - used)
+    if not extra_usage_on(money.extra) then
       return 'included', int(included)
     end
   end
-  if not extra_now then
-    return nil, '', 0
-  end
   for _, c in ipairs(money.caps) do
-    local cap, label = cap_in_force(c)
-    if cap >= 0 and spent_in(c) >= cap then
+    local cap, label = cap_in_force(K.overrides, c)
+    if cap >= 0 and committed(c) >= cap then
       return 'cap', label .. '|' .. int(cap)
     end
+    hold[c.spent] = extra  -- one hold per field, whatever the caps' periods
   end
   if money.prepaid then
     expire_lots(K.account, K.lots, K.lotexp, K.ledger, plan.lot_prefix, now)
     if available(K.account) <= 0 then
       return 'credit', ''
     end
-    return nil, '', plan.cost
+    return nil, '', extra
   end
   return nil, '', 0
 end
 
--- Admitted: take from the buckets and record the hold.
-local function hold(state, hold_cost)
+-- Admitted: take from the buckets and record the hold (what settle.lua and purge_holds
+-- give back: `c` credit, `b` bucket reservations, `held` held-hash amounts, `est`).
+local function take(state, credit, hold)
   local reserved = {}
   for i, b in ipairs(plan.buckets) do
     bucket_store(BUCKETS[i], state.levels[i] - state.takes[i], state.times[i], b.rate)
@@ -164,10 +220,18 @@ local function hold(state, hold_cost)
       reserved[BUCKETS[i]] = state.takes[i]
     end
   end
-  if hold_cost ~= 0 then
-    redis.call('HINCRBY', K.account, 'held', int(hold_cost))
+  if credit ~= 0 then
+    redis.call('HINCRBY', K.account, 'held', int(credit))
   end
-  redis.call('HSET', K.hold, 'c', int(hold_cost), 'b', encode_reserved(reserved))
+  for field, amount in pairs(hold) do
+    if amount ~= 0 then
+      redis.call('HINCRBY', K.held, field, int(amount))
+    else
+      hold[field] = nil
+    end
+  end
+  redis.call('HSET', K.hold, 'c', int(credit), 'b', encode_reserved(reserved),
+    'held', encode_reserved(hold), 'est', int(plan.est_tokens))
   redis.call('PEXPIRE', K.hold, int(plan.hold_ttl_ms + 86400000))
   redis.call('ZADD', K.holds, int(now + plan.hold_ttl_ms), rid)
 end
@@ -180,20 +244,30 @@ end
 if redis.call('EXISTS', K.hold) == 1 then
   return {0, 'late', '', 0}
 end
-purge_holds(K.holds, K.account, plan.hold_prefix, now)
+purge_holds(K.holds, K.account, K.held, plan.hold_prefix, now)
 
 local state = check_buckets()
 if state.refused ~= nil then
   return result(state, 0, 'rate', tostring(state.refused), state.retry)
 end
-local hold_cost = 0
+local hold = {}
+local over = check_flights(hold)
+if over then
+  return result(state, 0, 'in_flight', over, 1000)
+end
+local credit = 0
 local money = opt(plan.money)
 if money then
-  local reason, detail, cost = check_money(money)
+  local expect = opt(plan.expect)
+  local cost = plan.cost
+  if expect then
+    cost = expected_cost(expect)
+  end
+  local reason, detail, held_credit = check_money(money, cost, hold)
   if reason then
     return result(state, 0, reason, detail, 0)
   end
-  hold_cost = cost
+  credit = held_credit
 end
-hold(state, hold_cost)
+take(state, credit, hold)
 return result(state, 1, '', '', 0)

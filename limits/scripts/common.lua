@@ -137,24 +137,60 @@ local function reset_ms(level, rate)
   return math.ceil((cap - level) / rate)
 end
 
--- Give back what expired holds reserved: their held cost leaves the account's `held`
--- total and their token reservations return to their buckets. A proxy that died
--- mid-request therefore keeps nothing beyond the hold's time-to-live.
-local function purge_holds(holds_key, acct_key, hold_prefix, now)
+-- The cap in force of a plans.CapPlan (-1 unlimited) under the overrides hash, and the
+-- label a refusal names it by.
+local function cap_in_force(overrides_key, c)
+  local v, at = first_present(overrides_key, c.overrides)
+  if v == 'unlimited' then
+    return -1, c.labels[at]
+  elseif v then
+    return tonumber(v), c.labels[at]
+  end
+  return c.cap, c.label
+end
+
+-- The one rounding rule of tollway.limits.prices.round_micro: an amount in 10^-6 micro-USD
+-- to micro-USD, half up.
+local function round_micro(exact)
+  return math.floor((exact + 500000) / 1000000)
+end
+
+-- Give back what hold `hk` reserved, if it exists: its credit hold leaves the account's
+-- `held`, its money holds and in-flight counts leave the held hash (fields at zero are
+-- deleted), and with `buckets` its token reservations return to their buckets. Returns
+-- the hold's fields (nil when there was no hold): reserved buckets and estimated tokens.
+-- The caller deletes the hold.
+local function give_back(hk, acct_key, held_key, buckets)
+  local h = redis.call('HMGET', hk, 'c', 'b', 'held', 'est')
+  if not h[1] then
+    return nil
+  end
+  if tonumber(h[1]) ~= 0 then
+    redis.call('HINCRBY', acct_key, 'held', int(-tonumber(h[1])))
+  end
+  for field, amount in pairs(decode_reserved(h[3])) do
+    if amount ~= 0 and redis.call('HINCRBY', held_key, field, int(-amount)) == 0 then
+      redis.call('HDEL', held_key, field)
+    end
+  end
+  local reserved = decode_reserved(h[2])
+  if buckets then
+    for bkey, amount in pairs(reserved) do
+      if amount ~= 0 and redis.call('EXISTS', bkey) == 1 then
+        redis.call('HINCRBY', bkey, 'l', int(amount))
+      end
+    end
+  end
+  return {reserved = reserved, est = num(h[4])}
+end
+
+-- Give back what expired holds reserved (give_back). A proxy that died mid-request
+-- therefore keeps nothing beyond the hold's time-to-live.
+local function purge_holds(holds_key, acct_key, held_key, hold_prefix, now)
   local expired = redis.call('ZRANGEBYSCORE', holds_key, '-inf', int(now))
   for _, rid in ipairs(expired) do
     local hk = hold_prefix .. rid
-    local h = redis.call('HMGET', hk, 'c', 'b')
-    if h[1] and tonumber(h[1]) ~= 0 then
-      redis.call('HINCRBY', acct_key, 'held', int(-tonumber(h[1])))
-    end
-    if h[2] then
-      for bkey, amount in pairs(decode_reserved(h[2])) do
-        if amount ~= 0 and redis.call('EXISTS', bkey) == 1 then
-          redis.call('HINCRBY', bkey, 'l', int(amount))
-        end
-      end
-    end
+    give_back(hk, acct_key, held_key, true)
     redis.call('DEL', hk)
   end
   if #expired > 0 then

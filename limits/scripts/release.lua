@@ -6,6 +6,7 @@ KEYS
   1 hold       tw:{org}:hold:<rid>     the request's hold (as in admit.lua)
   2 holds      tw:{org}:holds          zset rid -> hold expiry (ms)
   3 account    tw:{org}:acct           hash balance, debt, held (micro-USD)
+  4 held       tw:{org}:held           money held and in-flight counts (as in admit.lua)
 
 ARGV
   1 now (ms)   2 request id   3 tombstone time-to-live (ms; 0: no tombstone, for an
@@ -21,20 +22,11 @@ no hold and debits in full.
 RETURNS 1 when an admission was given back, 0 when there was none (yet).
 ]]
 
-local K_HOLD, K_HOLDS, K_ACCT = KEYS[1], KEYS[2], KEYS[3]
+local K_HOLD, K_HOLDS, K_ACCT, K_HELD = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid, ttl = ARGV[2], tonumber(ARGV[3])
 
-local h = redis.call('HMGET', K_HOLD, 'c', 'b')
 local released = 0
-if h[1] then
-  if tonumber(h[1]) ~= 0 then
-    redis.call('HINCRBY', K_ACCT, 'held', int(-tonumber(h[1])))
-  end
-  for bkey, amount in pairs(decode_reserved(h[2])) do
-    if amount ~= 0 and redis.call('EXISTS', bkey) == 1 then
-      redis.call('HINCRBY', bkey, 'l', int(amount))
-    end
-  end
+if give_back(K_HOLD, K_ACCT, K_HELD, true) then
   redis.call('ZREM', K_HOLDS, rid)
   released = 1
 end

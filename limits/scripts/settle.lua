@@ -10,6 +10,9 @@ KEYS (named in this order by limits/scriptplans.py SETTLE_KEYS)
                                        reload:off, reload:threshold, reload:target)
   sessions   tw:{org}:sessions         sorted set: session id -> its last request end (ms)
   pday, pweek                          as in admit.lua: the cost is added to them as to month
+  held       tw:{org}:held             what requests in flight hold (as in admit.lua)
+  learned    tw:{org}:learned          what settlement learned per model (see learn)
+  outputs    tw:{org}:outputs:<model>  list of the latest output token counts on the model
   then the buckets, as in admit.lua
 
 ARGV
@@ -36,14 +39,19 @@ ARGV
     reload     {threshold, target} in micro-USD from the config, or null (see auto_reload)
     reload_fields  {off, threshold, target}: the override fields of auto-reload
     ledger_fields  extra ledger fields: [name, value, ...]
+    caps       the caps of admit.lua (plans.CapPlan): how far each was overshot is recorded
+    learn      {out, in_real, in_est, in_n, window, quantile, min_estimate} or null
+               (scriptplans.LearnPlan): see learn
 
 RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if none),
+  overshoot (micro-USD of this request's extra spend past a cap, the largest over the caps),
   duplicate (true when this request id was settled before; nothing changed)}
 ]]
 
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'settled', 'day', 'session', 'overrides', 'sessions', 'pday', 'pweek'})
+  'month', 'settled', 'day', 'session', 'overrides', 'sessions', 'pday', 'pweek', 'held',
+  'learned', 'outputs'})
 
 local earlier = redis.call('GET', K.settled)
 if earlier then
@@ -56,18 +64,72 @@ local plan = cjson.decode(ARGV[3])
 local usage = plan.usage
 
 -- Release the hold, if it has not expired already (then purge_holds gave its reservation
--- back and the buckets are debited in full). Returns the bucket reservations.
+-- back and the buckets are debited in full). Returns its fields (common.lua give_back).
 local function release_hold()
-  local h = redis.call('HMGET', K.hold, 'c', 'b')
-  if not h[1] then
-    return {}
-  end
-  if tonumber(h[1]) ~= 0 then
-    redis.call('HINCRBY', K.account, 'held', int(-tonumber(h[1])))
+  local h = give_back(K.hold, K.account, K.held, false)
+  if not h then
+    return {reserved = {}, est = 0}
   end
   redis.call('DEL', K.hold)
   redis.call('ZREM', K.holds, rid)
-  return decode_reserved(h[2])
+  return h
+end
+
+-- Learn from a successful request what admit.lua's expected cost needs: the `quantile`
+-- of the latest `window` output token counts on this model, and the decayed sums of real
+-- and estimated input tokens (halved once `window` requests are summed, so the ratio
+-- follows the traffic). Requests estimated below `min_estimate` tokens teach nothing
+-- about input: their ratio is noise.
+local function learn(est)
+  local l = opt(plan.learn)
+  if not plan.ok or not l then
+    return
+  end
+  redis.call('LPUSH', K.outputs, int(usage.output_tokens))
+  redis.call('LTRIM', K.outputs, 0, l.window - 1)
+  redis.call('PEXPIRE', K.outputs, int(plan.keep_ms))
+  local xs = redis.call('LRANGE', K.outputs, 0, -1)
+  for i, x in ipairs(xs) do
+    xs[i] = tonumber(x)
+  end
+  table.sort(xs)
+  redis.call('HSET', K.learned, l.out, int(xs[math.max(1, math.ceil(#xs * l.quantile))]))
+  if est >= l.min_estimate then
+    local real = usage.input_tokens + usage.cache_write_tokens + usage.cache_read_tokens
+    local v = redis.call('HMGET', K.learned, l.in_real, l.in_est, l.in_n)
+    local sum_real, sum_est, n = num(v[1]) + real, num(v[2]) + est, num(v[3]) + 1
+    if n >= l.window then
+      sum_real, sum_est, n = math.floor(sum_real / 2), math.floor(sum_est / 2), math.floor(n / 2)
+    end
+    redis.call('HSET', K.learned, l.in_real, int(sum_real), l.in_est, int(sum_est),
+      l.in_n, int(n))
+  end
+  redis.call('PEXPIRE', K.learned, int(plan.keep_ms))
+end
+
+-- How far this request's extra spend took each cap past its amount: the largest part of
+-- `extra` past a cap, recorded per cap in its period's hash at its `overshoot` field (the
+-- period's largest).
+local function overshoot(extra)
+  local worst = 0
+  if extra <= 0 then
+    return 0
+  end
+  local period = {month = K.month, day = K.pday, week = K.pweek}
+  for _, c in ipairs(plan.caps) do
+    local cap = cap_in_force(K.overrides, c)
+    local h = period[c.period or 'month']
+    if cap >= 0 then
+      local past = math.min(num(redis.call('HGET', h, c.spent)) - cap, extra)
+      if past > 0 then
+        worst = math.max(worst, past)
+        if past > num(redis.call('HGET', h, c.overshoot)) then
+          redis.call('HSET', h, c.overshoot, int(past))
+        end
+      end
+    end
+  end
+  return worst
 end
 
 -- Buckets: debit actual tokens less what was reserved (they may go below zero).
@@ -254,9 +316,11 @@ local function auto_reload(avail)
   return 0
 end
 
-purge_holds(K.holds, K.account, plan.hold_prefix, now)
+purge_holds(K.holds, K.account, K.held, plan.hold_prefix, now)
 expire_lots(K.account, K.lots, K.lotexp, K.ledger, plan.lot_prefix, now)
-debit_buckets(release_hold())
+local hold = release_hold()
+debit_buckets(hold.reserved)
+learn(hold.est)
 
 local cost = 0
 if plan.ok then
@@ -265,6 +329,7 @@ end
 local included = included_part(cost)
 local extra = cost - included
 local debits = charge(cost, extra)
+local over = overshoot(extra)
 count_day(cost)
 if plan.session then
   count_session(cost)
@@ -280,7 +345,7 @@ if plan.retain_ms then
 end
 
 local r = {cost = cost, included = included, extra = extra, available = avail,
-  reload = reload, duplicate = false}
+  reload = reload, overshoot = over, duplicate = false}
 local encoded = cjson.encode(r)
 redis.call('SET', K.settled, encoded, 'PX', int(plan.dedup_ms or plan.keep_ms))
 return encoded

@@ -134,7 +134,7 @@ async def from_session(c: AdminContext, request: web.Request) -> Caller | None:
     try:
         if session.role == "member":
             record = await c.apikeys.get(session.cred)
-            if record.revoked:
+            if record.status(c.clock.now_ms()) != "active":  # revoked or expired
                 return None
         else:
             await admin_credentials.Credentials(c.store).active(session.cred)

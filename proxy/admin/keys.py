@@ -70,6 +70,9 @@ class KeyCreate(Body):
     output_tpm: str | int | Decimal | None = None
     budget: Money | None = Field(None, description="The key's spend budget (USD) per period.")
     budget_period: Literal["day", "week", "month"] = "month"
+    session_budget: Money | None = Field(
+        None, description="USD one session id may spend with the key (clients may ask less)."
+    )
 
     @field_validator("rpm", "tpm", "input_tpm", "output_tpm")
     @classmethod
@@ -87,7 +90,7 @@ class KeyCreate(Body):
             raise ValueError("give at least one pattern (omit models to allow every model)")
         return v
 
-    @field_validator("budget")
+    @field_validator("budget", "session_budget")
     @classmethod
     def _budget(cls, v: int | None) -> int | None:
         if v is not None and v > MAX_AMOUNT:
@@ -119,6 +122,8 @@ def _limits(b: KeyCreate) -> KeyLimits | None:
     }
     if b.budget is not None:
         found["budget"], found["budget_period"] = b.budget, b.budget_period
+    if b.session_budget is not None:
+        found["session_budget"] = b.session_budget
     return KeyLimits(**found) if found else None
 
 
@@ -202,6 +207,7 @@ _KEY = schema_object(
     limits=schema_object((), **{n: NULLABLE_STR for n in LIMITS}),
     budget_micro={"type": ["integer", "null"]},
     budget_period={"type": ["string", "null"]},
+    session_budget_micro={"type": ["integer", "null"]},
 )
 _WITH_SECRET = {**_KEY, "required": [*_KEY["required"], "key"]}
 

@@ -80,6 +80,9 @@ def register(sub: Any) -> None:
         default="month",
         help="calendar day, week (Monday first) or month of server.timezone (default month)",
     )
+    p.add_argument(
+        "--session-budget", metavar="USD", help="what one session id may spend with the key"
+    )
     _add_common(p)
     p.set_defaults(func=create)
 
@@ -149,6 +152,11 @@ def _settings(args: Any, now_ms: int) -> KeySettings:
         except ValueError as e:
             raise ValueError(f"--budget: {e}") from None
         found["budget_period"] = args.budget_period
+    if args.session_budget is not None:
+        try:
+            found["session_budget"] = parse_usd(args.session_budget)
+        except ValueError as e:
+            raise ValueError(f"--session-budget: {e}") from None
     limits = KeyLimits(**found) if found else None
     return KeySettings(args.name, expires, models, tags, limits)
 

@@ -187,6 +187,8 @@ def spend_cmd(args: Any) -> int:
                     if name == "organization"
                     else {n: _line_json(v) for n, v in mtd[name].items()}
                 )
+            for name in ("held", "overshoot"):
+                out[name] = {f: {"usd": format_usd(v), "micro": v} for f, v in mtd[name].items()}
             _print_json(out)
             return 0
         print(
@@ -195,6 +197,11 @@ def spend_cmd(args: Any) -> int:
         rows = [{args.by: n, **_line_usd(v)} for n, v in mtd[group].items()]
         rows.append({args.by: "TOTAL", **_line_usd(mtd["organization"])})
         print_rows(rows, (args.by, "spend", "included", "extra"))
+        # Requests in flight hold their expected cost; a cap overshot says by how much.
+        for f, v in mtd["held"].items():
+            print(f"held in flight  {f}  {format_usd(v)}")
+        for f, v in mtd["overshoot"].items():
+            print(f"cap overshot    {f}  {format_usd(v)} (the largest part of one request)")
         return 0
 
     return _run(args, action)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -64,10 +65,10 @@ _DROP_RESPONSE = HOP_BY_HOP | {"content-length", "set-cookie", "x-request-id", "
 
 
 def upstream_headers(
-    client: CIMultiDict[str] | object, auth: dict[str, str], extra_drop: frozenset[str]
+    client: Mapping[str, str], auth: dict[str, str], extra_drop: frozenset[str]
 ) -> CIMultiDict[str]:
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in client.items():  # type: ignore[attr-defined]
+    for name, value in client.items():
         n = name.lower()
         if n in _DROP_REQUEST or n in extra_drop or n.startswith(("x-forwarded-", "x-tollway-")):
             continue

@@ -17,23 +17,31 @@ from typing import Any
 import aiohttp
 import orjson
 from aiohttp import web
-from tollway.config.reload import ConfigHolder
+from tollway.config.reload import ConfigSource
 from tollway.config.schema import Config
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.meter import Meter
 from tollway.limits.outcomes import Decision, Refusal
-from tollway.limits.prices import cost_micro
-from tollway.limits.usage import Usage
+from tollway.limits.prices import cost_micro, rates_for
+from tollway.limits.usage import Usage, tier_name
 from tollway.proxy.gateway import models_list, passthrough, providers, routes
 from tollway.proxy.gateway.call import Call, Reject
 from tollway.proxy.gateway.forward import Drain, Relayed, relay, relay_whole, upstream_headers
 from tollway.proxy.gateway.identify import client_workspace, identify, request_secret
+from tollway.proxy.gateway.inbound import (
+    BUDGET_HEADER,
+    escapes,
+    parse,
+    read_body,
+    session_budget,
+    session_id,
+)
 from tollway.proxy.gateway.member_requests import refusal_hint
 from tollway.proxy.gateway.providers import OPENAI, Problem
 from tollway.proxy.gateway.settling import Settler
-from tollway.proxy.gateway.tokens import TokenCounter
+from tollway.proxy.gateway.tokens import TokenCounter, declared_max_output
 from tollway.proxy.metrics import Metrics
 from tollway.proxy.wire.taps import UsageTap, make_tap
 
@@ -47,19 +55,13 @@ STREAM_USAGE_ROUTES = frozenset({"/v1/chat/completions", "/v1/completions"})
 _Upstream = tuple[str, dict[str, str], aiohttp.ClientTimeout, frozenset[str]]
 
 
-def _escapes(model_id: str) -> bool:
-    """A model id that is not one plain path segment: forwarded, it could name another
-    path of the upstream (`..`, an encoded slash an upstream decodes)."""
-    return "/" in model_id or "\\" in model_id or model_id in (".", "..")
-
-
 class ProxyHandler:
     """The proxied routes. Settlement is composed in: `settler` (shared with the journal
     replayer, which the app wires)."""
 
     def __init__(
         self,
-        holder: ConfigHolder,
+        holder: ConfigSource,
         meter: Meter,
         apikeys: ApiKeys,
         client: aiohttp.ClientSession,
@@ -149,12 +151,12 @@ class ProxyHandler:
                 await refresh(call.principal.org)
         call.principal = client_workspace(call.principal, request.headers, cfg)
         model_id = request.match_info.get("model_id")
-        if model_id is not None and (_escapes(model_id) or not self._usable(cfg, call)(model_id)):
+        if model_id is not None and (escapes(model_id) or not self._usable(cfg, call)(model_id)):
             # A model the key may not use is as unknown to it as one that does not exist.
             raise Reject(Problem(404, "not_found", f"The model '{model_id}' does not exist."))
         try:
             async with asyncio.timeout(cfg.server.client_body_timeout):
-                body = await self._read_body(request, cfg.server.max_body_bytes)
+                body = await read_body(request, cfg.server.max_body_bytes)
         except TimeoutError:
             problem = Problem(408, "client_timeout", "The request body did not arrive in time.")
             raise Reject(problem) from None
@@ -165,7 +167,7 @@ class ProxyHandler:
         if kind == "counted":
             return await passthrough.count_tokens(self, request, call, cfg, body)
 
-        payload = self._parse(body)
+        payload = parse(body)
         model = payload.get("model")
         if not isinstance(model, str) or not model:
             raise Reject(Problem(400, "bad_request", "The request has no 'model'."))
@@ -197,9 +199,21 @@ class ProxyHandler:
         body, call.strip = self._with_stream_usage(call, payload, body)
         principal = call.principal
         assert principal is not None
+        call.session = session_id(request, cfg)
+        budget = session_budget(request.headers)
+        # The hold is priced at the tier the request asks for (OpenAI service_tier).
+        estimate = Usage(input_tokens=est, service_tier=tier_name(payload.get("service_tier")))
         try:
             decision = await self.meter.admit(
-                principal, call.rid, model, est, cost_micro(price, Usage(input_tokens=est))
+                principal,
+                call.rid,
+                model,
+                est,
+                cost_micro(price, estimate),
+                max_output=declared_max_output(payload),
+                output_price=rates_for(price, estimate).output,
+                session=call.session,
+                session_budget=budget,
             )
         except StoreUnavailable:
             # The admit may still run on a slow store, after we answered: give it back.
@@ -219,23 +233,12 @@ class ProxyHandler:
             problem = providers.refusal(call.provider, decision, self.clock.now_ms(), hint)
             raise Reject(problem, call.headers)
         self.metrics.added_latency.observe(time.perf_counter() - call.started)
-        call.session = self._session_id(request, cfg)
         return await self._forward_metered(request, call, cfg, body)
 
     def _usable(self, cfg: Config, call: Call) -> models_list.Usable:
         """Whether a model id is one this request's key may use (priced and allowed)."""
         record = self.apikeys.record(call.secret) if call.secret is not None else None
         return models_list.usable(cfg, record, self.clock.now_ms())
-
-    def _parse(self, body: bytes) -> dict[str, Any]:
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as e:
-            problem = Problem(400, "bad_request", f"The request body is not valid JSON: {e}")
-            raise Reject(problem) from None
-        if not isinstance(payload, dict):
-            raise Reject(Problem(400, "bad_request", "The request body must be a JSON object."))
-        return payload
 
     def _with_stream_usage(
         self, call: Call, payload: dict[str, Any], body: bytes
@@ -254,30 +257,6 @@ class ProxyHandler:
             "include_usage": True,
         }
         return orjson.dumps(payload), True
-
-    async def _read_body(self, request: web.Request, limit: int) -> bytes:
-        declared = request.content_length
-        too_large = Problem(
-            413, "too_large", f"The request body is larger than the limit of {limit} bytes."
-        )
-        if declared is not None and declared > limit:
-            raise Reject(too_large)
-        chunks, size = [], 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                raise Reject(too_large)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    def _session_id(self, request: web.Request, cfg: Config) -> str | None:
-        for name in cfg.server.session_headers:
-            value = request.headers.get(name)
-            if value:
-                # Header bytes that are not UTF-8 arrive as surrogate escapes, which the
-                # store cannot encode: the settlement would fail.
-                return value[:128].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        return None
 
     def _store_down(self) -> Problem:
         """A refusal because the store is unavailable (counted as policy "closed": the
@@ -308,7 +287,7 @@ class ProxyHandler:
                 sock_connect=cfg.server.upstream_connect_timeout,
                 sock_read=up.timeout or cfg.server.upstream_read_timeout,
             )
-            drop = frozenset(h.lower() for h in cfg.server.session_headers)
+            drop = frozenset(h.lower() for h in cfg.server.session_headers) | {BUDGET_HEADER}
             hit = self._upstreams[call.provider] = (up.base_url, auth, timeout, drop)
         return hit
 

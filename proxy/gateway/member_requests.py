@@ -11,8 +11,8 @@ of their included usage asks for more with their own Tollway key.
 Answers are JSON; errors are in the caller's provider format (Anthropic when the request
 carries ``anthropic-version``, else OpenAI), like every other Tollway error, with 401 for
 a bad or revoked key and 503 while the store is unreachable. These routes are not
-metered and take nothing from any bucket. `setup` wires them and, when configured, the
-daily digest task (`tollway.proxy.runtime.digest`).
+metered and take nothing from any bucket. `setup` wires them; the app starts the daily
+digest task (`tollway.proxy.runtime.digest`) when it is configured.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from tollway.config.reload import ConfigHolder
+from tollway.config.reload import ConfigSource
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
@@ -93,7 +93,7 @@ def month_json(s: UserStatus, resets_at_ms: int) -> dict[str, Any]:
 class Endpoint:
     """The two views, bound to the app's config holder, keys and `Spend`."""
 
-    def __init__(self, holder: ConfigHolder, spend: Spend, apikeys: ApiKeys) -> None:
+    def __init__(self, holder: ConfigSource, spend: Spend, apikeys: ApiKeys) -> None:
         self.holder = holder
         self.spend = spend
         self.apikeys = apikeys
@@ -195,16 +195,12 @@ def _dumps(value: Any) -> str:
 
 
 def setup(
-    app: web.Application, holder: ConfigHolder, store: Store, clock: Clock, apikeys: ApiKeys
+    app: web.Application, holder: ConfigSource, store: Store, clock: Clock, apikeys: ApiKeys
 ) -> None:
-    """Wire the endpoint into the proxy app (and `app[SPEND]`); start the daily digest of
-    pending requests when ``notifications.limit_requests_webhook`` is configured."""
-    from tollway.proxy.runtime import digest
-
+    """Wire the endpoint into the proxy app (and `app[SPEND]`). The daily digest of
+    pending requests is process wiring: `tollway.proxy.runtime.app` starts it."""
     spend = Spend(store, clock, lambda: holder.current)
     app[SPEND] = spend
     endpoint = Endpoint(holder, spend, apikeys)
     app.router.add_post(PATH, endpoint.file)
     app.router.add_get(PATH, endpoint.latest)
-    if holder.current.notifications.limit_requests_webhook is not None:
-        app.cleanup_ctx.append(digest.lifecycle(holder, spend, clock))

@@ -2,8 +2,9 @@
 count_tokens (one request off the RPM buckets, nothing else). And the release of an
 admission whose admit timed out (see `release_later`).
 
-These functions are the handler's: they take it as their first argument and use its
-upstream connection, its relay and its error type.
+These functions are the handler's: they take it as their first argument (typed by the
+`Handler` protocol, so this module does not import the handler that imports it) and use
+its upstream connection, its relay and its error type.
 """
 
 from __future__ import annotations
@@ -11,29 +12,68 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+import aiohttp
 import orjson
 from aiohttp import web
+from tollway.config.schema import Config
+from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.meter import Decision
+from tollway.limits.meter import Decision, Meter
 from tollway.limits.plans import Principal
 from tollway.proxy.gateway import models_list, providers
 from tollway.proxy.gateway.call import Call, Reject
-from tollway.proxy.gateway.forward import response_headers
+from tollway.proxy.gateway.forward import Relayed, response_headers
 from tollway.proxy.gateway.providers import Problem
-
-if TYPE_CHECKING:
-    from tollway.proxy.gateway.handler import ProxyHandler
+from tollway.proxy.gateway.settling import Settler
+from tollway.proxy.metrics import Metrics
+from tollway.proxy.wire.taps import UsageTap
 
 log = logging.getLogger("tollway.request")
 
 RELEASE_TRIES = 60  # one a second: a store away longer lets the hold expire by its TTL
 
 
-async def model_list(
-    h: ProxyHandler, request: web.Request, call: Call, cfg: Any
-) -> web.StreamResponse:
+class Handler(Protocol):
+    """What these routes use of the handler (`ProxyHandler` is one)."""
+
+    meter: Meter
+    metrics: Metrics
+    clock: Clock
+    settler: Settler
+    releasing: set[asyncio.Task[Any]]
+
+    def _usable(self, cfg: Config, call: Call) -> models_list.Usable: ...
+
+    def _store_down(self) -> Problem: ...
+
+    async def _open(
+        self, request: web.Request, call: Call, cfg: Config, body: bytes
+    ) -> aiohttp.ClientResponse: ...
+
+    async def _forward_unmetered(
+        self,
+        request: web.Request,
+        call: Call,
+        cfg: Config,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse: ...
+
+    async def _relay(
+        self,
+        request: web.Request,
+        call: Call,
+        cfg: Config,
+        upstream: aiohttp.ClientResponse,
+        ours: dict[str, str],
+        tap: UsageTap | None,
+        started: float,
+    ) -> tuple[web.StreamResponse | None, Relayed]: ...
+
+
+async def model_list(h: Handler, request: web.Request, call: Call, cfg: Any) -> web.StreamResponse:
     """GET /v1/models: the upstream's list with only the models this key may use."""
     ours = {providers.request_id_header(call.provider): call.rid}
     upstream = await h._open(request, call, cfg, b"")
@@ -59,7 +99,7 @@ async def model_list(
 
 
 async def count_tokens(
-    h: ProxyHandler, request: web.Request, call: Call, cfg: Any, body: bytes
+    h: Handler, request: web.Request, call: Call, cfg: Any, body: bytes
 ) -> web.StreamResponse:
     """POST /v1/messages/count_tokens: admitted against the RPM buckets (no tokens, no
     money) like any request, forwarded, then its admission is given back but for its
@@ -98,7 +138,7 @@ def _model_of(body: bytes) -> str | None:
 
 
 def release_later(
-    h: ProxyHandler,
+    h: Handler,
     principal: Principal,
     rid: str,
     keep_ms: int | None = None,
@@ -111,7 +151,8 @@ def release_later(
     async def run() -> None:
         for _ in range(RELEASE_TRIES):
             try:
-                await h.meter.release(principal, rid, keep_ms)
+                if await h.meter.release(principal, rid, keep_ms) and keep_ms is None:
+                    log.warning("late admission released", extra={"rid": rid})
                 return
             except StoreUnavailable:
                 await asyncio.sleep(1.0)

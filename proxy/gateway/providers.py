@@ -173,6 +173,9 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
         else:
             msg = f"Rate limit reached for {decision.detail}. Please try again in {seconds}s."
         return Problem(429, kind, msg, retry_after_s=max(seconds, 1))
+    if reason is Refusal.IN_FLIGHT:
+        msg = f"Too many requests in flight: {decision.detail} reached. Please try again in 1s."
+        return Problem(429, "rate", msg, retry_after_s=1)
     if reason is Refusal.CREDIT:
         msg = (
             "Your organization's credit balance is too low: its prepaid Tollway credit is used up."
@@ -185,10 +188,19 @@ def refusal(provider: str, decision: Decision, now_ms: int, hint: str = "") -> P
             f"You have used all the usage included in your seat for this month{amount} and "
             f"extra usage is not enabled. Your usage resets at {resets}."
         )
-    else:
+    elif decision.detail.startswith("session"):
         cap = "" if decision.amount is None else f" of ${format_usd(decision.amount)}"
         msg = (
-            f"You have reached the {decision.detail} spend cap{cap} for this month. "
-            f"It resets at {resets}."
+            f"You have reached the {decision.detail}{cap}. It does not reset: start a new "
+            "session or ask for a higher budget."
         )
+    else:
+        cap = "" if decision.amount is None else f" of ${format_usd(decision.amount)}"
+        when = "this month"
+        if "daily" in decision.detail:
+            when = "today"
+        elif "weekly" in decision.detail:
+            when = "this week"
+        what = decision.detail if "budget" in decision.detail else f"{decision.detail} spend cap"
+        msg = f"You have reached the {what}{cap} for {when}. It resets at {resets}."
     return Problem(429, "cap", msg + hint, should_retry=False)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from tollway.config.reload import ConfigHolder
+from tollway.config.reload import ConfigSource
 from tollway.limits.clock import Clock
 from tollway.limits.credits import Credits
 from tollway.limits.errors import StoreUnavailable
@@ -53,7 +54,7 @@ class Settler:
 
     def __init__(
         self,
-        holder: ConfigHolder,
+        holder: ConfigSource,
         meter: Meter,
         counter: TokenCounter,
         metrics: Metrics,
@@ -66,7 +67,7 @@ class Settler:
         self.clock = clock
         self.journal: Journal | None = None
         self.on_settled: list[OnSettled] = []
-        self.pending: set[asyncio.Future[Settlement | None]] = set()
+        self.pending: set[asyncio.Task[Any]] = set()
 
     # --- what an answer is charged -------------------------------------------------------
     def cut_usage(self, result: TapResult, est: int) -> Usage | None:
@@ -180,6 +181,8 @@ class Settler:
             m.tokens.labels("cache_write", org, model).inc(used.cache_write_tokens)
             m.tokens.labels("cache_read", org, model).inc(used.cache_read_tokens)
             m.spend.labels(org, model).inc(settlement.cost / 1_000_000)
+            if settlement.overshoot:
+                m.overshoot.labels(org).inc(settlement.overshoot / 1_000_000)
         org_cfg = self.holder.current.organizations.get(org)
         if org_cfg is not None and org_cfg.billing.mode == "prepaid":
             self.metrics.balance.labels(org).set(settlement.available / 1_000_000)

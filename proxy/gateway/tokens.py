@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import tempfile
+from typing import Any
 
 import orjson
 import tiktoken
@@ -280,3 +281,16 @@ class _Gatherer:
         # Not JSON-able (odd shapes from a lenient parser): skip it.
         with contextlib.suppress(TypeError, orjson.JSONEncodeError):
             self.texts.append(orjson.dumps(value).decode())
+
+
+MAX_OUTPUT_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def declared_max_output(payload: dict[str, Any]) -> int | None:
+    """The most output tokens the request allows itself (the first of `MAX_OUTPUT_FIELDS`
+    that is a non-negative integer), None when it declares none."""
+    for name in MAX_OUTPUT_FIELDS:
+        value = payload.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None

@@ -30,6 +30,7 @@ from tollway.limits.errors import StoreUnavailable
 from tollway.limits.meter import Settlement, periods
 from tollway.limits.plans import Principal
 from tollway.limits.store import Store
+from tollway.limits.windows import windows
 from tollway.proxy.runtime.payment_webhook import SIGNATURE_HEADER, sign
 
 log = logging.getLogger("tollway.alerts")
@@ -76,6 +77,7 @@ class AlertSender:
                 org_cfg,
                 principal,
                 month,
+                windows(now, cfg.server.tzinfo),
                 now,
                 settings.thresholds,
                 settings.low_balance if prepaid else None,

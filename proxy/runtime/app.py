@@ -8,11 +8,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from tollway.config.overlay import Overlay
+from tollway.config.reload import ConfigSource
 from tollway.limits.apikeys import REVOCATION_POLL, ApiKeys
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
@@ -33,13 +33,14 @@ from tollway.proxy.gateway.routes import ROUTES
 from tollway.proxy.gateway.settling import Settler
 from tollway.proxy.gateway.tokens import TokenCounter
 from tollway.proxy.metrics import Metrics
+from tollway.proxy.runtime import digest
 from tollway.proxy.runtime.alerts import AlertSender
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.shipping import ShippingTask
 
 log = logging.getLogger("tollway")
 
-HOLDER = web.AppKey("holder", Any)
+HOLDER = web.AppKey("holder", Overlay)
 USERS = web.AppKey("users", RuntimeUsers)
 STORE = web.AppKey("store", Store)
 METRICS = web.AppKey("metrics", Metrics)
@@ -61,7 +62,7 @@ SETTLE_WAIT = 10.0  # seconds shutdown waits for cut requests to settle
 
 
 def create_app(
-    holder: Any,
+    holder: ConfigSource,
     store: Store,
     clock: Clock | None = None,
     metrics: Metrics | None = None,
@@ -123,6 +124,9 @@ def create_app(
     app.add_subapp("/admin", admin)
     setup_console(app, admin[ADMIN])
     limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
+    if cfg.notifications.limit_requests_webhook is not None:
+        spend = app[limit_requests.SPEND]
+        app.cleanup_ctx.append(digest.lifecycle(holder, spend, app[CLOCK]))
     # Last: any other /v1 path is answered (404 in the provider's format), never forwarded.
     app.router.add_route("*", "/v1/{tail:.*}", _proxy_view)
     return app

@@ -13,7 +13,9 @@ import time
 import openai
 import pytest
 from aiohttp import web
+from tollway.limits.apikeys import KeySettings
 from tollway.limits.credits import Credits
+from tollway.limits.plans import KeyLimits
 from tollway.limits.spend import Spend
 from tollway.proxy.runtime.app import ALERTS
 
@@ -149,3 +151,27 @@ def test_a_failed_delivery_is_retried_and_a_low_balance_announced_once(stack):
     assert receiver.attempts == 3  # two failures, then delivered
     assert [(a["kind"], a["threshold"]) for a in receiver.got] == [("balance", 1_000_000)]
     assert receiver.got[0]["used"] < 1_000_000
+
+
+def test_a_key_s_daily_budget_alerts_per_day(stack):
+    receiver = Receiver()
+    start(stack, receiver)
+    probe = stack.key("acme")
+    chat(stack.openai(probe))
+    settle_alerts(stack)
+    cost = int(stack.redis.hget(stack.keys.month("acme", "2026-01"), "spend:org"))
+    limits = KeyLimits(budget=2 * cost, budget_period="day")
+    _, secret = stack.key_record("acme", settings=KeySettings(name="bot", limits=limits))
+    client = stack.openai(secret)
+    chat(client)
+    settle_alerts(stack)
+    chat(client)
+    settle_alerts(stack)
+    got = [(a["kind"], a["threshold"], a["period"]) for a in receiver.got]
+    assert sorted(got) == [("budget", t, "d2026-01-01") for t in (50, 80, 100)]
+    stack.clock.advance(seconds=86_400)  # a new day: the budget and its alerts start over
+    chat(client)
+    settle_alerts(stack)
+    assert ("budget", 50, "d2026-01-02") in [
+        (a["kind"], a["threshold"], a["period"]) for a in receiver.got
+    ]

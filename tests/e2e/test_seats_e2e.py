@@ -15,8 +15,10 @@ import openai
 import pytest
 import redis
 from tollway.limits.prices import cost_micro
+from tollway.limits.scriptplans import LEARN_MIN_ESTIMATE
 from tollway.limits.spend import UNLIMITED, Spend
 from tollway.limits.usage import Usage
+from tollway.proxy.gateway.tokens import TokenCounter
 
 from tests.support.spendkit import (
     CLAUDE_COST,
@@ -364,9 +366,29 @@ def crowd(stack: Stack, max_connections: int | None) -> tuple[list[Any], list[An
     return served, refused
 
 
+def expected_costs(stack: Stack) -> tuple[int, int]:
+    """What admit.lua holds for one crowd request (micro-USD): (before any settlement,
+    after one): the estimated input cost plus the configured default output tokens, then
+    plus the learned output (500 tokens, every answer's). The estimate is below the
+    input-learning minimum, so no input correction applies."""
+    est = TokenCounter().estimate_request(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello"}]},
+        "/v1/chat/completions",
+    )
+    assert est < LEARN_MIN_ESTIMATE
+    cfg = stack.holder.current
+    price = cfg.prices["gpt-4o"]
+    input_cost = cost_micro(price, Usage(input_tokens=est))
+    before = input_cost + cost_micro(price, Usage(output_tokens=cfg.metering.default_output_tokens))
+    return before, input_cost + cost_micro(price, Usage(output_tokens=500))
+
+
 def replay(stack: Stack, events: list[tuple[str, str, str]], served: list[Any]) -> dict[str, int]:
-    """Check every admission against the counters of its instant in the server's order,
-    and the month's counters against the admitted requests; the replayed extra by user."""
+    """Check every admission against the counters and holds of its instant in the
+    server's order, and the month's counters against the admitted requests; the replayed
+    extra by user. The rule (docs/spend.md): a request whose expected cost fits in the
+    user's included usage (settled + held) is admitted; otherwise its part past it is
+    extra, admitted while each cap's settled + held extra is below the cap."""
     ledger = {e["rid"]: e for e in debits(stack)}  # one debit per settled request
     price = stack.holder.current.prices["gpt-4o"]
     costs = [
@@ -377,15 +399,36 @@ def replay(stack: Stack, events: list[tuple[str, str, str]], served: list[Any]) 
     month = mtd(stack, "2026-01")
     assert month["spend:org"] == sum(costs)
 
+    before, after = expected_costs(stack)
+    learned = False
     spend = dict.fromkeys(CROWD_USERS, 0)
     extra = dict.fromkeys(CROWD_USERS, 0)
+    held_spend = dict.fromkeys(CROWD_USERS, 0)
+    held_extra = dict.fromkeys(CROWD_USERS, 0)
+    holds: dict[str, tuple[str, int, int]] = {}
     admits = [rid for kind, rid, _ in events if kind == "admit"]
     assert len(admits) == len(set(admits)) == 100
     for kind, rid, user in events:
         if kind == "admit":
-            below = extra[user] < TIER_CAP and sum(extra.values()) < ORG_CAP
-            assert (rid in ledger) == (spend[user] < INCLUDED or below), (rid, user)
+            e = after if learned else before
+            used = spend[user] + held_spend[user]
+            inside = used < INCLUDED and used + e <= INCLUDED
+            x = 0 if inside else e - max(0, INCLUDED - used)
+            below = (
+                extra[user] + held_extra[user] < TIER_CAP
+                and sum(extra.values()) + sum(held_extra.values()) < ORG_CAP
+            )
+            admitted = inside or below
+            assert (rid in ledger) == admitted, (rid, user)
+            if admitted:
+                holds[rid] = (user, e, x)
+                held_spend[user] += e
+                held_extra[user] += x
             continue
+        _, e, x = holds.pop(rid)
+        held_spend[user] -= e
+        held_extra[user] -= x
+        learned = True
         cost = int(ledger[rid]["cost"])
         included = min(max(INCLUDED - spend[user], 0), cost)
         assert (int(ledger[rid]["included"]), ledger[rid]["user"]) == (included, user)

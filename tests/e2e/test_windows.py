@@ -90,3 +90,66 @@ def test_a_daily_cap_resets_at_local_midnight(stack_factory):
     assert "2026-01-12T05:00:00" in e.value.message  # Monday, local midnight
     stack.clock.set(ms(2026, 1, 12, 0, 0, 1))
     chat(client)
+
+
+def test_a_session_budget_set_on_the_key_or_sent_by_the_client(stack_factory):
+    stack = stack_factory("organizations:\n  free: {}\n")
+    c = cost_of_one(stack)
+    limits = KeyLimits(session_budget=c + c // 2)
+    _, secret = stack.key_record("free", settings=KeySettings(limits=limits))
+    client = stack.openai(secret)
+
+    def in_session(client, session: str, **headers: str) -> None:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=HELLO,
+            extra_headers={"x-tollway-session": session, **headers},
+        )
+        stack.wait_settled()
+
+    in_session(client, "task-1")
+    in_session(client, "task-1")  # one request past the budget
+    with pytest.raises(openai.RateLimitError) as e:
+        in_session(client, "task-1")
+    assert "session 'task-1' budget" in e.value.message
+    assert "does not reset" in e.value.message
+    in_session(client, "task-2")  # another task, another budget
+    chat(client)  # no session: no session budget
+    # A client asks for a lower budget with a header (it can never raise the key's).
+    plain = stack.openai(stack.key("free"))
+    budget = {"x-tollway-session-budget": f"{c / 1e6:.6f}"}
+    in_session(plain, "task-3", **budget)
+    with pytest.raises(openai.RateLimitError):
+        in_session(plain, "task-3", **budget)
+    in_session(plain, "task-3")  # without the header, no budget for it
+    assert all(
+        "x-tollway-session-budget" not in {k.lower() for k in r.headers}
+        for r in stack.fake.requests
+    )
+    with pytest.raises(openai.BadRequestError):
+        in_session(plain, "task-4", **{"x-tollway-session-budget": "five"})
+
+
+def test_a_model_cap_holds_whichever_model_of_its_pattern_is_used(stack_factory):
+    stack = stack_factory("organizations:\n  free: {}\n")
+    c = cost_of_one(stack)
+    yaml = (
+        "organizations:\n  free: {}\n  acme:\n    extra_usage: {enabled: true}\n"
+        f"    model_caps: {{'gpt-4o*': {{daily: {(c + c // 2) / 1e6:.6f}}}}}\n"
+    )
+    stack.reconfigure("", yaml)
+    secret = stack.key("acme")
+    client = stack.openai(secret)
+    chat(client)
+    chat(client)  # one request past the cap
+    stack.wait_settled()
+    with pytest.raises(openai.RateLimitError) as e:
+        chat(client)
+    assert "model 'gpt-4o*' daily spend cap" in e.value.message
+    with pytest.raises(openai.RateLimitError):  # another model of the pattern: no dodge
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    stack.anthropic(secret).messages.create(  # a model outside the pattern goes on
+        model="claude-haiku-4-5", max_tokens=20, messages=HELLO
+    )
+    stack.clock.advance(seconds=86_400)
+    chat(client)

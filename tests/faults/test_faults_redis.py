@@ -384,17 +384,21 @@ def test_a_store_that_refuses_writes_is_unavailable(make_stack, valkey: Valkey, 
     settled(stack)
     admin = stack.redis
     refusals = {
-        "out of memory": (_oom, lambda: admin.config_set("maxmemory", "0")),
+        "out of memory": (_oom, lambda a: a.config_set("maxmemory", "0")),
         "read-only": (
-            lambda: admin.execute_command("REPLICAOF", "127.0.0.1", "1"),
-            lambda: admin.execute_command("REPLICAOF", "NO", "ONE"),
+            lambda a: a.execute_command("REPLICAOF", "127.0.0.1", "1"),
+            lambda a: a.execute_command("REPLICAOF", "NO", "ONE"),
         ),
         "misconf": (lambda a: _misconf(a, valkey.pid), _snapshots_work),
         "busy": (_busy, _end_busy),
     }
     refuse, accept = refusals[fault]
-    refuse_writes = lambda: refuse(admin)  # noqa: E731
-    accept_writes = lambda: accept(admin) if fault in ("misconf", "busy") else accept()  # noqa: E731
+
+    def refuse_writes() -> None:
+        refuse(admin)
+
+    def accept_writes() -> None:
+        accept(admin)
 
     result = load_through_an_outage(stack, key, refuse_writes, accept_writes)
     refused = result.statuses[503] + result.statuses[529]

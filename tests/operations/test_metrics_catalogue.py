@@ -42,6 +42,7 @@ OUTAGE_ONLY = {
     "tollway_store_unavailable_requests_total",
     "tollway_journal_entries_total",
     "tollway_absurd_usage_total",  # only after an absurd usage report
+    "tollway_overshoot_usd_total",  # only after a request took a spend cap past its amount
 }
 HELLO = [{"role": "user", "content": "Say hello"}]
 

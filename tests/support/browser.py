@@ -10,6 +10,7 @@ CSRF token). Screenshots go to tests/artifacts/console/ (gitignored).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,8 @@ from tests.support import stack as stack_module
 from tests.support.fakepayments import SECRET, FakePayments
 from tests.support.stack import Stack
 
-CHROMIUM = "/usr/bin/chromium"
+SYSTEM_CHROMIUM = Path("/usr/bin/chromium")
+EXTRACTED = Path(__file__).resolve().parents[2] / ".tools" / "chromium"  # install-tools.sh
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
 LAPTOP = {"width": 1366, "height": 860}
 PHONE = {"width": 390, "height": 844}
@@ -96,14 +98,31 @@ def console_world(stack_factory, monkeypatch) -> Iterator[World]:
     stack.run(runner.cleanup())
 
 
+def chromium(extracted: Path = EXTRACTED) -> tuple[Path, dict[str, str] | None]:
+    """Debian's chromium: the system's, else the tree tests/install-tools.sh extracted
+    (its binary, with the libraries extracted beside it on the library path)."""
+    if SYSTEM_CHROMIUM.exists():
+        return SYSTEM_CHROMIUM, None
+    binary = extracted / "usr" / "lib" / "chromium" / "chromium"
+    assert binary.exists(), "chromium is missing: run tests/install-tools.sh (make tools)"
+    libs = [
+        binary.parent,
+        *extracted.glob("usr/lib/*-linux-gnu"),
+        *extracted.glob("lib/*-linux-gnu"),
+    ]
+    path = ":".join([*map(str, libs), os.environ.get("LD_LIBRARY_PATH", "")])
+    return binary, {**os.environ, "LD_LIBRARY_PATH": path}
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     """Chromium for one test module: Playwright's sync API keeps an event loop running in
     this thread while it is open, which asyncio.run() and async tests elsewhere refuse."""
-    assert Path(CHROMIUM).exists(), "chromium is missing: run tests/install-tools.sh"
+    binary, env = chromium()
     with sync_playwright() as p:
         b = p.chromium.launch(
-            executable_path=CHROMIUM,
+            executable_path=binary,
+            env=env,
             headless=True,
             args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
         )

@@ -60,7 +60,8 @@ function duration(ms) {
 
 /* Spend per day as bars: an SVG with a text alternative. */
 function dayChart(rows) {
-  const w = 640, h = 180, pad = 28, n = rows.length || 1;
+  /* Narrower drawing on a phone, so that its labels keep a readable size. */
+  const w = window.innerWidth < 720 ? 360 : 640, h = 180, pad = 28, n = rows.length || 1;
   const max = Math.max(1, ...rows.map((r) => r.cost_micro));
   const bw = (w - pad * 2) / n;
   const ns = "http://www.w3.org/2000/svg";
