@@ -354,7 +354,7 @@ class Organization(FrozenModel):
         declared = data.get("workspaces")
         declared = dict(declared) if isinstance(declared, Mapping) else {}
         wanted = [w for w in data["client_workspaces"].values() if isinstance(w, str)]
-        missing = {w: {} for w in wanted if w not in declared}
+        missing: dict[str, Any] = {w: {} for w in wanted if w not in declared}
         return {**data, "workspaces": {**declared, **missing}} if missing else data
 
     def no_keys_for(self, workspace: str | None) -> str | None:
