@@ -33,6 +33,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tollway.config.schema import Config
 from tollway.limits.clock import Clock
 from tollway.limits.errors import CreditError
 from tollway.limits.identity import claim as claim_identity
@@ -83,7 +84,9 @@ class Credits:
     not know, or that are not prepaid, are refused (credit there could never be spent,
     and purchases are not refundable)."""
 
-    def __init__(self, store: Store, clock: Clock, config: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, config: Callable[[], Config] | None = None
+    ) -> None:
         self.store = store
         self.keys = store.keys
         self.clock = clock

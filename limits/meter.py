@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
+from tollway.config.schema import Config
 from tollway.limits import scriptplans
 from tollway.limits.clock import Clock
 from tollway.limits.outcomes import BucketState as BucketState
@@ -61,14 +62,14 @@ def _period_of(money: Any, label: str) -> str:
 
 
 class Meter:
-    def __init__(self, store: Store, clock: Clock, config: Callable[[], Any]) -> None:
+    def __init__(self, store: Store, clock: Clock, config: Callable[[], Config]) -> None:
         self.store = store
         self.keys = store.keys
         self.clock = clock
         self.config = config
         self._zones: dict[str, ZoneInfo] = {}
         self._labels: dict[tuple[str, int, int, int], tuple[str, str, int]] = {}
-        self._cfg: Any = None
+        self._cfg: Config | None = None
         self._statics: dict[tuple[Principal, str | None], StaticParts] = {}
 
     def _zone(self, name: str) -> ZoneInfo:
@@ -89,7 +90,7 @@ class Meter:
             hit = self._labels[key] = periods(now_ms, tz)
         return hit
 
-    def _plan_parts(self, cfg: Any, principal: Principal, model: str | None) -> StaticParts:
+    def _plan_parts(self, cfg: Config, principal: Principal, model: str | None) -> StaticParts:
         """The cached `StaticParts` of (principal, model) under `cfg`; a new config (a reload)
         empties the cache, so it always matches the config in force."""
         if cfg is not self._cfg:

@@ -59,6 +59,7 @@ SETTLE_KEYS = (
 )
 LEARN_WINDOW = 100  # output counts kept per model; input sums are halved at this count
 LEARN_QUANTILE = 0.95  # of the latest outputs: the expected output of a request
+LEARN_EVERY = 10  # the percentile is recomputed on the first output and every 10 after it
 LEARN_MIN_ESTIMATE = 16  # input estimates below this teach nothing (their ratio is noise)
 
 
@@ -76,21 +77,25 @@ class MoneyPlan:
 @dataclass(frozen=True, slots=True)
 class LearnPlan:
     """Fields of the learned hash for one model (rkeys.Fields.learned) and how settle.lua
-    learns: the `quantile` of the latest `window` outputs; input sums halved every
-    `window` requests; estimates below `min_estimate` tokens skipped."""
+    learns: the `quantile` of the latest `window` outputs, recomputed every `every`
+    outputs (`out_n` counts them); input sums halved every `window` requests; estimates
+    below `min_estimate` tokens skipped."""
 
     out: str
+    out_n: str
     in_real: str
     in_est: str
     in_n: str
     window: int = LEARN_WINDOW
     quantile: float = LEARN_QUANTILE
+    every: int = LEARN_EVERY
     min_estimate: int = LEARN_MIN_ESTIMATE
 
     @classmethod
     def of(cls, model: str) -> LearnPlan:
         f = Fields.learned
-        return cls(f("out", model), f("in_real", model), f("in_est", model), f("in_n", model))
+        names = ("out", "out_n", "in_real", "in_est", "in_n")
+        return cls(*(f(name, model) for name in names))
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tollway.config.schema import Config, Organization
 from tollway.limits import seats
 from tollway.limits.clock import Clock
 from tollway.limits.limit_requests import (
@@ -89,7 +90,7 @@ class Spend:
 
     `config` returns the live `Config` (read on every call, like `Meter`)."""
 
-    def __init__(self, store: Store, clock: Clock, config: Callable[[], Any]) -> None:
+    def __init__(self, store: Store, clock: Clock, config: Callable[[], Config]) -> None:
         self.store = store
         self.keys = store.keys
         self.clock = clock
@@ -380,9 +381,9 @@ class Spend:
         return await self._decide(org, user, APPROVED, note, decision, writes)
 
     async def _tier_move(
-        self, org_cfg: Any, org: str, user: str, tier: str | None
+        self, org_cfg: Organization, org: str, user: str, tier: str | None
     ) -> tuple[dict[str, Any], dict[str, str]]:
-        if tier not in org_cfg.seat_tiers:
+        if tier is None or tier not in org_cfg.seat_tiers:
             names = ", ".join(sorted(org_cfg.seat_tiers)) or "none defined"
             raise UnknownName(f"unknown seat tier {tier!r} in {org!r} (known: {names})")
         if org_cfg.users[user].seat is None:

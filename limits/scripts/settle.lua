@@ -40,7 +40,8 @@ ARGV
     reload_fields  {off, threshold, target}: the override fields of auto-reload
     ledger_fields  extra ledger fields: [name, value, ...]
     caps       the caps of admit.lua (plans.CapPlan): how far each was overshot is recorded
-    learn      {out, in_real, in_est, in_n, window, quantile, min_estimate} or null
+    learn      {out, out_n, in_real, in_est, in_n, window, quantile, every, min_estimate}
+               or null
                (scriptplans.LearnPlan): see learn
 
 RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if none),
@@ -76,7 +77,7 @@ local function release_hold()
 end
 
 -- Learn from a successful request what admit.lua's expected cost needs: the `quantile`
--- of the latest `window` output token counts on this model, and the decayed sums of real
+-- of the latest `window` output token counts on this model (every `every` requests), and the decayed sums of real
 -- and estimated input tokens (halved once `window` requests are summed, so the ratio
 -- follows the traffic). Requests estimated below `min_estimate` tokens teach nothing
 -- about input: their ratio is noise.
@@ -86,14 +87,18 @@ local function learn(est)
     return
   end
   redis.call('LPUSH', K.outputs, int(usage.output_tokens))
-  redis.call('LTRIM', K.outputs, 0, l.window - 1)
-  redis.call('PEXPIRE', K.outputs, int(plan.keep_ms))
-  local xs = redis.call('LRANGE', K.outputs, 0, -1)
-  for i, x in ipairs(xs) do
-    xs[i] = tonumber(x)
+  -- The percentile is recomputed on the first output and every `every` outputs after
+  -- it (sorting the window on every settlement was most of the cost of learning).
+  if redis.call('HINCRBY', K.learned, l.out_n, 1) % l.every == 1 then
+    redis.call('LTRIM', K.outputs, 0, l.window - 1)
+    redis.call('PEXPIRE', K.outputs, int(plan.keep_ms))
+    local xs = redis.call('LRANGE', K.outputs, 0, -1)
+    for i, x in ipairs(xs) do
+      xs[i] = tonumber(x)
+    end
+    table.sort(xs)
+    redis.call('HSET', K.learned, l.out, int(xs[math.max(1, math.ceil(#xs * l.quantile))]))
   end
-  table.sort(xs)
-  redis.call('HSET', K.learned, l.out, int(xs[math.max(1, math.ceil(#xs * l.quantile))]))
   if est >= l.min_estimate then
     local real = usage.input_tokens + usage.cache_write_tokens + usage.cache_read_tokens
     local v = redis.call('HMGET', K.learned, l.in_real, l.in_est, l.in_n)

@@ -18,9 +18,10 @@ from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.history import History
-from tollway.limits.journal import Journal, Replayer
+from tollway.limits.journal import Journal
 from tollway.limits.ledgerdb import open_ledger
 from tollway.limits.meter import Meter
+from tollway.limits.replay import Replayer
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
