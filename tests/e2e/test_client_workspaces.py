@@ -180,3 +180,30 @@ def test_cost_per_developer_per_day_equals_what_was_sent(stack, capsys) -> None:
     assert code == 0 and (seen["active_users"], seen["peak_rpm"], seen["peak_tpm"]) == (3, 5, 9_700)
     assert seen["per_user"] == {"tpm": "3233", "rpm": "1.67"}
     assert seen["recommended_per_user"]["tpm"] == [200_000, 300_000]
+
+
+def console_usd(micro: int) -> str:
+    """The console's money format: "$1,234.50", more decimals only when there are some."""
+    whole, frac = divmod(micro, 1_000_000)
+    digits = f"{frac:06d}".rstrip("0").ljust(2, "0")
+    return f"${whole:,}.{digits}"
+
+
+def test_the_console_reports_page_shows_the_cost_per_developer(stack, browser) -> None:
+    from tollway.limits.admins import Credentials
+
+    from tests.support.browser import go, shoot, sign_in
+
+    keys = {u: stack.key(user=u) for u in ("alice", "bob")}
+    for user, out in (("alice", 200), ("alice", 600), ("bob", 3_000)):
+        ask(stack, keys[user], out, claude_code=True)
+    r = stack.run(developer_cost(stack.store.history, "acme", "2026-01-01", "2026-01-01"))
+    _, secret = stack.run(Credentials(stack.store).create("acme", "owner", 0, "owner"))
+    page = sign_in(browser, stack, secret)
+    go(page, "reports", "Reports")
+    assert page.locator("#dev-mean").inner_text() == console_usd(r.mean_daily)
+    assert page.locator("#dev-p90").inner_text() == console_usd(r.p90_daily)
+    assert page.locator("#dev-month").inner_text() == console_usd(r.monthly)
+    assert "about $6.00 per developer per day" in page.content()
+    shoot(page, "reports-developers")
+    page.context.close()
