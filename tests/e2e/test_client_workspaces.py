@@ -11,10 +11,12 @@ import math
 import anthropic
 import pytest
 import requests
+from tollway.limits.admins import Credentials
 from tollway.limits.developers import developer_cost
 from tollway.limits.spend import Spend
 from tollway.proxy.cli.main import main
 
+from tests.support.browser import go, shoot, sign_in
 from tests.support.stack import ENV
 
 ORGS = """
@@ -190,10 +192,6 @@ def console_usd(micro: int) -> str:
 
 
 def test_the_console_reports_page_shows_the_cost_per_developer(stack, browser) -> None:
-    from tollway.limits.admins import Credentials
-
-    from tests.support.browser import go, shoot, sign_in
-
     keys = {u: stack.key(user=u) for u in ("alice", "bob")}
     for user, out in (("alice", 200), ("alice", 600), ("bob", 3_000)):
         ask(stack, keys[user], out, claude_code=True)
