@@ -224,9 +224,9 @@ class Meter:
             session=charge.session is not None,
             session_id=charge.session or "",
             upstream_ms=charge.upstream_ms,
+            day=day,
         )
-        session = charge.session or "-"
-        keys = scriptplans.settle_keys(self.keys, org, rid, month, day, session, win, charge.model)
+        keys = scriptplans.settle_keys(self.keys, org, rid, month, win, charge.model)
         keys += parts.bucket_keys
         raw = await self.store.run("settle", keys, [now, rid, scriptplans.encode(plan)])
         r = orjson.loads(raw)

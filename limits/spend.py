@@ -40,6 +40,7 @@ from zoneinfo import ZoneInfo
 from tollway.config.schema import Config, Organization
 from tollway.limits import seats
 from tollway.limits.clock import Clock
+from tollway.limits.history import history_of
 from tollway.limits.limit_requests import (
     APPROVED,
     DENIED,
@@ -278,21 +279,13 @@ class Spend:
     # --- statements ----------------------------------------------------------------------
     async def statement(self, org: str, month: str | None = None) -> Statement:
         """The usage statement of `month` (see `tollway.limits.statement`), cross-checked against
-        the ledger's debit events (reads the whole ledger stream: an admin operation)."""
+        the ledger database's debit events of the month (an SQL aggregate)."""
         org_cfg = self._org(org)
         month, start, end = self.month_bounds(month)
         h = await self._month_hash(org, month)
         ov = await self.overrides(org)
-        client, ledger = self.store.client, self.keys.ledger(org)
-        debits: list[dict[str, str]] = []
-        after = "-"
-        while True:
-            page = await self.store.call("spend_ledger", client.xrange, ledger, after, "+", 1000)
-            debits += [f for _, f in page if f.get("type") == "debit"]
-            if len(page) < 1000:
-                break
-            after = "(" + page[-1][0]
-        acct = self.keys.account(org)
+        ledger = await history_of(self.store).debits_by_user(org, start, end)
+        client, acct = self.store.client, self.keys.account(org)
         folded = await self.store.call("spend_ledger", client.hget, acct, "ledger_folded_ts")
         return build_statement(
             org=org,
@@ -302,7 +295,7 @@ class Spend:
             period=(start, end),
             now_ms=self.clock.now_ms(),
             month_hash=h,
-            debits=debits,
+            ledger=ledger,
             seats={u: ov.get(Fields.seat(u), c.seat) for u, c in org_cfg.users.items()},
             ledger_folded_ts=int(folded or 0),
         )
