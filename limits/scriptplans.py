@@ -19,7 +19,7 @@ from tollway.limits.rkeys import Fields, Keys, Scope
 from tollway.limits.usage import Usage
 from tollway.limits.windows import Windows
 
-KEEP_MS = 400 * 86_400_000  # month and day counters and sessions are kept ~13 months
+KEEP_MS = 400 * 86_400_000  # month counters are kept ~13 months
 
 # The scripts' fixed KEYS, in order; the buckets of the plan follow them.
 ADMIT_KEYS = (
@@ -47,10 +47,7 @@ SETTLE_KEYS = (
     "ledger",
     "month",
     "settled",
-    "day",
-    "session",
     "overrides",
-    "sessions",
     "pday",
     "pweek",
     "held",
@@ -168,13 +165,11 @@ class SettleStatic:
     prepaid: bool
     seat: SeatPlan | None
     month_fields: tuple[MonthFields, ...]
-    dims: tuple[str, ...]
     buckets: tuple[BucketPlan, ...]
     hold_prefix: str
     lot_prefix: str
     keep_ms: int
     dedup_ms: int
-    retain_ms: int
     reload: ReloadPlan | None
     reload_fields: ReloadFields
     ledger_fields: tuple[str, ...]
@@ -194,6 +189,7 @@ class SettlePlan:
     session: bool
     session_id: str
     upstream_ms: int
+    day: str  # YYYY-MM-DD in the server's time zone: the ledger event's day, for reports
 
 
 def encode(plan: AdmitPlan | SettlePlan) -> bytes:
@@ -209,6 +205,7 @@ def encode(plan: AdmitPlan | SettlePlan) -> bytes:
             "session": plan.session,
             "session_id": plan.session_id,
             "upstream_ms": plan.upstream_ms,
+            "day": plan.day,
         }
         # Two JSON objects joined into one: "{request..." + "," + "...static}".
         return orjson.dumps(request)[:-1] + b"," + orjson.dumps(plan.static)[1:]
@@ -271,13 +268,11 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             month_fields=tuple(
                 MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
             ),
-            dims=(*scopes, Scope.model(model or "-")),
             buckets=buckets,
             hold_prefix=hp,
             lot_prefix=lp,
             keep_ms=KEEP_MS,
             dedup_ms=cfg.store.settled_ttl_seconds * 1000,
-            retain_ms=cfg.store.ledger_retention_days * 86_400_000,
             reload=reload,
             reload_fields=ReloadFields(),
             ledger_fields=ledger_fields,
@@ -327,8 +322,6 @@ def settle_keys(
     org: str,
     rid: str,
     month: str,
-    day: str,
-    session: str,
     win: Windows,
     model: str | None,
 ) -> list[str]:
@@ -342,10 +335,7 @@ def settle_keys(
         k.ledger(org),
         k.month(org, month),
         k.settled(org, rid),
-        k.day(org, day),
-        k.session(org, session),
         k.overrides(org),
-        k.sessions(org),
         k.period(org, win.day),
         k.period(org, win.week),
         k.held(org),
