@@ -76,14 +76,13 @@ class StoreConfig(FrozenModel):
     timeout_seconds: Seconds = 0.5
     hold_ttl_seconds: PositiveInt = 900
     """Lifetime of a reservation a dead proxy never settled."""
-    settled_ttl_seconds: PositiveInt = 604800
-    """How long a settled request id is remembered, so that a repeated settlement (a retry,
-    a journal replay) never charges twice; it must outlast any store outage."""
+    settled_ttl_seconds: PositiveInt = 3600
+    """How long Redis remembers a settled request id (~200 bytes each), so that a repeated
+    settlement never charges twice. A journal replay that comes later is checked against
+    the ledger database (every settlement's event), so this only has to outlast a retry."""
     ledger_retention_days: Annotated[int, Field(strict=True, ge=62)] = 62
-    """Ledger events older than this are folded into a running base and removed, so the
-    ledger stream stays bounded (about 180 bytes per billed request kept); the balance it
-    implies is unchanged. At least 62 days: a month-end statement is cross-checked against
-    the whole previous month's events."""
+    """Unused since the ledger moved to the ledger database (which keeps every event);
+    accepted so that existing configs still load."""
     journal_max_bytes: PositiveInt = 67108864
     """Size bound of the local journal of settlements made while the store was
     unavailable (data directory, journal/); entries beyond it are dropped and counted."""
@@ -333,6 +332,9 @@ class Organization(FrozenModel):
     billing: Billing = Billing()
     spend_caps: SpendCaps = SpendCaps()
     extra_usage: ExtraUsage = ExtraUsage()
+    model_caps: ModelMap[SpendCaps] = Field(default_factory=empty_map)
+    """Dollar caps per model name or pattern (``claude-opus-*``): monthly, daily, weekly,
+    on the organization's extra usage of the models it matches."""
     seat_tiers: FrozenMap[SeatTier] = Field(default_factory=empty_map)
     workspaces: FrozenMap[Workspace] = Field(default_factory=empty_map)
     users: FrozenMap[User] = Field(default_factory=empty_map)
@@ -354,14 +356,6 @@ class Organization(FrozenModel):
         if errors:
             fail("Organization", *errors)
         return self
-
-    def user_cap(self, user_name: str) -> int | None:
-        """The user's effective own extra-usage cap in micro-USD (None: no per-user cap;
-        organization and workspace caps still apply). KeyError for an unknown user."""
-        user = self.users[user_name]
-        if user.cap_mode != "inherit":
-            return user.monthly_cap
-        return None if user.seat is None else self.seat_tiers[user.seat].monthly_cap
 
     def user_included(self, user_name: str) -> int:
         """Monthly usage included by the user's seat tier, micro-USD (0 without a seat)."""

@@ -5,6 +5,7 @@ Pure functions of (config, principal, model): no Redis here. `meter.py` runs the
 
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -257,6 +258,30 @@ def window_caps(org_cfg: Any, principal: Principal) -> list[CapPlan]:
         for period, value in (("day", spend_caps.daily), ("week", spend_caps.weekly)):
             if value is not None:
                 label = f"{who} {period}ly".replace("dayly", "daily")
+                out.append(CapPlan(Fields.extra(scope), value, (), label, (), period))
+    return out
+
+
+def model_cap_scopes(org_cfg: Any, model: str | None) -> list[str]:
+    """The model caps (names or patterns of `model_caps`) that `model` falls under, as
+    spend scopes (``model=<name or pattern>``)."""
+    if not model:
+        return []
+    found = [p for p in org_cfg.model_caps if p == model or fnmatch.fnmatchcase(model, p)]
+    return [Scope.model(p) for p in sorted(found)]
+
+
+def model_cap_plans(org_cfg: Any, model: str | None) -> list[CapPlan]:
+    """Dollar caps per model: switching to another model does not dodge the cap of the
+    pattern it matches."""
+    out = []
+    for scope in model_cap_scopes(org_cfg, model):
+        caps = org_cfg.model_caps[Scope.split(scope)[1]]
+        windows = (("month", caps.monthly), ("day", caps.daily), ("week", caps.weekly))
+        for period, value in windows:
+            if value is not None:
+                name = {"month": "monthly", "day": "daily", "week": "weekly"}[period]
+                label = f"model '{Scope.split(scope)[1]}' {name}"
                 out.append(CapPlan(Fields.extra(scope), value, (), label, (), period))
     return out
 

@@ -15,6 +15,7 @@ from tollway.config.reload import ConfigHolder
 from tollway.proxy.cli import admins as cli_admins
 from tollway.proxy.cli import credits as cli_credits
 from tollway.proxy.cli import keys as cli_keys
+from tollway.proxy.cli import ledger as cli_ledger
 from tollway.proxy.cli import reports as cli_ops
 from tollway.proxy.cli import spend as cli_spend
 from tollway.proxy.cli import users as cli_users
@@ -98,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.register(sub)
     cli_spend.register(sub)
     cli_users.register(sub)
+    cli_ledger.register(sub)
     return parser
 
 

@@ -25,7 +25,7 @@ from tollway.limits.errors import StoreUnavailable
 from tollway.limits.meter import Meter
 from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.prices import cost_micro, rates_for
-from tollway.limits.usage import Usage
+from tollway.limits.usage import Usage, tier_name
 from tollway.proxy.gateway import models_list, passthrough, providers, routes
 from tollway.proxy.gateway.call import Call, Reject
 from tollway.proxy.gateway.forward import Drain, Relayed, relay, relay_whole, upstream_headers
@@ -200,8 +200,9 @@ class ProxyHandler:
         assert principal is not None
         call.session = session_id(request, cfg)
         budget = session_budget(request.headers)
+        # The hold is priced at the tier the request asks for (OpenAI service_tier).
+        estimate = Usage(input_tokens=est, service_tier=tier_name(payload.get("service_tier")))
         try:
-            estimate = Usage(input_tokens=est)
             decision = await self.meter.admit(
                 principal,
                 call.rid,

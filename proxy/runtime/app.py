@@ -18,9 +18,11 @@ from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.history import History
-from tollway.limits.journal import Journal, Replayer
+from tollway.limits.journal import Journal
 from tollway.limits.ledgerdb import open_ledger
 from tollway.limits.meter import Meter
+from tollway.limits.outcomes import Charge
+from tollway.limits.replay import Replayer
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
@@ -218,7 +220,16 @@ async def _journal(app: web.Application) -> AsyncIterator[None]:
     journal.observers.append(app[METRICS].observe_journal)
     settler.journal = journal
     app[JOURNAL] = journal
-    app[REPLAYER] = replayer = Replayer(journal, settler.apply, app[STORE].ping)
+    history = app[STORE].history
+
+    async def replay(entry: Charge) -> object:
+        # The settled marker lives store.settled_ttl_seconds; a replay may come later, so
+        # the ledger (every settlement's event) is asked first.
+        if await history.settled(entry.principal.org, entry.rid):
+            return None
+        return await settler.apply(entry)
+
+    app[REPLAYER] = replayer = Replayer(journal, replay, app[STORE].ping)
     task = asyncio.ensure_future(replayer.run())
     yield
     task.cancel()

@@ -140,10 +140,33 @@ def test_absurd_usage_is_charged_the_ceiling_and_flagged(stack) -> None:
     rec = dict(stack.fake.responses[-1], input_tokens=ceiling)
     rates = {"in": "0.15", "out": "0.60", "cw": "0.15", "cw1h": "0.15", "cr": "0.075"}
     assert charged(stack) == provider_bill(rec, rates, {}) > 1_000_000
-    flags = [
-        fields
-        for _, fields in stack.redis.xrange(stack.keys.ledger("acme"))
-        if fields["type"] == "absurd_usage"
-    ]
+    flags = stack.ledger("acme", "absurd_usage")
     assert len(flags) == 1 and flags[0]["input_tokens"] == "50000000000"
     assert stack.metrics.absurd_usage.labels("acme")._value.get() == 1
+
+
+DATED = """
+prices:
+  gpt-5*:
+    input: 1.00
+    output: 10.00
+    changes:
+      - {since: "2026-01-01T00:00:10Z", input: 2.00, output: 20.00}
+"""
+
+
+def test_a_request_pays_the_price_in_force_when_it_was_admitted(stack_factory) -> None:
+    stack = stack_factory(prices_yaml=DATED)  # the stack's clock starts at 2026-01-01T00:00Z
+    b = stack.fake.behavior
+    b.input_tokens, b.output_tokens = 1000, 100
+    b.pause_after_chunks = 1  # admitted, answering, then paused across the price change
+    client = stack.openai(stack.key())
+    stream = client.chat.completions.create(model="gpt-5.1", messages=HELLO, stream=True)
+    next(iter(stream))
+    stack.clock.advance(seconds=60)  # the new price is in force before the answer ends
+    stack.fake.release()
+    list(stream)
+    old = charged(stack)
+    assert old == 1000 * 1 + 100 * 10  # micro-USD at the admission-time price
+    client.chat.completions.create(model="gpt-5.1", messages=HELLO)
+    assert charged(stack) - old == 1000 * 2 + 100 * 20  # admitted after the change

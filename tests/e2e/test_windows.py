@@ -128,3 +128,28 @@ def test_a_session_budget_set_on_the_key_or_sent_by_the_client(stack_factory):
     )
     with pytest.raises(openai.BadRequestError):
         in_session(plain, "task-4", **{"x-tollway-session-budget": "five"})
+
+
+def test_a_model_cap_holds_whichever_model_of_its_pattern_is_used(stack_factory):
+    stack = stack_factory("organizations:\n  free: {}\n")
+    c = cost_of_one(stack)
+    yaml = (
+        "organizations:\n  free: {}\n  acme:\n    extra_usage: {enabled: true}\n"
+        f"    model_caps: {{'gpt-4o*': {{daily: {(c + c // 2) / 1e6:.6f}}}}}\n"
+    )
+    stack.reconfigure("", yaml)
+    secret = stack.key("acme")
+    client = stack.openai(secret)
+    chat(client)
+    chat(client)  # one request past the cap
+    stack.wait_settled()
+    with pytest.raises(openai.RateLimitError) as e:
+        chat(client)
+    assert "model 'gpt-4o*' daily spend cap" in e.value.message
+    with pytest.raises(openai.RateLimitError):  # another model of the pattern: no dodge
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    stack.anthropic(secret).messages.create(  # a model outside the pattern goes on
+        model="claude-haiku-4-5", max_tokens=20, messages=HELLO
+    )
+    stack.clock.advance(seconds=86_400)
+    chat(client)

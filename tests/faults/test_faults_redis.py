@@ -289,7 +289,7 @@ def test_open_serves_without_limits_and_the_journal_settles_at_request_time(
     assert metric(stack, "tollway_journal_entries_total", event="replayed") == 8
     assert not list((stack.tmp / ".tollway" / "journal").glob("*.jsonl"))
     assert_charged_exactly(stack)
-    days = {k.rsplit(":", 1)[1] for k in stack.redis.scan_iter(f"{stack.prefix}:{{acme}}:day:*")}
+    days = {e["day"] for e in stack.ledger("acme")}
     assert days == {day_before}
 
 

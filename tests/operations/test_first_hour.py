@@ -192,5 +192,27 @@ def test_session_wall_time_covers_its_requests_on_a_real_clock(stack, tmp_path):
         two = settled("two", 2)
         assert two.api_ms >= 1200
         assert two.wall_ms >= two.api_ms
+        banner = [x for x in proc.log_path.read_text().splitlines() if x.startswith("Tollway ")]
+        assert len(banner) == 1 and f"listening on {proc.url}; config {path}; " in banner[0]
     finally:
         proc.stop()
+
+
+def test_the_start_up_line_names_address_config_store_and_workers(stack):
+    """What `serve` prints once it listens (the human line of `make serve`): a store URL
+    never shows its password; the embedded Valkey shows its data directory."""
+    from tollway.limits.embedded import EmbeddedValkey
+    from tollway.proxy.runtime.locate import StoreHandle, version
+    from tollway.proxy.runtime.serve import startup_line
+
+    cfg = stack.holder.current
+    remote = StoreHandle("rediss://tollway:s3cret@redis.internal:6380/0", None)
+    line = startup_line(cfg, remote, "0.0.0.0", 8080, 4, ("127.0.0.1", 0))
+    assert line == (
+        f"Tollway {version()} listening on http://0.0.0.0:8080; config {cfg.source}; "
+        "store rediss://***@redis.internal:6380/0; 4 workers; no metrics listener"
+    )
+    embedded = StoreHandle("redis://127.0.0.1:7000", EmbeddedValkey("/srv/tollway/data"))
+    line = startup_line(cfg, embedded, "127.0.0.1", 8080, 1, ("127.0.0.1", 9464))
+    assert "; store embedded Valkey, data in /srv/tollway/data (redis://127.0.0.1:7000); " in line
+    assert line.endswith("; 1 worker; metrics on http://127.0.0.1:9464/metrics")
