@@ -28,7 +28,7 @@ from tollway.limits.plans import Principal
 from tollway.limits.rkeys import Fields
 from tollway.limits.scriptplans import ExpectPlan, SettlePlan, StaticParts
 from tollway.limits.store import Store
-from tollway.limits.windows import windows
+from tollway.limits.windows import month_bounds, windows
 
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
 
@@ -36,9 +36,8 @@ STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
 def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
     """(month "YYYY-MM", day "YYYY-MM-DD", start of next month in ms) in zone `tz`."""
     now = datetime.fromtimestamp(now_ms / 1000, tz)
-    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    next_month = datetime(year, month, 1, tzinfo=tz)
-    return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), int(next_month.timestamp() * 1000)
+    next_month = month_bounds(now.year, now.month, tz)[1]
+    return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), next_month
 
 
 def _session_budget(

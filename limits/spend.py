@@ -33,12 +33,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from tollway.config.schema import Config, Organization
-from tollway.limits import seats
+from tollway.limits import seats, windows
 from tollway.limits.clock import Clock
 from tollway.limits.history import history_of
 from tollway.limits.limit_requests import (
@@ -115,10 +114,8 @@ class Spend:
             month = periods(self.clock.now_ms(), tz)[0]
         if not _MONTH.fullmatch(month):
             raise SpendError(f"a month is written YYYY-MM, not {month!r}")
-        year, mon = int(month[:4]), int(month[5:])
-        start = datetime(year, mon, 1, tzinfo=tz)
-        end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=tz)
-        return month, int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        start, end = windows.month_bounds(int(month[:4]), int(month[5:]), tz)
+        return month, start, end
 
     async def overrides(self, org: str) -> dict[str, str]:
         """The raw run-time overrides of an organization (the cfg hash)."""

@@ -105,8 +105,8 @@ def without_holds(snapshot: dict) -> dict:
     """A snapshot less what an admission reserves (buckets, holds, held amount)."""
     out = {}
     for name, value in snapshot.items():
-        if ":b:" in name or ":hold" in name:
-            continue
+        if ":b:" in name or ":hold" in name or name.endswith(":held"):
+            continue  # (`held`: the money held per limit while requests are in flight)
         if name.endswith(":acct"):
             value = {k: v for k, v in value.items() if k != "held"}
         out[name] = value

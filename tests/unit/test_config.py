@@ -82,8 +82,9 @@ def test_seats_example_cap_modes() -> None:
 
 EXPECTED = {
     "unknown_key": [
-        "4: organizations.acme.limts: unknown key (expected one of: billing, extra_usage, "
-        "limits, model_caps, model_limits, seat_tiers, spend_caps, users, workspaces)"
+        "4: organizations.acme.limts: unknown key (expected one of: billing, "
+        "client_workspaces, extra_usage, limits, model_caps, model_limits, seat_tiers, "
+        "spend_caps, users, workspaces)"
     ],
     "wrong_type": ["4: server.port: expected an integer, got 'eighty'"],
     "negative_limit": ["6: organizations.acme.limits.tpm: must not be negative"],
