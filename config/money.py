@@ -78,3 +78,12 @@ def format_usd(micro: int) -> str:
     whole, fraction = divmod(abs(micro), MICRO)
     digits = f"{fraction:06d}".rstrip("0")
     return f"{sign}{whole}.{digits.ljust(2, '0')}"
+
+
+def div_half_up(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half up (a tie goes up, for amounts >= 0): Tollway's
+    one rounding rule, used for prices (10⁻⁶ micro-USD → micro-USD,
+    `tollway.limits.prices.round_micro`) and for means in reports."""
+    if denominator <= 0:
+        raise ValueError("denominator must be positive")
+    return (2 * numerator + denominator) // (2 * denominator)

@@ -38,6 +38,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from tollway.config.clients import ClientRule, with_built_ins
 from tollway.config.money import format_usd
 from tollway.config.pricebook import PriceBook
 from tollway.config.pricing import Price, PriceAliases, check_prices
@@ -76,14 +77,13 @@ class StoreConfig(FrozenModel):
     timeout_seconds: Seconds = 0.5
     hold_ttl_seconds: PositiveInt = 900
     """Lifetime of a reservation a dead proxy never settled."""
-    settled_ttl_seconds: PositiveInt = 604800
-    """How long a settled request id is remembered, so that a repeated settlement (a retry,
-    a journal replay) never charges twice; it must outlast any store outage."""
+    settled_ttl_seconds: PositiveInt = 3600
+    """How long Redis remembers a settled request id (~200 bytes each), so that a repeated
+    settlement never charges twice. A journal replay that comes later is checked against
+    the ledger database (every settlement's event), so this only has to outlast a retry."""
     ledger_retention_days: Annotated[int, Field(strict=True, ge=62)] = 62
-    """Ledger events older than this are folded into a running base and removed, so the
-    ledger stream stays bounded (about 180 bytes per billed request kept); the balance it
-    implies is unchanged. At least 62 days: a month-end statement is cross-checked against
-    the whole previous month's events."""
+    """Unused since the ledger moved to the ledger database (which keeps every event);
+    accepted so that existing configs still load."""
     journal_max_bytes: PositiveInt = 67108864
     """Size bound of the local journal of settlements made while the store was
     unavailable (data directory, journal/); entries beyond it are dropped and counted."""
@@ -339,6 +339,33 @@ class Organization(FrozenModel):
     seat_tiers: FrozenMap[SeatTier] = Field(default_factory=empty_map)
     workspaces: FrozenMap[Workspace] = Field(default_factory=empty_map)
     users: FrozenMap[User] = Field(default_factory=empty_map)
+    client_workspaces: FrozenMap[Name] = Field(default_factory=empty_map)
+    """Client (a rule of ``clients``) → the workspace all its requests go to, whatever key
+    made them. A workspace not declared under ``workspaces`` exists with no limits of its
+    own; no key can be created for a client workspace."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _client_workspaces_exist(cls, data: Any) -> Any:
+        """A client workspace not declared under ``workspaces`` is one with no limits."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("client_workspaces"), Mapping):
+            return data
+        declared = data.get("workspaces")
+        declared = dict(declared) if isinstance(declared, Mapping) else {}
+        wanted = [w for w in data["client_workspaces"].values() if isinstance(w, str)]
+        missing: dict[str, Any] = {w: {} for w in wanted if w not in declared}
+        return {**data, "workspaces": {**declared, **missing}} if missing else data
+
+    def no_keys_for(self, workspace: str | None) -> str | None:
+        """Why no key can be created for `workspace` (a client workspace), else None."""
+        for client, ws in self.client_workspaces.items():
+            if ws == workspace:
+                return (
+                    f"workspace {ws!r} is the workspace of the client {client!r}: its "
+                    "requests go there automatically, whatever key makes them, so no key "
+                    "can be created for it (create the key for the user or another workspace)"
+                )
+        return None
 
     @model_validator(mode="after")
     def _references(self) -> Organization:
@@ -357,14 +384,6 @@ class Organization(FrozenModel):
         if errors:
             fail("Organization", *errors)
         return self
-
-    def user_cap(self, user_name: str) -> int | None:
-        """The user's effective own extra-usage cap in micro-USD (None: no per-user cap;
-        organization and workspace caps still apply). KeyError for an unknown user."""
-        user = self.users[user_name]
-        if user.cap_mode != "inherit":
-            return user.monthly_cap
-        return None if user.seat is None else self.seat_tiers[user.seat].monthly_cap
 
     def user_included(self, user_name: str) -> int:
         """Monthly usage included by the user's seat tier, micro-USD (0 without a seat)."""
@@ -420,6 +439,9 @@ class Config(FrozenModel):
     metering: MeteringConfig = MeteringConfig()
     organizations: FrozenMap[Organization] = Field(default_factory=empty_map)
     notifications: Notifications = Notifications()
+    clients: FrozenMap[ClientRule] = Field(default_factory=empty_map)
+    """Rules that recognize a client (a coding assistant) by its request headers; the
+    built-in ``claude-code`` rule applies unless replaced (``tollway.config.clients``)."""
     _source: str | None = PrivateAttr(default=None)
     _book: PriceBook = PrivateAttr()
 
@@ -436,6 +458,28 @@ class Config(FrozenModel):
             if url and isinstance(upstream, Mapping):
                 value = {**value, name: {**upstream, "base_url": url}}
         return value
+
+    @property
+    def client_rules(self) -> Mapping[str, ClientRule]:
+        """The configured client rules over the built-in ones."""
+        return with_built_ins(self.clients)
+
+    @model_validator(mode="after")
+    def _known_clients(self) -> Config:
+        rules = self.client_rules
+        errors = [
+            (
+                ("organizations", org, "client_workspaces", client),
+                _unknown("client", client, rules),
+                client,
+            )
+            for org, o in self.organizations.items()
+            for client in o.client_workspaces
+            if client not in rules
+        ]
+        if errors:
+            fail("Config", *errors)
+        return self
 
     @model_validator(mode="after")
     def _remember_source(self, info: ValidationInfo) -> Config:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tollway.config.schema import Organization
 from tollway.limits import plans
 from tollway.limits.plans import Principal
 from tollway.limits.seats import UNLIMITED
@@ -58,7 +59,7 @@ class Alerts:
 
     async def check(
         self,
-        org_cfg: Any,
+        org_cfg: Organization,
         principal: Principal,
         month: str,
         win: Windows,

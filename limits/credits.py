@@ -18,7 +18,8 @@ adds them (`buy`, `grant`), reads them (`balance`, `lots`, `history`) and checks
   even when no request came by since.
 - Lot ids (``lot_<ms, 13 digits>_<random>``) sort by creation, which breaks ties between
   lots with the same kind and expiry in the consumption order.
-- The ledger stream holds every money event; `recompute_from_ledger` replays it.
+- The ledger (Redis stream, shipped to the ledger database) holds every money event;
+  `recompute_from_ledger` replays it.
 
 Run-time auto-reload settings live in the organization's ``cfg`` hash (``reload:off``,
 ``reload:threshold``, ``reload:target``); settle.lua honours them, `reload_settings` reads
@@ -33,8 +34,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from tollway.config.schema import Config
 from tollway.limits.clock import Clock
 from tollway.limits.errors import CreditError
+from tollway.limits.history import history_of
 from tollway.limits.identity import claim as claim_identity
 from tollway.limits.lots import Balance as Balance
 from tollway.limits.lots import Event as Event
@@ -83,7 +86,9 @@ class Credits:
     not know, or that are not prepaid, are refused (credit there could never be spent,
     and purchases are not refundable)."""
 
-    def __init__(self, store: Store, clock: Clock, config: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self, store: Store, clock: Clock, config: Callable[[], Config] | None = None
+    ) -> None:
         self.store = store
         self.keys = store.keys
         self.clock = clock
@@ -218,48 +223,29 @@ class Credits:
         return [Lot.from_hash(h) for h in hashes if h]
 
     async def history(self, org: str, limit: int = 50) -> list[Event]:
-        """The newest `limit` ledger events, newest first, expiry applied."""
+        """The newest `limit` money events (no per-request usage), newest first, expiry
+        applied; read from the ledger database."""
         await self._expire(org)
-        client = self.store.client
-        raw = await self.store.call(
-            "history", client.xrevrange, self.keys.ledger(org), "+", "-", count=limit
-        )
+        raw = await history_of(self.store).money_events(org, limit, newest_first=True)
         return [_event(entry_id, fields) for entry_id, fields in raw]
 
     async def events(self, org: str) -> list[Event]:
-        """Every ledger event, oldest first (read in pages)."""
-        client = self.store.client
-        out: list[Event] = []
-        start = "-"
-        while True:
-            page = await self.store.call(
-                "ledger", client.xrange, self.keys.ledger(org), start, "+", count=1000
-            )
-            out += [_event(entry_id, fields) for entry_id, fields in page]
-            if len(page) < 1000:
-                return out
-            start = "(" + page[-1][0]
+        """Every money event, oldest first; read from the ledger database."""
+        raw = await history_of(self.store).money_events(org)
+        return [_event(entry_id, fields) for entry_id, fields in raw]
 
     async def recompute_from_ledger(self, org: str) -> int:
         """The balance the ledger implies: purchases, grants and reloads add their amount;
         prepaid debits take their extra spend; expiries take the expired remainder
-        (common.lua ``ledger_effect``). Events older than the retention were folded into the
-        account's ``ledger_base``, the start of the replay. Equals ``lots_total - debt``
-        held in Redis (holds are not money yet)."""
+        (common.lua ``ledger_effect``, as an SQL sum over the ledger database). The start is
+        the account's ``ledger_base`` (what an older version folded out of the stream).
+        Equals ``lots_total - debt`` held in Redis (holds are not money yet)."""
         await self._expire(org)
         client = self.store.client
         base = await self.store.call(
             "ledger_base", client.hget, self.keys.account(org), "ledger_base"
         )
-        total = int(base or 0)
-        for e in await self.events(org):
-            if e.type in EVENT_ADDS:
-                total += e.number("amount")
-            elif e.type == "debit" and e.fields.get("prepaid") == "1":
-                total -= e.number("extra")
-            elif e.type == "expiry":
-                total -= e.number("amount")
-        return total
+        return int(base or 0) + await history_of(self.store).balance_effect(org)
 
     async def record_event(self, org: str, event_type: str, fields: dict[str, Any]) -> str:
         """Append an event that moves no money (``reload_failed``) to the ledger."""

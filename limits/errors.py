@@ -1,14 +1,27 @@
-"""Errors raised by `limits/`.
+"""Errors raised by `limits/`: one tree. Classes defined here unless a module is named
+(those carry data of their module: a request, a statement).
 
     LimitsError
      ├── StoreUnavailable      Redis did not answer (connection, timeout, cluster down):
-     │                          the caller applies `store.on_unavailable` (closed | open)
+     │    │                     the caller applies `store.on_unavailable` (closed | open)
+     │    ├── Stopped           the store went away during a journal replay (journal.py)
+     │    └── LedgerUnavailable the ledger database did not answer (ledgerdb.py)
      ├── UnknownKey            an API key that does not exist or was revoked
      │    ├── ExpiredKey        a key past its expiry, or a rotated secret past its overlap
      │    └── UnknownCredential an organization's admin credential, unknown or revoked
-     └── CreditError           a credit operation refused (bad amount, identity already used)
+     ├── CreditError           a credit operation refused (bad amount, identity already used)
+     ├── SpendError            a spend, cap or limit-request operation refused
+     │    │                     (limit_requests.py, as are its subclasses)
+     │    ├── UnknownName       an organization, user, tier, workspace or cap level unknown
+     │    ├── RequestPending    the user already has a pending limit-increase request
+     │    └── NoPendingRequest  no pending request to decide
+     └── UserError             a run-time user operation refused (users.py)
 
-Refusals of a request by a limit are not exceptions: they are returned as a `Decision`.
+    ValueError
+     └── ReportError           a report asked with bad arguments (reports.py)
+
+Nothing is changed when any of these is raised. Refusals of a request by a limit are not
+exceptions: they are returned as a `Decision`.
 """
 
 from __future__ import annotations

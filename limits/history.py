@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tollway.limits.ledgerdb import SETTLEMENT_TYPES, LedgerDB
+from tollway.limits.ledgerdb import SETTLEMENT_TYPES, LedgerDB, split_id
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 
@@ -65,18 +65,43 @@ class UsageSums:
 
 @dataclass(frozen=True, slots=True)
 class SessionSums:
+    """One model's share of one session of one organization. ``first_ms`` is the start of
+    its earliest request (settled time less upstream time), ``last_ms`` its latest end."""
+
     org: str
+    session: str
+    model: str
     requests: int
+    failures: int
     cost: int
     upstream_ms: int
-    input_tokens: int  # input, cache writes and cache reads
+    input_tokens: int
     output_tokens: int
+    cache_write_tokens: int
+    cache_read_tokens: int
     first_ms: int
     last_ms: int
 
 
+_SESSION_SUMS = (
+    "org, session, COALESCE(NULLIF(model, ''), '-'), COUNT(*), "
+    "SUM(CASE WHEN type = 'fail' THEN 1 ELSE 0 END), SUM(cost), SUM(upstream_ms), "
+    "SUM(input_tokens), SUM(output_tokens), SUM(cache_write_tokens), SUM(cache_read_tokens), "
+    "MIN(ts - upstream_ms), MAX(ts)"
+)
+_SESSION_GROUP = "GROUP BY org, session, COALESCE(NULLIF(model, ''), '-')"
+
+
 def _int(v: Any) -> int:
     return int(v or 0)
+
+
+def _before(entry_id: str | None) -> tuple[str, list[int]]:
+    """An SQL condition (and its parameters) for events older than stream id `entry_id`."""
+    if entry_id is None:
+        return "", []
+    ms, seq = split_id(entry_id)
+    return " AND (ms < ? OR (ms = ? AND seq < ?))", [ms, ms, seq]
 
 
 class History:
@@ -109,22 +134,54 @@ class History:
         return [UsageSums(r[0], *(_int(v) for v in r[1:])) for r in rows]
 
     async def sessions(self, orgs: Iterable[str], session_id: str) -> list[SessionSums]:
-        """The session `session_id` in each of `orgs` that has one, by organization."""
+        """Session `session_id` in each of `orgs` that has one, by organization and model."""
         names = sorted(set(orgs))
         await self.catch_up(names)
         if not names:
             return []
         marks = ", ".join("?" for _ in names)
         rows = await self.db.fetch(
-            "SELECT org, COUNT(*), "
-            "SUM(cost), SUM(upstream_ms), "
-            "SUM(input_tokens + cache_write_tokens + cache_read_tokens), SUM(output_tokens), "
-            f"MIN(ts), MAX(ts) FROM ledger_events WHERE session = ? AND org IN ({marks}) "
-            f"AND {_SETTLED} GROUP BY org ORDER BY org",
+            f"SELECT {_SESSION_SUMS} FROM ledger_events WHERE session = ? AND org IN ({marks}) "
+            f"AND {_SETTLED} {_SESSION_GROUP}",
             session_id,
             *names,
         )
-        return [SessionSums(r[0], *(_int(v) for v in r[1:])) for r in rows]
+        return [SessionSums(r[0], r[1], r[2], *(_int(v) for v in r[3:])) for r in rows]
+
+    async def recent_sessions(self, org: str, limit: int) -> list[SessionSums]:
+        """The `limit` sessions of `org` whose last request ended last, by model."""
+        await self.catch_up([org])
+        ids = [
+            r[0]
+            for r in await self.db.fetch(
+                "SELECT session FROM ledger_events WHERE org = ? AND session IS NOT NULL "
+                f"AND {_SETTLED} GROUP BY session ORDER BY MAX(ts) DESC, session LIMIT ?",
+                org,
+                limit,
+            )
+        ]
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        rows = await self.db.fetch(
+            f"SELECT {_SESSION_SUMS} FROM ledger_events WHERE org = ? "
+            f"AND session IN ({marks}) AND {_SETTLED} {_SESSION_GROUP}",
+            org,
+            *ids,
+        )
+        return [SessionSums(r[0], r[1], r[2], *(_int(v) for v in r[3:])) for r in rows]
+
+    async def settled(self, org: str, rid: str) -> bool:
+        """Whether request `rid` of `org` was settled already (its event is in the ledger,
+        shipped or still waiting in Redis): how a journal replay that comes after the
+        settled marker expired still settles a request at most once."""
+        await self.catch_up([org])
+        rows = await self.db.fetch(
+            f"SELECT 1 FROM ledger_events WHERE org = ? AND rid = ? AND {_SETTLED} LIMIT 1",
+            org,
+            rid,
+        )
+        return bool(rows)
 
     async def debits_by_user(
         self, org: str, start_ms: int, end_ms: int
@@ -141,16 +198,24 @@ class History:
         )
         return {r[0]: (_int(r[1]), _int(r[2]), _int(r[3])) for r in rows}
 
-    async def balance_effect(self, org: str) -> int:
-        """What every stored event of `org` did to its balance (lots total less debt)."""
-        await self.catch_up([org])
-        [(total,)] = await self.db.fetch(f"SELECT {_EFFECT} FROM ledger_events WHERE org = ?", org)
+    async def balance_effect(self, org: str, before: str | None = None) -> int:
+        """What every stored event of `org` did to its balance (lots total less debt);
+        with `before` (a stream id), only the events older than it."""
+        if before is None:
+            await self.catch_up([org])
+        bound, params = _before(before)
+        [(total,)] = await self.db.fetch(
+            f"SELECT {_EFFECT} FROM ledger_events WHERE org = ?{bound}", org, *params
+        )
         return _int(total)
 
-    async def month_spend(self, org: str) -> dict[str, dict[str, int]]:
+    async def month_spend(self, org: str, before: str | None = None) -> dict[str, dict[str, int]]:
         """month "YYYY-MM" → {"spend:<scope>": micro-USD, "extra:<scope>": ...} for the
-        scopes org, ws=W, user=U and key=K: what settle.lua added to each month hash."""
-        await self.catch_up([org])
+        scopes org, ws=W, user=U and key=K: what settle.lua added to each month hash;
+        with `before` (a stream id), only from the events older than it."""
+        if before is None:
+            await self.catch_up([org])
+        bound, params = _before(before)
         out: dict[str, dict[str, int]] = {}
         for scope, column in (
             ("org", "org"),
@@ -160,8 +225,9 @@ class History:
         ):
             rows = await self.db.fetch(
                 f"SELECT SUBSTR(day, 1, 7), {column}, SUM(cost), SUM(extra) FROM ledger_events "
-                f"WHERE org = ? AND type = 'debit' GROUP BY SUBSTR(day, 1, 7), {column}",
+                f"WHERE org = ? AND type = 'debit'{bound} GROUP BY SUBSTR(day, 1, 7), {column}",
                 org,
+                *params,
             )
             for month, name, cost, extra in rows:
                 if name is None:

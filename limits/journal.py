@@ -2,9 +2,9 @@
 
 When `Meter.settle` fails with `StoreUnavailable` (the store is down, or its answer timed
 out), the proxy appends everything that settlement needs to this journal instead of losing
-it: one JSON line per settlement, fsync'd before the append returns. `Replayer` settles the
-journal once the store answers again, each entry at the request's own time (so it lands in
-the right day and month), then deletes what it settled.
+it: one JSON line per settlement, fsync'd before the append returns. `Replayer`
+(`limits/replay.py`) settles the journal once the store answers again, each entry at the
+request's own time (so it lands in the right day and month), then deletes what it settled.
 
 Replay is idempotent: settle.lua keeps a marker per request id, so an entry settled a second
 time changes nothing. That covers a process that dies in the middle of a replay, and a settle
@@ -369,45 +369,3 @@ def _remove(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     _fsync_dir(path.parent)
-
-
-class Replayer:
-    """Settles the journal in the background: every `interval` seconds while entries are
-    waiting, once the store answers `ping`."""
-
-    def __init__(
-        self,
-        journal: Journal,
-        settle: Callable[[Charge], Awaitable[Any]],
-        ping: Callable[[], Awaitable[bool]],
-        interval: float = 1.0,
-    ) -> None:
-        self.journal = journal
-        self.settle = settle
-        self.ping = ping
-        self.interval = interval
-
-    async def run_once(self) -> int:
-        """One replay attempt; how many entries it settled."""
-        if not self.journal.segments():
-            return 0
-        if not await self.ping():
-            return 0
-        try:
-            return await self.journal.replay(self.settle)
-        except Stopped as e:
-            log.warning(
-                "journal replay stopped: store unavailable",
-                extra={"settled": e.settled, "pending": self.journal.pending},
-            )
-            return e.settled
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("journal replay failed")
-            await asyncio.sleep(self.interval)

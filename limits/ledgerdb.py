@@ -65,6 +65,7 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS ledger_events_day ON ledger_events (org, day)",
     "CREATE INDEX IF NOT EXISTS ledger_events_ts ON ledger_events (org, ts)",
+    "CREATE INDEX IF NOT EXISTS ledger_events_rid ON ledger_events (org, rid)",
     "CREATE INDEX IF NOT EXISTS ledger_events_session ON ledger_events (session)"
     " WHERE session IS NOT NULL",
 )

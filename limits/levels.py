@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from tollway.config.schema import Organization
 from tollway.limits.plans import BucketSpec, specs_of
 from tollway.limits.store import Store, load_script
 
@@ -46,7 +47,7 @@ class BucketLevel:
         }
 
 
-def all_specs(org_cfg: Any) -> list[BucketSpec]:
+def all_specs(org_cfg: Organization) -> list[BucketSpec]:
     """Every bucket the organization's config defines: organization, per model, per
     workspace and per user, in that order (keys have no limits of their own)."""
     levels: list[tuple[str, Any]] = [("org", org_cfg.limits)]
@@ -56,7 +57,9 @@ def all_specs(org_cfg: Any) -> list[BucketSpec]:
     return specs_of(levels)
 
 
-async def bucket_levels(store: Store, org: str, org_cfg: Any, now_ms: int) -> list[BucketLevel]:
+async def bucket_levels(
+    store: Store, org: str, org_cfg: Organization, now_ms: int
+) -> list[BucketLevel]:
     """The level of every configured bucket of ``org`` at ``now_ms`` (one script call)."""
     specs = all_specs(org_cfg)
     if not specs:

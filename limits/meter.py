@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import orjson
+from tollway.config.schema import Config
 from tollway.limits import scriptplans
 from tollway.limits.clock import Clock
 from tollway.limits.outcomes import BucketState as BucketState
@@ -27,7 +28,7 @@ from tollway.limits.plans import Principal
 from tollway.limits.rkeys import Fields
 from tollway.limits.scriptplans import ExpectPlan, SettlePlan, StaticParts
 from tollway.limits.store import Store
-from tollway.limits.windows import windows
+from tollway.limits.windows import month_bounds, windows
 
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
 
@@ -35,9 +36,8 @@ STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
 def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
     """(month "YYYY-MM", day "YYYY-MM-DD", start of next month in ms) in zone `tz`."""
     now = datetime.fromtimestamp(now_ms / 1000, tz)
-    year, month = (now.year + 1, 1) if now.month == 12 else (now.year, now.month + 1)
-    next_month = datetime(year, month, 1, tzinfo=tz)
-    return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), int(next_month.timestamp() * 1000)
+    next_month = month_bounds(now.year, now.month, tz)[1]
+    return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), next_month
 
 
 def _session_budget(
@@ -61,14 +61,14 @@ def _period_of(money: Any, label: str) -> str:
 
 
 class Meter:
-    def __init__(self, store: Store, clock: Clock, config: Callable[[], Any]) -> None:
+    def __init__(self, store: Store, clock: Clock, config: Callable[[], Config]) -> None:
         self.store = store
         self.keys = store.keys
         self.clock = clock
         self.config = config
         self._zones: dict[str, ZoneInfo] = {}
         self._labels: dict[tuple[str, int, int, int], tuple[str, str, int]] = {}
-        self._cfg: Any = None
+        self._cfg: Config | None = None
         self._statics: dict[tuple[Principal, str | None], StaticParts] = {}
 
     def _zone(self, name: str) -> ZoneInfo:
@@ -89,7 +89,7 @@ class Meter:
             hit = self._labels[key] = periods(now_ms, tz)
         return hit
 
-    def _plan_parts(self, cfg: Any, principal: Principal, model: str | None) -> StaticParts:
+    def _plan_parts(self, cfg: Config, principal: Principal, model: str | None) -> StaticParts:
         """The cached `StaticParts` of (principal, model) under `cfg`; a new config (a reload)
         empties the cache, so it always matches the config in force."""
         if cfg is not self._cfg:
@@ -223,9 +223,9 @@ class Meter:
             session=charge.session is not None,
             session_id=charge.session or "",
             upstream_ms=charge.upstream_ms,
+            day=day,
         )
-        session = charge.session or "-"
-        keys = scriptplans.settle_keys(self.keys, org, rid, month, day, session, win, charge.model)
+        keys = scriptplans.settle_keys(self.keys, org, rid, month, win, charge.model)
         keys += parts.bucket_keys
         raw = await self.store.run("settle", keys, [now, rid, scriptplans.encode(plan)])
         r = orjson.loads(raw)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from tollway.config.pricebook import PriceBook as PriceBook
 from tollway.config.pricebook import in_force as in_force
+from tollway.limits.money import div_half_up
 from tollway.limits.usage import Usage
 
 PER_MILLION = 1_000_000
@@ -36,7 +37,7 @@ class Rates(Protocol):
 
 def round_micro(exact: int) -> int:
     """The rounding rule: an amount in 10⁻⁶ micro-USD → micro-USD, half up."""
-    return (exact + PER_MILLION // 2) // PER_MILLION
+    return div_half_up(exact, PER_MILLION)
 
 
 def rates_for(price: Any, usage: Usage) -> Any:

@@ -1,46 +1,37 @@
-"""Usage, cost and session reports, read from the counters that settle.lua keeps.
-
-Data (one hash per organization per day of the server's time zone, kept ~13 months)::
-
-    day:<YYYY-MM-DD>   fields "<dim>|<metric>"
-                       dim    org | ws=W | user=U | key=K | model=M
-                       metric req (successful requests) | fail (failed requests)
-                              | in | out | cw | cr (tokens) | cost (micro-USD)
-    sess:<id>          req, fail, up_ms, cost, in, out, cw, cr, the same per model as
-                       "m|<model>|<metric>", first (earliest request start), last (latest
-                       request end), in ms since the epoch
-    sessions           sorted set: session id -> last request end (ms)
-
-A day hash holds at most 7 fields per workspace, user, key and model seen that day, so its
-size is bounded by the organization's own size, whatever the traffic.
+"""Usage, cost and session reports, read from the ledger database (SQL aggregates over one
+event per settled request; `tollway.limits.history`).
 
 Contracts:
 
 - ``usage_report`` groups by ``org``, ``workspace``, ``user``, ``key``, ``model`` or
-  ``day``; every row's numbers are sums of the day counters over the inclusive date range.
-  Requests made without a workspace (or user) are gathered in one row whose ``group`` is
-  None, so that the rows of every grouping add up to the organization's total.
+  ``day`` (the day of the server's time zone on which the request settled); every row's
+  numbers are sums over the inclusive date range. Requests made without a workspace (or
+  user) are gathered in one row whose ``group`` is None, so that the rows of every
+  grouping add up to the organization's total.
 - ``requests`` counts every forwarded metered request (successful or failed);
   ``failures`` the failed ones, which are never charged. Refused requests are not counted.
 - Money is integer micro-USD; ``to_csv``/``to_json`` also write it as exact USD text.
+- Sessions: requests carrying a session id, summed (``find_sessions``).
+- Events still waiting in Redis are shipped before a report is read, so a report includes
+  every request settled before it was asked.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from datetime import date, timedelta
 from typing import Any
 
 import orjson
+from tollway.limits.history import SessionSums, UsageSums, history_of
 from tollway.limits.money import format_usd
 from tollway.limits.store import Store
 
 GROUPINGS = ("org", "workspace", "user", "key", "model", "day")
-_DIM = {"workspace": "ws", "user": "user", "key": "key", "model": "model"}
-MAX_DAYS = 400  # day counters are kept ~13 months (scriptplans.KEEP_MS): older days are empty
+MAX_DAYS = 400  # the longest range one report covers
 
 
 class ReportError(ValueError):
@@ -76,26 +67,6 @@ class Totals:
     def as_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(Totals) if f.name != "cost"}
         return {**out, "cost_micro": self.cost, "cost_usd": format_usd(self.cost)}
-
-
-_METRIC = {
-    "in": "input_tokens",
-    "out": "output_tokens",
-    "cw": "cache_write_tokens",
-    "cr": "cache_read_tokens",
-    "cost": "cost",
-}
-
-
-def _bump(t: Totals, metric: str, value: int) -> None:
-    if metric == "req":
-        t.requests += value
-    elif metric == "fail":
-        t.requests += value
-        t.failures += value
-    elif metric in _METRIC:
-        name = _METRIC[metric]
-        setattr(t, name, getattr(t, name) + value)
 
 
 @dataclass(slots=True)
@@ -143,32 +114,16 @@ def date_range(start: str | None, end: str | None, today: date) -> tuple[date, d
     return first, last
 
 
-def days(start: date, end: date) -> list[date]:
-    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
-
-
-async def read_days(store: Store, org: str, when: Sequence[date]) -> list[dict[str, str]]:
-    """The day hashes of ``org`` for each date, in one pipelined round trip."""
-    pipe = store.client.pipeline(transaction=False)
-    for d in when:
-        pipe.hgetall(store.keys.day(org, d.isoformat()))
-    return list(await store.call("usage_report", pipe.execute))
-
-
-def group_day(counters: dict[str, str], by: str) -> tuple[Totals, dict[str, Totals]]:
-    """(organization totals, totals by group) of one day hash. ``by`` is a grouping other
-    than ``day``; ``org`` gives no groups."""
-    org = Totals()
-    groups: dict[str, Totals] = {}
-    prefix = _DIM.get(by, "") + "="
-    for name, raw in counters.items():
-        dim, _, metric = name.rpartition("|")
-        value = int(raw)
-        if dim == "org":
-            _bump(org, metric, value)
-        elif by in _DIM and dim.startswith(prefix):
-            _bump(groups.setdefault(dim[len(prefix) :], Totals()), metric, value)
-    return org, groups
+def _totals(row: UsageSums) -> Totals:
+    return Totals(
+        requests=row.requests,
+        failures=row.failures,
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        cache_write_tokens=row.cache_write_tokens,
+        cache_read_tokens=row.cache_read_tokens,
+        cost=row.cost,
+    )
 
 
 async def usage_report(store: Store, org: str, by: str, start: date, end: date) -> UsageReport:
@@ -176,26 +131,23 @@ async def usage_report(store: Store, org: str, by: str, start: date, end: date) 
     ``by`` one of ``GROUPINGS`` (see the module docstring)."""
     if by not in GROUPINGS:
         raise ReportError(f"by: expected one of {', '.join(GROUPINGS)}, got {by!r}")
-    when = days(start, end)
+    history = history_of(store)
+    first, last = start.isoformat(), end.isoformat()
     report = UsageReport(org, by, start, end)
-    merged: dict[str, Totals] = {}
-    for d, counters in zip(when, await read_days(store, org, when), strict=True):
-        day_total, groups = group_day(counters, by)
-        report.total.add(day_total)
-        if by == "day" and not day_total.empty:
-            report.rows.append(UsageRow(d.isoformat(), day_total))
-        for name, t in groups.items():
-            merged.setdefault(name, Totals()).add(t)
+    for row in await history.usage(org, "org", first, last):
+        report.total.add(_totals(row))
     if by == "org":
         report.rows.append(UsageRow(org, report.total))
-    report.rows += [UsageRow(name, merged[name]) for name in sorted(merged)]
-    if by in ("workspace", "user"):
-        grouped = Totals()
-        for t in merged.values():
-            grouped.add(t)
-        rest = report.total.minus(grouped)
-        if not rest.empty:
-            report.rows.append(UsageRow(None, rest))
+        return report
+    rows = await history.usage(org, by, first, last)
+    named = sorted((r for r in rows if r.group is not None), key=lambda r: r.group or "")
+    report.rows += [UsageRow(r.group, _totals(r)) for r in named]
+    rest = Totals()
+    for r in rows:
+        if r.group is None:
+            rest.add(_totals(r))
+    if not rest.empty:
+        report.rows.append(UsageRow(None, rest))
     return report
 
 
@@ -301,65 +253,62 @@ class SessionReport:
         }
 
 
-_SESSION_METRICS = {
-    "requests": "req",
-    "failures": "fail",
-    "cost": "cost",
-    "input_tokens": "in",
-    "output_tokens": "out",
-    "cache_write_tokens": "cw",
-    "cache_read_tokens": "cr",
-}
-
-
-def session_from_hash(org: str, session_id: str, h: dict[str, str]) -> SessionReport:
-    """Read a ``sess:<id>`` hash (totals, ``m|<model>|<metric>`` fields, first, last).
-    Sessions settled before the cache kinds were kept apart have them inside ``in``."""
-    first, last = int(h.get("first", 0)), int(h.get("last", 0))
-    per_model: dict[str, dict[str, int]] = {}
-    for name, value in h.items():
-        if name.startswith("m|"):
-            model, _, metric = name[2:].rpartition("|")
-            per_model.setdefault(model, {})[metric] = int(value)
-    models = [
-        ModelUsage(model=m, **{f: v.get(k, 0) for f, k in _SESSION_METRICS.items()})
-        for m, v in per_model.items()
-    ]
-    models.sort(key=lambda m: (-m.cost, m.model))
-    return SessionReport(
-        org=org,
-        session_id=session_id,
-        **{f: int(h.get(k, 0)) for f, k in _SESSION_METRICS.items()},
-        api_ms=int(h.get("up_ms", 0)),
-        wall_ms=max(0, last - first),
-        first_ms=first,
-        last_ms=last,
-        models=tuple(models),
-    )
+def _sessions(found: Iterable[SessionSums]) -> list[SessionReport]:
+    """Reports of per-model session sums, one per (organization, session), in the order
+    their first rows came."""
+    grouped: dict[tuple[str, str], list[SessionSums]] = {}
+    for row in found:
+        grouped.setdefault((row.org, row.session), []).append(row)
+    out = []
+    for (org, sid), rows in grouped.items():
+        models = sorted(
+            (
+                ModelUsage(
+                    model=r.model,
+                    requests=r.requests,
+                    failures=r.failures,
+                    cost=r.cost,
+                    input_tokens=r.input_tokens,
+                    output_tokens=r.output_tokens,
+                    cache_write_tokens=r.cache_write_tokens,
+                    cache_read_tokens=r.cache_read_tokens,
+                )
+                for r in rows
+            ),
+            key=lambda m: (-m.cost, m.model),
+        )
+        first, last = min(r.first_ms for r in rows), max(r.last_ms for r in rows)
+        out.append(
+            SessionReport(
+                org=org,
+                session_id=sid,
+                requests=sum(m.requests for m in models),
+                failures=sum(m.failures for m in models),
+                cost=sum(m.cost for m in models),
+                api_ms=sum(r.upstream_ms for r in rows),
+                wall_ms=max(0, last - first),
+                input_tokens=sum(m.input_tokens for m in models),
+                output_tokens=sum(m.output_tokens for m in models),
+                cache_write_tokens=sum(m.cache_write_tokens for m in models),
+                cache_read_tokens=sum(m.cache_read_tokens for m in models),
+                first_ms=first,
+                last_ms=last,
+                models=tuple(models),
+            )
+        )
+    return out
 
 
 async def find_sessions(store: Store, orgs: Iterable[str], session_id: str) -> list[SessionReport]:
-    """The session in every organization that has one by this id (sessions are stored
-    under their organization, and the id alone does not say which: each is tried, in one
-    pipelined round trip). Usually one report; empty when none has it."""
-    names = sorted(orgs)
-    pipe = store.client.pipeline(transaction=False)
-    for org in names:
-        pipe.hgetall(store.keys.session(org, session_id))
-    found = await store.call("session_report", pipe.execute)
-    return [session_from_hash(o, session_id, h) for o, h in zip(names, found, strict=True) if h]
+    """The session in every organization that has one by this id (the id alone does not
+    say which organization's it is), sorted by organization. Usually one report; empty
+    when none has it."""
+    found = await history_of(store).sessions(orgs, session_id)
+    return sorted(_sessions(found), key=lambda s: s.org)
 
 
 async def list_sessions(store: Store, org: str, limit: int = 20) -> list[SessionReport]:
     """The organization's ``limit`` most recent sessions (by their last request's end),
-    newest first, read in two round trips. Sessions are kept as long as the day counters."""
-    ids = await store.call(
-        "session_list", store.client.zrevrange, store.keys.sessions(org), 0, limit - 1
-    )
-    if not ids:
-        return []
-    pipe = store.client.pipeline(transaction=False)
-    for sid in ids:
-        pipe.hgetall(store.keys.session(org, sid))
-    found = await store.call("session_report", pipe.execute)
-    return [session_from_hash(org, sid, h) for sid, h in zip(ids, found, strict=True) if h]
+    newest first."""
+    found = await history_of(store).recent_sessions(org, limit)
+    return sorted(_sessions(found), key=lambda s: (-s.last_ms, s.session_id))

@@ -239,7 +239,8 @@ class Fields:
 
     @staticmethod
     def learned(kind: str, model: str) -> str:
-        """Learned hash: ``out`` (the high percentile of output tokens), ``in_real`` and
+        """Learned hash: ``out`` (the high percentile of output tokens), ``out_n`` (outputs
+        seen), ``in_real`` and
         ``in_est`` (real and estimated input tokens, decayed sums), ``in_n`` (their count)."""
         return f"{kind}:{model}"
 

@@ -19,7 +19,7 @@ from tollway.limits.rkeys import Fields, Keys, Scope
 from tollway.limits.usage import Usage
 from tollway.limits.windows import Windows
 
-KEEP_MS = 400 * 86_400_000  # month and day counters and sessions are kept ~13 months
+KEEP_MS = 400 * 86_400_000  # month counters are kept ~13 months
 
 # The scripts' fixed KEYS, in order; the buckets of the plan follow them.
 ADMIT_KEYS = (
@@ -47,10 +47,7 @@ SETTLE_KEYS = (
     "ledger",
     "month",
     "settled",
-    "day",
-    "session",
     "overrides",
-    "sessions",
     "pday",
     "pweek",
     "held",
@@ -59,6 +56,7 @@ SETTLE_KEYS = (
 )
 LEARN_WINDOW = 100  # output counts kept per model; input sums are halved at this count
 LEARN_QUANTILE = 0.95  # of the latest outputs: the expected output of a request
+LEARN_EVERY = 10  # the percentile is recomputed on the first output and every 10 after it
 LEARN_MIN_ESTIMATE = 16  # input estimates below this teach nothing (their ratio is noise)
 
 
@@ -76,21 +74,25 @@ class MoneyPlan:
 @dataclass(frozen=True, slots=True)
 class LearnPlan:
     """Fields of the learned hash for one model (rkeys.Fields.learned) and how settle.lua
-    learns: the `quantile` of the latest `window` outputs; input sums halved every
-    `window` requests; estimates below `min_estimate` tokens skipped."""
+    learns: the `quantile` of the latest `window` outputs, recomputed every `every`
+    outputs (`out_n` counts them); input sums halved every `window` requests; estimates
+    below `min_estimate` tokens skipped."""
 
     out: str
+    out_n: str
     in_real: str
     in_est: str
     in_n: str
     window: int = LEARN_WINDOW
     quantile: float = LEARN_QUANTILE
+    every: int = LEARN_EVERY
     min_estimate: int = LEARN_MIN_ESTIMATE
 
     @classmethod
     def of(cls, model: str) -> LearnPlan:
         f = Fields.learned
-        return cls(f("out", model), f("in_real", model), f("in_est", model), f("in_n", model))
+        names = ("out", "out_n", "in_real", "in_est", "in_n")
+        return cls(*(f(name, model) for name in names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,13 +165,11 @@ class SettleStatic:
     prepaid: bool
     seat: SeatPlan | None
     month_fields: tuple[MonthFields, ...]
-    dims: tuple[str, ...]
     buckets: tuple[BucketPlan, ...]
     hold_prefix: str
     lot_prefix: str
     keep_ms: int
     dedup_ms: int
-    retain_ms: int
     reload: ReloadPlan | None
     reload_fields: ReloadFields
     ledger_fields: tuple[str, ...]
@@ -189,6 +189,7 @@ class SettlePlan:
     session: bool
     session_id: str
     upstream_ms: int
+    day: str  # YYYY-MM-DD in the server's time zone: the ledger event's day, for reports
 
 
 def encode(plan: AdmitPlan | SettlePlan) -> bytes:
@@ -204,6 +205,7 @@ def encode(plan: AdmitPlan | SettlePlan) -> bytes:
             "session": plan.session,
             "session_id": plan.session_id,
             "upstream_ms": plan.upstream_ms,
+            "day": plan.day,
         }
         # Two JSON objects joined into one: "{request..." + "," + "...static}".
         return orjson.dumps(request)[:-1] + b"," + orjson.dumps(plan.static)[1:]
@@ -266,13 +268,11 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             month_fields=tuple(
                 MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
             ),
-            dims=(*scopes, Scope.model(model or "-")),
             buckets=buckets,
             hold_prefix=hp,
             lot_prefix=lp,
             keep_ms=KEEP_MS,
             dedup_ms=cfg.store.settled_ttl_seconds * 1000,
-            retain_ms=cfg.store.ledger_retention_days * 86_400_000,
             reload=reload,
             reload_fields=ReloadFields(),
             ledger_fields=ledger_fields,
@@ -322,8 +322,6 @@ def settle_keys(
     org: str,
     rid: str,
     month: str,
-    day: str,
-    session: str,
     win: Windows,
     model: str | None,
 ) -> list[str]:
@@ -337,10 +335,7 @@ def settle_keys(
         k.ledger(org),
         k.month(org, month),
         k.settled(org, rid),
-        k.day(org, day),
-        k.session(org, session),
         k.overrides(org),
-        k.sessions(org),
         k.period(org, win.day),
         k.period(org, win.week),
         k.held(org),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tollway.config.schema import Organization
 from tollway.limits import plans
 from tollway.limits.limit_requests import SpendError
 from tollway.limits.plans import Principal
@@ -57,7 +58,9 @@ def cap_value(raw: str | None) -> int | None:
     return None if raw is None or raw == UNLIMITED else int(raw)
 
 
-def user_cap(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> tuple[int | None, str]:
+def user_cap(
+    org_cfg: Organization, org: str, user: str, ov: dict[str, str]
+) -> tuple[int | None, str]:
     """(the user's own effective cap, the label a refusal would name it by)."""
     plan = plans.cap_plans(org_cfg, Principal(org, "-", user=user))[-1]
     value, label = plan.source(ov)
@@ -66,7 +69,7 @@ def user_cap(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> tuple[int
     return (None if plan.cap < 0 else plan.cap), label
 
 
-def extra_enabled(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> bool:
+def extra_enabled(org_cfg: Organization, org: str, user: str, ov: dict[str, str]) -> bool:
     """Whether the user may go past their included usage now."""
     plan = plans.extra_plan(org_cfg, Principal(org, "-", user=user))
     if ov.get(plan.off) == "0":
@@ -76,7 +79,7 @@ def extra_enabled(org_cfg: Any, org: str, user: str, ov: dict[str, str]) -> bool
 
 
 def user_status(
-    org_cfg: Any, org: str, user: str, ov: dict[str, str], month: dict[str, int]
+    org_cfg: Organization, org: str, user: str, ov: dict[str, str], month: dict[str, int]
 ) -> UserStatus:
     """`user` (in the config) described from the overrides `ov` and the month hash."""
     u = org_cfg.users[user]

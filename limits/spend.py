@@ -33,12 +33,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from tollway.limits import seats
+from tollway.config.schema import Config, Organization
+from tollway.limits import seats, windows
 from tollway.limits.clock import Clock
+from tollway.limits.history import history_of
 from tollway.limits.limit_requests import (
     APPROVED,
     DENIED,
@@ -89,7 +90,7 @@ class Spend:
 
     `config` returns the live `Config` (read on every call, like `Meter`)."""
 
-    def __init__(self, store: Store, clock: Clock, config: Callable[[], Any]) -> None:
+    def __init__(self, store: Store, clock: Clock, config: Callable[[], Config]) -> None:
         self.store = store
         self.keys = store.keys
         self.clock = clock
@@ -113,10 +114,8 @@ class Spend:
             month = periods(self.clock.now_ms(), tz)[0]
         if not _MONTH.fullmatch(month):
             raise SpendError(f"a month is written YYYY-MM, not {month!r}")
-        year, mon = int(month[:4]), int(month[5:])
-        start = datetime(year, mon, 1, tzinfo=tz)
-        end = datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=tz)
-        return month, int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        start, end = windows.month_bounds(int(month[:4]), int(month[5:]), tz)
+        return month, start, end
 
     async def overrides(self, org: str) -> dict[str, str]:
         """The raw run-time overrides of an organization (the cfg hash)."""
@@ -277,21 +276,13 @@ class Spend:
     # --- statements ----------------------------------------------------------------------
     async def statement(self, org: str, month: str | None = None) -> Statement:
         """The usage statement of `month` (see `tollway.limits.statement`), cross-checked against
-        the ledger's debit events (reads the whole ledger stream: an admin operation)."""
+        the ledger database's debit events of the month (an SQL aggregate)."""
         org_cfg = self._org(org)
         month, start, end = self.month_bounds(month)
         h = await self._month_hash(org, month)
         ov = await self.overrides(org)
-        client, ledger = self.store.client, self.keys.ledger(org)
-        debits: list[dict[str, str]] = []
-        after = "-"
-        while True:
-            page = await self.store.call("spend_ledger", client.xrange, ledger, after, "+", 1000)
-            debits += [f for _, f in page if f.get("type") == "debit"]
-            if len(page) < 1000:
-                break
-            after = "(" + page[-1][0]
-        acct = self.keys.account(org)
+        ledger = await history_of(self.store).debits_by_user(org, start, end)
+        client, acct = self.store.client, self.keys.account(org)
         folded = await self.store.call("spend_ledger", client.hget, acct, "ledger_folded_ts")
         return build_statement(
             org=org,
@@ -301,7 +292,7 @@ class Spend:
             period=(start, end),
             now_ms=self.clock.now_ms(),
             month_hash=h,
-            debits=debits,
+            ledger=ledger,
             seats={u: ov.get(Fields.seat(u), c.seat) for u, c in org_cfg.users.items()},
             ledger_folded_ts=int(folded or 0),
         )
@@ -380,9 +371,9 @@ class Spend:
         return await self._decide(org, user, APPROVED, note, decision, writes)
 
     async def _tier_move(
-        self, org_cfg: Any, org: str, user: str, tier: str | None
+        self, org_cfg: Organization, org: str, user: str, tier: str | None
     ) -> tuple[dict[str, Any], dict[str, str]]:
-        if tier not in org_cfg.seat_tiers:
+        if tier is None or tier not in org_cfg.seat_tiers:
             names = ", ".join(sorted(org_cfg.seat_tiers)) or "none defined"
             raise UnknownName(f"unknown seat tier {tier!r} in {org!r} (known: {names})")
         if org_cfg.users[user].seat is None:

@@ -1,11 +1,11 @@
 """The month-end usage statement of an organization, per user and in total.
 
 Built from the month-to-date hash ``mtd:<YYYY-MM>`` (the counters that caps are checked
-against) and cross-checked against the ledger's ``debit`` events whose time falls in that
-month (of the configured time zone): the statement is what settle.lua summed, and
+against) and cross-checked against the ledger database's ``debit`` events whose time falls
+in that month (of the configured time zone): the statement is what settle.lua summed, and
 `Statement.consistent` says whether the request-by-request record agrees to the
-micro-USD: True or False, or None when the ledger no longer holds the whole month (its
-oldest events are folded away after ``store.ledger_retention_days``; the account's
+micro-USD: True or False, or None when the ledger does not hold the whole month (events
+folded away by a version that kept the ledger only in Redis; the account's
 ``ledger_folded_ts`` says how far). Pure functions here; `tollway.limits.spend.Spend.statement`
 reads the data.
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from tollway.limits.money import format_usd
@@ -80,12 +80,12 @@ def build_statement(
     period: tuple[int, int],
     now_ms: int,
     month_hash: Mapping[str, str | int],
-    debits: Iterable[Mapping[str, str]],
+    ledger: Mapping[str | None, tuple[int, int, int]],
     seats: Mapping[str, str | None],
     ledger_folded_ts: int = 0,
 ) -> Statement:
-    """The statement of `org` for `month` from its month hash and its ledger debit events
-    (any events: those outside `period` or not debits are ignored). `seats`: user → seat
+    """The statement of `org` for `month` from its month hash and its ledger: user (None:
+    keys without a user) → (debit events, cost, extra) of the period. `seats`: user → seat
     tier name, for display. `ledger_folded_ts`: the time of the newest event folded out
     of the ledger (0: none); from `period`'s start on, the cross-check is not made."""
     start, end = period
@@ -96,14 +96,7 @@ def build_statement(
             if kind in ("spend", "extra") and Scope.split(scope)[0] == "user"
         }
     )
-    by_user: dict[str | None, list[int]] = {}  # user → [requests, cost, extra] from the ledger
-    for ev in debits:
-        if ev.get("type") != "debit" or not start <= int(ev.get("ts", -1)) < end:
-            continue
-        row = by_user.setdefault(ev.get("user") or None, [0, 0, 0])
-        row[0] += 1
-        row[1] += int(ev["cost"])
-        row[2] += int(ev["extra"])
+    by_user = {user: list(row) for user, row in ledger.items()}  # [requests, cost, extra]
 
     lines: list[StatementLine] = []
     problems: list[str] = []

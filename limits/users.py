@@ -20,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
+from tollway.config.schema import Organization
 from tollway.limits.errors import LimitsError
 from tollway.limits.store import Store
 
@@ -95,7 +96,7 @@ class RuntimeUsers:
         await self.entries(org, fresh=True)
 
     @staticmethod
-    def _check(org_cfg: Any, org: str, seat: str | None, workspace: str | None) -> None:
+    def _check(org_cfg: Organization, org: str, seat: str | None, workspace: str | None) -> None:
         for what, value, known in (
             ("seat tier", seat, org_cfg.seat_tiers),
             ("workspace", workspace, org_cfg.workspaces),
@@ -106,7 +107,7 @@ class RuntimeUsers:
 
     async def add(
         self,
-        org_cfg: Any,
+        org_cfg: Organization,
         org: str,
         user: str,
         seat: str | None = None,
@@ -128,7 +129,7 @@ class RuntimeUsers:
 
     async def set(
         self,
-        org_cfg: Any,
+        org_cfg: Organization,
         org: str,
         user: str,
         seat: str | None = None,
@@ -166,7 +167,7 @@ class RuntimeUsers:
         await self.store.call("users_write", client.hdel, key, f"seat:user={user}")
         await self.store.call("users_write", client.hdel, key, f"included:user={user}")
 
-    async def remove(self, org_cfg: Any, org: str, user: str) -> bool:
+    async def remove(self, org_cfg: Organization, org: str, user: str) -> bool:
         """Remove a user added at run time (True), or drop the run-time settings of a YAML
         user (False: the YAML still declares it). `UserError` for an unknown user."""
         entries = await self.entries(org, fresh=True)
@@ -183,7 +184,9 @@ def _number(value: Any) -> str | None:
     return str(int(d)) if d == d.to_integral() else str(d.normalize())
 
 
-def describe(org_cfg: Any, declared: bool, user: str, entry: Mapping[str, Any] | None) -> dict:
+def describe(
+    org_cfg: Organization, declared: bool, user: str, entry: Mapping[str, Any] | None
+) -> dict:
     """A user as in force now: `org_cfg` is the organization with run-time users merged
     in, `declared` whether the YAML declares the user, `entry` its run-time settings.
     ``source``: config | runtime (added at run time) | config+runtime (changed)."""

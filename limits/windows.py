@@ -1,6 +1,7 @@
 """Calendar windows of a budget or cap: the day and the ISO week (Monday first) of an
-instant in the server's time zone, with when each ends. A daily cap resets at local
-midnight, a weekly one at local midnight between Sunday and Monday."""
+instant in the server's time zone, with when each ends, and the bounds of a month (the one
+place month arithmetic is done). A daily cap resets at local midnight, a weekly one at
+local midnight between Sunday and Monday, a monthly one at local midnight of the 1st."""
 
 from __future__ import annotations
 
@@ -33,3 +34,10 @@ def windows(now_ms: int, tz: ZoneInfo) -> Windows:
         next_day_ms=int(next_day.timestamp() * 1000),
         next_week_ms=int(next_week.timestamp() * 1000),
     )
+
+
+def month_bounds(year: int, month: int, tz: ZoneInfo) -> tuple[int, int]:
+    """Start and end (the next month's start) of a calendar month in zone `tz`, in ms."""
+    start = datetime(year, month, 1, tzinfo=tz)
+    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=tz)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000)

@@ -4,11 +4,8 @@ exactly once per request id.
 KEYS (named in this order by limits/scriptplans.py SETTLE_KEYS)
   hold, holds, account, lots, lotexp, ledger, month   as in admit.lua
   settled    tw:{org}:settled:<rid>    marker holding this script's earlier answer
-  day        tw:{org}:day:<YYYY-MM-DD> usage report counters, fields "<dim>|<metric>"
-  session    tw:{org}:sess:<id>        session counters (any name when plan.session is false)
   overrides  tw:{org}:cfg              run-time overrides (the seat's included amount,
                                        reload:off, reload:threshold, reload:target)
-  sessions   tw:{org}:sessions         sorted set: session id -> its last request end (ms)
   pday, pweek                          as in admit.lua: the cost is added to them as to month
   held       tw:{org}:held             what requests in flight hold (as in admit.lua)
   learned    tw:{org}:learned          what settlement learned per model (see learn)
@@ -26,22 +23,25 @@ ARGV
     seat       {spent, included, override} (plans.SeatPlan) or null
     month_fields  [{spend, extra}, ...]: the month fields the spend and its extra part are
                added to, one pair per scope (org, ws=W, user=U, key=K)
-    dims       report dimensions: ["org", "ws=W", "user=U", "key=K", "model=M"]
-    session    true when KEYS session is a session to update (and sessions its index);
-               session_id its id; upstream_ms: upstream time (ms): the request started at
-               now - upstream_ms
+    session    true when the request belongs to a session, session_id its id
+    upstream_ms  upstream time (ms): the request started at now - upstream_ms
+    day        the settlement's day in the server's time zone (YYYY-MM-DD), for reports
     buckets    [{kind, rate, unit}, ...] as in admit.lua
     hold_prefix, lot_prefix   key prefixes of holds and lots
-    keep_ms    ms to keep the month and day counters and sessions
+    keep_ms    ms to keep the month counters
     dedup_ms   ms to keep the settled marker (how late a repeated settlement may come)
-    retain_ms  ms of ledger history kept in the stream; older events are folded into the
-               account's ledger_base (common.lua fold_ledger)
     reload     {threshold, target} in micro-USD from the config, or null (see auto_reload)
     reload_fields  {off, threshold, target}: the override fields of auto-reload
-    ledger_fields  extra ledger fields: [name, value, ...]
+    ledger_fields  extra ledger fields: [name, value, ...] (model, key, user, ws)
     caps       the caps of admit.lua (plans.CapPlan): how far each was overshot is recorded
-    learn      {out, in_real, in_est, in_n, window, quantile, min_estimate} or null
+    learn      {out, out_n, in_real, in_est, in_n, window, quantile, every, min_estimate}
+               or null
                (scriptplans.LearnPlan): see learn
+
+Every settlement appends one ledger event: `debit` (a billed request that cost money),
+`usage` (billed, cost 0) or `fail` (a failed request: no tokens, no cost). Usage reports
+and sessions are sums of these events in the ledger database (limits/history.py), shipped
+there from the stream by limits/shipper.py, which also trims the stream.
 
 RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if none),
   overshoot (micro-USD of this request's extra spend past a cap, the largest over the caps),
@@ -50,8 +50,7 @@ RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if 
 
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'settled', 'day', 'session', 'overrides', 'sessions', 'pday', 'pweek', 'held',
-  'learned', 'outputs'})
+  'month', 'settled', 'overrides', 'pday', 'pweek', 'held', 'learned', 'outputs'})
 
 local earlier = redis.call('GET', K.settled)
 if earlier then
@@ -76,7 +75,7 @@ local function release_hold()
 end
 
 -- Learn from a successful request what admit.lua's expected cost needs: the `quantile`
--- of the latest `window` output token counts on this model, and the decayed sums of real
+-- of the latest `window` output token counts on this model (every `every` requests), and the decayed sums of real
 -- and estimated input tokens (halved once `window` requests are summed, so the ratio
 -- follows the traffic). Requests estimated below `min_estimate` tokens teach nothing
 -- about input: their ratio is noise.
@@ -86,14 +85,18 @@ local function learn(est)
     return
   end
   redis.call('LPUSH', K.outputs, int(usage.output_tokens))
-  redis.call('LTRIM', K.outputs, 0, l.window - 1)
-  redis.call('PEXPIRE', K.outputs, int(plan.keep_ms))
-  local xs = redis.call('LRANGE', K.outputs, 0, -1)
-  for i, x in ipairs(xs) do
-    xs[i] = tonumber(x)
+  -- The percentile is recomputed on the first output and every `every` outputs after
+  -- it (sorting the window on every settlement was most of the cost of learning).
+  if redis.call('HINCRBY', K.learned, l.out_n, 1) % l.every == 1 then
+    redis.call('LTRIM', K.outputs, 0, l.window - 1)
+    redis.call('PEXPIRE', K.outputs, int(plan.keep_ms))
+    local xs = redis.call('LRANGE', K.outputs, 0, -1)
+    for i, x in ipairs(xs) do
+      xs[i] = tonumber(x)
+    end
+    table.sort(xs)
+    redis.call('HSET', K.learned, l.out, int(xs[math.max(1, math.ceil(#xs * l.quantile))]))
   end
-  table.sort(xs)
-  redis.call('HSET', K.learned, l.out, int(xs[math.max(1, math.ceil(#xs * l.quantile))]))
   if est >= l.min_estimate then
     local real = usage.input_tokens + usage.cache_write_tokens + usage.cache_read_tokens
     local v = redis.call('HMGET', K.learned, l.in_real, l.in_est, l.in_n)
@@ -225,70 +228,25 @@ local function charge(cost, extra)
   return {}
 end
 
--- Usage report counters of the day, per dimension.
-local function count_day(cost)
-  local metrics
+-- The ledger event of this settlement: debit, usage or fail (see the header).
+local function ledger_event(cost, included, extra, debits)
+  local ev = {'type', 'fail', 'ts', int(now), 'rid', rid, 'day', plan.day,
+    'up', int(plan.upstream_ms)}
   if plan.ok then
-    metrics = {req = 1, ['in'] = usage.input_tokens, out = usage.output_tokens,
-      cw = usage.cache_write_tokens, cr = usage.cache_read_tokens, cost = cost}
-  else
-    metrics = {fail = 1}
-  end
-  for _, d in ipairs(plan.dims) do
-    for name, v in pairs(metrics) do
-      if v ~= 0 then
-        redis.call('HINCRBY', K.day, d .. '|' .. name, int(v))
-      end
+    ev[2] = cost > 0 and 'debit' or 'usage'
+    local more = {'cost', int(cost), 'included', int(included), 'extra', int(extra),
+      'prepaid', plan.prepaid and '1' or '0',
+      'in', int(usage.input_tokens), 'out', int(usage.output_tokens),
+      'cw', int(usage.cache_write_tokens), 'cr', int(usage.cache_read_tokens),
+      'lots', table.concat(debits, ',')}
+    for _, v in ipairs(more) do
+      ev[#ev + 1] = v
     end
   end
-  redis.call('PEXPIRE', K.day, int(plan.keep_ms))
-end
-
--- A session: totals, the same per model ("m|<model>|<metric>"), and its span: first is the
--- earliest request start (now - upstream_ms), last the latest request end, whatever the
--- order in which concurrent requests settle.
-local function count_session(cost)
-  local model
-  for _, d in ipairs(plan.dims) do
-    if string.sub(d, 1, 6) == 'model=' then
-      model = string.sub(d, 7)
-    end
+  if plan.session then
+    ev[#ev + 1] = 'sess'
+    ev[#ev + 1] = plan.session_id
   end
-  local sm = {req = 1, up_ms = plan.upstream_ms}
-  if plan.ok then
-    sm.cost, sm['in'], sm.out = cost, usage.input_tokens, usage.output_tokens
-    sm.cw, sm.cr = usage.cache_write_tokens, usage.cache_read_tokens
-  else
-    sm.fail = 1
-  end
-  for name, v in pairs(sm) do
-    if v ~= 0 then
-      redis.call('HINCRBY', K.session, name, int(v))
-      if model then
-        redis.call('HINCRBY', K.session, 'm|' .. model .. '|' .. name, int(v))
-      end
-    end
-  end
-  local start = now - plan.upstream_ms
-  local span = redis.call('HMGET', K.session, 'first', 'last')
-  if not span[1] or start < tonumber(span[1]) then
-    redis.call('HSET', K.session, 'first', int(start))
-  end
-  if not span[2] or now > tonumber(span[2]) then
-    redis.call('HSET', K.session, 'last', int(now))
-  end
-  redis.call('PEXPIRE', K.session, int(plan.keep_ms))
-  redis.call('ZADD', K.sessions, 'GT', int(now), plan.session_id)
-  redis.call('ZREMRANGEBYSCORE', K.sessions, '-inf', int(now - plan.keep_ms))
-  redis.call('PEXPIRE', K.sessions, int(plan.keep_ms))
-end
-
-local function ledger_debit(cost, included, extra, debits)
-  local ev = {'type', 'debit', 'ts', int(now), 'rid', rid, 'cost', int(cost),
-    'included', int(included), 'extra', int(extra), 'prepaid', plan.prepaid and '1' or '0',
-    'in', int(usage.input_tokens), 'out', int(usage.output_tokens),
-    'cw', int(usage.cache_write_tokens), 'cr', int(usage.cache_read_tokens),
-    'lots', table.concat(debits, ',')}
   for _, v in ipairs(plan.ledger_fields) do
     ev[#ev + 1] = v
   end
@@ -330,19 +288,10 @@ local included = included_part(cost)
 local extra = cost - included
 local debits = charge(cost, extra)
 local over = overshoot(extra)
-count_day(cost)
-if plan.session then
-  count_session(cost)
-end
-if cost > 0 then
-  ledger_debit(cost, included, extra, debits)
-end
+ledger_event(cost, included, extra, debits)
 
 local avail = available(K.account)
 local reload = auto_reload(avail)
-if plan.retain_ms then
-  fold_ledger(K.account, K.ledger, now - plan.retain_ms, 4)
-end
 
 local r = {cost = cost, included = included, extra = extra, available = avail,
   reload = reload, overshoot = over, duplicate = false}

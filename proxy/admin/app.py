@@ -36,6 +36,7 @@ from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin import admins as admin_admins
 from tollway.proxy.admin import credits as admin_credits
+from tollway.proxy.admin import developers as admin_developers
 from tollway.proxy.admin import keys as admin_keys
 from tollway.proxy.admin import limits as admin_limits
 from tollway.proxy.admin import orgs as admin_core
@@ -63,6 +64,7 @@ def routes() -> list[Route]:
     """Every admin route, the OpenAPI document's own included."""
     table = [
         *admin_core.ROUTES,
+        *admin_developers.ROUTES,
         *admin_keys.ROUTES,
         *admin_credits.ROUTES,
         *admin_spend.ROUTES,

@@ -136,6 +136,8 @@ async def create_key(request: web.Request) -> web.Response:
     b = await body(request, KeyCreate)
     member(name, o, "workspace", b.workspace)
     member(name, o, "user", b.user)
+    if refusal := o.no_keys_for(b.workspace):
+        raise ApiError(400, refusal)
     c = ctx(request)
     now = c.clock.now_ms()
     settings = KeySettings(

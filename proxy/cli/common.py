@@ -15,9 +15,12 @@ from typing import Any
 
 from tollway.config import ConfigError, load_config
 from tollway.config.schema import Config
+from tollway.limits.embedded import data_dir_for
 from tollway.limits.errors import LimitsError, StoreUnavailable
+from tollway.limits.history import History
+from tollway.limits.ledgerdb import open_ledger
 from tollway.proxy.cli.output import fail as _fail
-from tollway.proxy.runtime.locate import config_path, store_url
+from tollway.proxy.runtime.locate import config_path, ledger_url, store_url
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 1, 2, 3
 
@@ -42,9 +45,11 @@ def with_store(args: Any, fn: Callable[[Any, Any], Coroutine[Any, Any, int]]) ->
 
     async def go() -> int:
         store = handle.open(cfg)
+        store.history = History(store, open_ledger(ledger_url(cfg), data_dir_for(path)))
         try:
             return await fn(cfg, store)
         finally:
+            await store.history.close()
             await store.close()
 
     try:

@@ -178,6 +178,8 @@ def create(args: Any) -> int:
         org = with_users(cfg, {args.org: entries}).organizations[args.org]
         if args.workspace and args.workspace not in org.workspaces:
             return _fail(f"unknown workspace {args.workspace!r} in {args.org}", EXIT_USAGE)
+        if refusal := org.no_keys_for(args.workspace):
+            return _fail(refusal, EXIT_USAGE)
         if args.user and args.user not in org.users:
             return _fail(f"unknown user {args.user!r} in {args.org}", EXIT_USAGE)
         now = SystemClock().now_ms()

@@ -14,7 +14,9 @@ from tollway.config import ConfigError, load_config
 from tollway.config.reload import ConfigHolder
 from tollway.proxy.cli import admins as cli_admins
 from tollway.proxy.cli import credits as cli_credits
+from tollway.proxy.cli import developers as cli_developers
 from tollway.proxy.cli import keys as cli_keys
+from tollway.proxy.cli import ledger as cli_ledger
 from tollway.proxy.cli import reports as cli_ops
 from tollway.proxy.cli import spend as cli_spend
 from tollway.proxy.cli import users as cli_users
@@ -96,8 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli_admins.register(sub)
     cli_credits.register(sub)
     cli_ops.register(sub)
+    cli_developers.register(sub)
     cli_spend.register(sub)
     cli_users.register(sub)
+    cli_ledger.register(sub)
     return parser
 
 

@@ -21,6 +21,7 @@ from tollway.limits.clock import SystemClock
 from tollway.limits.meter import periods
 from tollway.limits.money import format_usd
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
+from tollway.proxy.cli.observed import observed
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import format_table
 
@@ -106,12 +107,20 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--users",
-        required=True,
         type=int,
         metavar="N",
-        help="how many people will use the organization",
+        help="how many people will use the organization (with --observed: default, the "
+        "users active in the period)",
     )
     p.add_argument("--org", default="my-org", help="organization name used in the YAML")
+    p.add_argument(
+        "--observed",
+        action="store_true",
+        help="check against reality: the organization's busiest minute per active user over "
+        "--from/--to (default: the last 30 days), beside the recommended range",
+    )
+    p.add_argument("--from", dest="start", metavar="DATE", help="with --observed: first day")
+    p.add_argument("--to", dest="end", metavar="DATE", help="with --observed: last day")
     p.add_argument(
         "--format",
         choices=("table", "yaml", "json"),
@@ -334,6 +343,10 @@ def recommend_text(r: sizing.Recommendation, org: str) -> str:
 
 
 def recommend(args: Any) -> int:
+    if args.observed:
+        return observed(args)
+    if args.users is None:
+        return _fail("recommend needs --users N (or --observed --org ORG)", EXIT_USAGE)
     try:
         r = sizing.recommend(args.users)
     except ValueError as e:

@@ -29,7 +29,7 @@ from tollway.limits.usage import Usage, tier_name
 from tollway.proxy.gateway import models_list, passthrough, providers, routes
 from tollway.proxy.gateway.call import Call, Reject
 from tollway.proxy.gateway.forward import Drain, Relayed, relay, relay_whole, upstream_headers
-from tollway.proxy.gateway.identify import identify, request_secret
+from tollway.proxy.gateway.identify import client_workspace, identify, request_secret
 from tollway.proxy.gateway.inbound import (
     BUDGET_HEADER,
     escapes,
@@ -149,6 +149,7 @@ class ProxyHandler:
         if refresh is not None:  # run-time users of the organization (cached ~1 s)
             with contextlib.suppress(StoreUnavailable):  # admit applies the store policy
                 await refresh(call.principal.org)
+        call.principal = client_workspace(call.principal, request.headers, cfg)
         model_id = request.match_info.get("model_id")
         if model_id is not None and (escapes(model_id) or not self._usable(cfg, call)(model_id)):
             # A model the key may not use is as unknown to it as one that does not exist.

@@ -1,5 +1,6 @@
 """Who is calling: the one place a request's API key is read and resolved to a
-`Principal`, for the proxied routes and the limit-request endpoint alike.
+`Principal`, for the proxied routes and the limit-request endpoint alike, and the one place
+a recognized client's request is moved to its client workspace (`client_workspace`).
 
 Refusals are `Reject` with a 401 ("key"). A store that cannot be reached raises
 `StoreUnavailable`, except under the fail-open policy for a key this process already
@@ -8,7 +9,10 @@ knows; each caller turns it into its own 503.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from multidict import CIMultiDictProxy
+from tollway.config.clients import recognize
 from tollway.config.schema import Config
 from tollway.limits.apikeys import UNMETERED_MAX_AGE, ApiKeys
 from tollway.limits.errors import ExpiredKey, StoreUnavailable, UnknownKey
@@ -59,3 +63,18 @@ async def identify(
     if principal.org not in cfg.organizations:
         raise Reject(Problem(401, "key", "Invalid API key: its organization is gone."))
     return principal, secret
+
+
+def client_workspace(
+    principal: Principal, headers: CIMultiDictProxy[str], cfg: Config
+) -> Principal:
+    """The principal as metered: a request of a recognized client (Claude Code...) whose
+    organization names a workspace for that client goes to that workspace, whatever key
+    made it; the key's user (and so its seat) still applies."""
+    routes = cfg.organizations[principal.org].client_workspaces
+    if not routes:
+        return principal
+    client = recognize(cfg.client_rules, headers)
+    if client is None or client not in routes:
+        return principal
+    return replace(principal, workspace=routes[client])

@@ -18,9 +18,11 @@ from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.embedded import data_dir_for
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.history import History
-from tollway.limits.journal import Journal, Replayer
+from tollway.limits.journal import Journal
 from tollway.limits.ledgerdb import open_ledger
 from tollway.limits.meter import Meter
+from tollway.limits.outcomes import Charge
+from tollway.limits.replay import Replayer
 from tollway.limits.shipper import Shipper
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
@@ -36,6 +38,7 @@ from tollway.proxy.metrics import Metrics
 from tollway.proxy.runtime import digest
 from tollway.proxy.runtime.alerts import AlertSender
 from tollway.proxy.runtime.autoreload import AutoReloader
+from tollway.proxy.runtime.locate import ledger_url
 from tollway.proxy.runtime.shipping import ShippingTask
 
 log = logging.getLogger("tollway")
@@ -94,7 +97,7 @@ def create_app(
     app[DATA_DIR] = Path(data_dir) if data_dir is not None else data_dir_for(cfg.source)
     store.observers.append(app[METRICS].observe_store)
     if store.history is None:  # the ledger database of this setup (ledger.url)
-        store.history = History(store, open_ledger(cfg.ledger.url, app[DATA_DIR]))
+        store.history = History(store, open_ledger(ledger_url(cfg), app[DATA_DIR]))
     shipper = Shipper(
         store, store.history.db, lambda: holder.current.organizations, cfg.ledger.ship_batch
     )
@@ -218,7 +221,16 @@ async def _journal(app: web.Application) -> AsyncIterator[None]:
     journal.observers.append(app[METRICS].observe_journal)
     settler.journal = journal
     app[JOURNAL] = journal
-    app[REPLAYER] = replayer = Replayer(journal, settler.apply, app[STORE].ping)
+    history = app[STORE].history
+
+    async def replay(entry: Charge) -> object:
+        # The settled marker lives store.settled_ttl_seconds; a replay may come later, so
+        # the ledger (every settlement's event) is asked first.
+        if await history.settled(entry.principal.org, entry.rid):
+            return None
+        return await settler.apply(entry)
+
+    app[REPLAYER] = replayer = Replayer(journal, replay, app[STORE].ping)
     task = asyncio.ensure_future(replayer.run())
     yield
     task.cancel()

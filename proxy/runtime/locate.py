@@ -46,6 +46,13 @@ class StoreHandle:
             self.embedded.stop()
 
 
+def ledger_url(cfg: Any) -> str | None:
+    """The ledger database: ``$TOLLWAY_LEDGER_URL`` when set (a PostgreSQL URL may hold a
+    password, which belongs in a secret), else ``ledger.url``; None: SQLite in the data
+    directory."""
+    return os.environ.get("TOLLWAY_LEDGER_URL") or cfg.ledger.url
+
+
 def store_url(cfg: Any, path: Path) -> StoreHandle:
     """The store URL of this setup, starting the embedded Valkey when it is the store."""
     url = os.environ.get("REDIS_URL") or cfg.store.redis_url

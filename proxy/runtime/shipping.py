@@ -52,7 +52,13 @@ class ShippingTask:
 
     async def run(self) -> None:
         while True:
-            await self.tick()
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a reply no error class covers (BUSY in a pipeline): next tick
+                self.metrics.ledger_ship_failures.inc()
+                log.exception("ledger shipping pass failed")
             await asyncio.sleep(self.config().ledger.ship_interval_seconds)
 
     def start(self) -> None:

@@ -17,6 +17,8 @@ from tollway.config.reload import ConfigHolder
 from tollway.limits.admins import Credentials
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock
+from tollway.limits.history import History
+from tollway.limits.ledgerdb import SqliteLedger
 from tollway.limits.rkeys import Keys
 from tollway.limits.spend import Spend
 from tollway.limits.store import Store
@@ -301,11 +303,12 @@ def test_live_limits_show_levels_after_traffic(admin):
     assert all(b["remaining"] == int(b["per_minute"]) for b in body["rate_limits"])
 
 
-async def test_store_down_is_a_503(aiohttp_client, unused_tcp_port, monkeypatch):
+async def test_store_down_is_a_503(aiohttp_client, unused_tcp_port, monkeypatch, tmp_path):
     """The admin app alone, on a store at a port where nothing listens."""
     monkeypatch.setenv("TOLLWAY_ADMIN_TOKEN", TOKEN)
     cfg = parse_config_text(ORGS, "tollway.yaml", {})
     store = Store.from_url(f"redis://127.0.0.1:{unused_tcp_port}", Keys("t"), timeout=0.2)
+    store.history = History(store, SqliteLedger(tmp_path / "ledger.sqlite3"))
     app = create_admin_app(ConfigHolder(cfg, {}), store, ManualClock(), ApiKeys(store))
     client = await aiohttp_client(app)
     for path in ("/orgs/acme/keys", "/orgs/acme/usage", "/orgs/acme/limits", "/sessions/s"):

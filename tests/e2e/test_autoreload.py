@@ -20,6 +20,7 @@ from tollway.proxy.runtime.payment_webhook import WebhookPaymentProvider
 
 from tests.support import stack as stack_module
 from tests.support.fakepayments import SECRET, FakePayments
+from tests.support.ledgerkit import ledger_events
 
 USD = parse_usd
 MODEL = "claude-sonnet-4-6"  # 3 USD/M in, 15 USD/M out
@@ -64,7 +65,7 @@ def balance(stack):
 
 
 def events(stack, kind: str) -> list[dict[str, str]]:
-    return [f for _, f in stack.redis.xrange(stack.keys.ledger("acme")) if f["type"] == kind]
+    return stack.ledger("acme", kind)
 
 
 def counted(stack, result: str) -> float:
@@ -310,7 +311,7 @@ def test_reload_started_is_recorded_before_the_payment_provider_is_called(pay_st
         task = stack.app[RELOADER].start("acme")
         while not payments.in_flight:  # the provider has been called
             await asyncio.sleep(0.01)
-        seen["started"] = events(stack, "reload_started")
+        seen["started"] = await ledger_events(stack.reader, "acme", "reload_started")
         seen["pending"] = await stack.app[RELOADER].workflow.pending("acme")
         return await task
 

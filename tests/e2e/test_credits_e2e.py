@@ -11,14 +11,13 @@ import socket
 import time
 from datetime import timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import anthropic
 import openai
 import pytest
 from tollway.limits.clock import SystemClock
 from tollway.limits.credits import Credits
-from tollway.limits.meter import Charge, periods
+from tollway.limits.meter import Charge
 from tollway.limits.money import parse_usd
 from tollway.limits.plans import REQUEST_UNIT, Principal
 from tollway.limits.prices import cost_micro
@@ -51,7 +50,7 @@ def price(stack, model: str):
 
 
 def ledger(stack) -> list[dict[str, str]]:
-    return [fields for _, fields in stack.redis.xrange(stack.keys.ledger("acme"))]
+    return stack.ledger("acme")
 
 
 def assert_ledger_replays(stack) -> None:
@@ -172,25 +171,23 @@ def test_failures_leave_balance_and_lots_byte_for_byte_unchanged(stack_factory, 
     # What a failed request may change, and nothing else:
     #  - b:org:rpm   the request bucket keeps the request (SPEC §2.6: the RPM request still
     #                counts): exactly one request's units, the clock did not move;
-    #  - day:<date>  the report counters gain "<dim>|fail" = +1 for each dimension, and no
-    #                tokens and no cost;
+    #  - the ledger gains one `fail` event (counted in reports), with no tokens and no cost;
     #  - settled:<rid>  the settlement marker that makes the settlement idempotent (new).
     # The tpm bucket got its reservation back exactly; the account (balance, debt, held),
-    # the lots, their indexes, the month's spend and the ledger are untouched.
+    # the lots, their indexes and the month's spend are untouched.
     k = stack.keys
     rpm = k.bucket("acme", "org", "rpm")
     assert int(after[rpm]["l"]) == int(before[rpm]["l"]) - REQUEST_UNIT
     assert after[rpm]["t"] == before[rpm]["t"]
-    _, day, _ = periods(stack.clock.now_ms(), ZoneInfo(stack.holder.current.server.timezone))
-    dkey = k.day("acme", day)
-    grown = {f: int(v) - int(before[dkey].get(f, 0)) for f, v in after[dkey].items()}
-    changed = {f: d for f, d in grown.items() if d}
+    lkey = k.ledger("acme")
+    [event] = after[lkey][len(before[lkey]) :]
+    assert after[lkey][: len(before[lkey])] == before[lkey]
     model = "claude-sonnet-4-6" if fail is fail_stream_error else "gpt-4o"
-    key_id = next(f for f in after[dkey] if f.startswith("key=")).partition("|")[0]
-    assert changed == {"org|fail": 1, f"{key_id}|fail": 1, f"model={model}|fail": 1}
+    assert event["type"] == "fail" and event["model"] == model
+    assert not {"cost", "in", "out", "cw", "cr", "extra"} & set(event)
     new = set(after) - set(before)
     assert len(new) == 1 and new.pop().startswith(k.settled("acme", "req_"))
-    for name in set(before) - {rpm, dkey}:
+    for name in set(before) - {rpm, lkey}:
         assert after[name] == before[name], name
     assert set(before) <= set(after)
     assert_ledger_replays(stack)

@@ -85,7 +85,8 @@ def test_stream_ending_in_error_event_is_free(stack):
     stack.wait_settled()
     day = stack.day()
     assert day["org|fail"] == 1 and "org|cost" not in day
-    assert not stack.redis.exists(stack.keys.ledger("acme"))
+    # The ledger records the failure and moves no money.
+    assert [e["type"] for e in stack.ledger("acme")] == ["fail"]
 
 
 def test_authentication_error(stack):

@@ -196,13 +196,14 @@ def test_upstream_error_is_relayed_and_free(stack):
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
     stack.wait_settled()
-    # Only the failure is counted: no tokens, no spend, nothing in the ledger.
+    # Only the failure is counted: no tokens, no spend, no money event in the ledger.
     assert stack.day() == {
         "org|fail": 1,
         f"key={record.key_id}|fail": 1,
         "model=gpt-4o-mini|fail": 1,
     }
-    assert not stack.redis.exists(stack.keys.ledger("acme"))
+    # The ledger records the failure and moves no money.
+    assert [e["type"] for e in stack.ledger("acme")] == ["fail"]
     # The request still counts for rpm; its reserved tokens were given back, so the next
     # request sees the full bucket less its own reservation (the estimate).
     stack.fake.behavior.status = 200

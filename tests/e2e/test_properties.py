@@ -81,7 +81,7 @@ def world(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def totals(stack: Stack) -> dict[str, int]:
-    """The organization's day counters, summed over every day."""
+    """What the ledger says the organization used, summed over every day."""
     return charged(stack)
 
 

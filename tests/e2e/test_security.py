@@ -53,7 +53,8 @@ def anthropic_headers(key: str) -> dict[str, str]:
 
 
 def every_value(stack) -> list[str]:
-    """Every key name and every value stored under the stack's prefix, as text."""
+    """Every key name and every value stored under the stack's prefix, and every ledger
+    event in the ledger database, as text."""
     out: list[str] = []
     r = stack.redis
     for name in r.scan_iter(match=f"{stack.prefix}:*", count=1000):
@@ -71,6 +72,8 @@ def every_value(stack) -> list[str]:
             out.extend(f"{k}={v}" for _, f in r.xrange(name) for k, v in f.items())
         elif kind == "list":
             out.extend(r.lrange(name, 0, -1))
+    for org in stack.holder.current.organizations:  # and the ledger database
+        out.extend(f"{k}={v}" for f in stack.ledger(org) for k, v in f.items())
     return out
 
 

@@ -136,7 +136,7 @@ def test_metering_is_exact_after_a_paused_stream(paused) -> None:
     stack, pause, key = paused
     _openai_chat(stack, pause, key)
     stack.wait_settled()
-    day = stack.redis.hgetall(stack.keys.day("acme", "2026-01-01"))
+    day = stack.day("acme", "2026-01-01")
     record = stack.fake.responses[-1]
     assert int(day["org|out"]) == record["output_tokens"] == 6
     assert int(day["org|in"]) == record["input_tokens"]

@@ -86,7 +86,7 @@ def add_lot(stack: Stack, org: str, amount: int) -> None:
 
 def day(stack: Stack, org: str = "acme") -> dict[str, int]:
     name = periods(stack.clock.now_ms(), stack.holder.current.server.tzinfo)[1]
-    return {f: int(v) for f, v in stack.redis.hgetall(stack.keys.day(org, name)).items()}
+    return stack.day(org, name)
 
 
 def test_admit_and_settle_through_the_sdk(make_stack):
@@ -127,7 +127,7 @@ def test_credits_debit_then_refuse(make_stack):
     stack.wait_settled()
     acct = stack.redis.hgetall(stack.keys.account("acme"))
     assert int(acct["balance"]) == 0 and int(acct.get("held", 0)) == 0
-    debits = [e for _, e in stack.redis.xrange(stack.keys.ledger("acme")) if e["type"] == "debit"]
+    debits = stack.ledger("acme", "debit")
     assert len(debits) == 2
     before = stack.snapshot()
     with pytest.raises(openai.RateLimitError, match="credit balance is too low"):
@@ -199,17 +199,21 @@ async def test_script_cache_loss_falls_back_to_eval(cluster_url: str):
         await store.close()
 
 
-async def test_credit_operations_and_reports_on_the_cluster(cluster_url: str):
-    """The credit API (scripts, single-slot transactions, pipelines) and cross-slot report
+async def test_credit_operations_and_reports_on_the_cluster(cluster_url: str, tmp_path):
+    """The credit API (scripts, single-slot transactions, pipelines), shipping and report
     reads, for organizations spread over the three primaries."""
     from datetime import date, timedelta
 
     from tollway.limits import reports
     from tollway.limits.clock import ManualClock
     from tollway.limits.credits import Credits
+    from tollway.limits.history import History
+    from tollway.limits.ledgerdb import SqliteLedger
+    from tollway.limits.reconcile import reconcile
     from tollway.limits.rkeys import Keys
 
     store = Store.from_url(cluster_url, Keys("t" + secrets.token_hex(5)), timeout=2.0)
+    store.history = History(store, SqliteLedger(tmp_path / "ledger.sqlite3"))
     credits = Credits(store, ManualClock())
     orgs = ["acme", "b", "c", "d"]  # their slots sit on all three primaries
     assert await store.ping()  # discovers the cluster
@@ -226,6 +230,9 @@ async def test_credit_operations_and_reports_on_the_cluster(cluster_url: str):
             assert len(await credits.lots(org)) == len(await credits.history(org)) == 2
             assert await credits.recompute_from_ledger(org) == 6_000_000
         assert await reports.find_sessions(store, orgs, "no-such-session") == []
-        assert await reports.read_days(store, "acme", [date(2026, 1, 1)]) == [{}]
+        day = date(2026, 1, 1)
+        assert (await reports.usage_report(store, "acme", "org", day, day)).total.empty
+        assert await reconcile(store, orgs) == []
     finally:
+        await store.history.close()
         await store.close()

@@ -27,6 +27,7 @@ from tollway.limits.store import Store
 
 from tests.support.fakeupstream import Behavior, run_in_thread
 from tests.support.faultkit import ProxyProcess, config_yaml, drive, expected_usage
+from tests.support.ledgerkit import process_ledger
 from tests.support.stack import ENV
 
 pytestmark = pytest.mark.slow
@@ -122,12 +123,14 @@ def test_soak_four_processes_one_organization(tmp_path: Path, redis_url: str) ->
 
         r = sync_redis.Redis.from_url(redis_url, decode_responses=True)
         keys = Keys(prefix)
-        debits = [f for _, f in r.xrange(keys.ledger("acme")) if f["type"] == "debit"]
-        day = {}
-        for name in r.scan_iter(match=f"{prefix}:{{acme}}:day:*"):
-            for field, value in r.hgetall(name).items():
-                if field.startswith("org|"):
-                    day[field[4:]] = day.get(field[4:], 0) + int(value)
+        events = process_ledger(redis_url, prefix, tmp_path / "data").events("acme")
+        debits = [f for f in events if f["type"] == "debit"]
+        day: dict[str, int] = {}
+        for f in events:
+            if f["type"] in ("debit", "usage"):
+                day["req"] = day.get("req", 0) + 1
+                for name in ("in", "out", "cw", "cr", "cost"):
+                    day[name] = day.get(name, 0) + int(f.get(name, 0))
         balance = int(r.hget(keys.account("acme"), "balance"))
         r.close()
 

@@ -78,7 +78,7 @@ def test_dockerfile_shape():
 def test_compose_file_parses_and_its_files_exist():
     compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     services = compose["services"]
-    assert set(services) == {"tollway", "redis", "prometheus", "grafana"}
+    assert set(services) == {"tollway", "redis", "postgres", "prometheus", "grafana"}
     assert services["tollway"]["deploy"]["replicas"] == 2
     assert "--appendonly" in services["redis"]["command"]
     build = services["tollway"]["build"]

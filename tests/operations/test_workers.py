@@ -32,6 +32,7 @@ from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 
 from tests.support.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, run_in_thread
+from tests.support.ledgerkit import process_ledger
 from tests.support.stack import PRICES
 
 pytestmark = pytest.mark.slow
@@ -117,7 +118,7 @@ def setup(tmp_path: Path) -> Iterator[dict]:
         r = redis.Redis.from_url(valkey.connection_url, decode_responses=True)
         try:
             yield {"start": start, "fake": fake, "redis": r, "keys": Keys(prefix),
-                   "url": valkey.connection_url}  # fmt: skip
+                   "url": valkey.connection_url, "data": tmp_path / "data"}  # fmt: skip
         finally:
             for s in servers:
                 s.stop()
@@ -136,9 +137,10 @@ def make_key(url: str, keys: Keys, org: str = "acme") -> str:
     return asyncio.run(go())
 
 
-def today_counters(r: redis.Redis, keys: Keys, org: str = "acme") -> dict[str, int]:
+def today_counters(setup: dict, org: str = "acme") -> dict[str, int]:
+    """Today's usage of `org` from the processes' ledger database."""
     name = time.strftime("%Y-%m-%d", time.gmtime())
-    return {k: int(v) for k, v in r.hgetall(keys.day(org, name)).items()}
+    return process_ledger(setup["url"], setup["keys"].prefix, setup["data"]).day(org, name)
 
 
 def test_four_workers_share_one_limit_and_an_exact_ledger(setup):
@@ -190,7 +192,7 @@ def test_four_workers_share_one_limit_and_an_exact_ledger(setup):
     # The ledger equals what the fake upstream reported, request by request.
     sent = [r for r in fake.responses if r["status"] == 200 and r["completed"]]
     assert len(sent) == counts[200]
-    day = today_counters(setup["redis"], setup["keys"])
+    day = today_counters(setup)
     assert day["org|req"] == counts[200]
     assert day["org|in"] == sum(r["input_tokens"] for r in sent)
     assert day["org|out"] == sum(r["output_tokens"] for r in sent)
@@ -250,7 +252,7 @@ def test_sigterm_drains_twenty_open_streams(setup):
     settled = server.logged("settled")
     assert len(settled) == 20 and len({r["rid"] for r in settled}) == 20
     assert all(r["ok"] and r["output_tokens"] == 5 for r in settled)
-    day = today_counters(setup["redis"], setup["keys"])
+    day = today_counters(setup)
     assert (day["org|req"], day["org|out"]) == (20, 100)
 
 
@@ -292,7 +294,7 @@ def test_streams_cut_by_the_drain_timeout_are_settled_once(setup):
     assert len(settled) == 4 and len({r["rid"] for r in settled}) == 4
     # OpenAI streams report usage only at their end: the input is the proxy's estimate.
     assert all(r["ok"] and r["input_tokens"] > 0 and r["output_tokens"] > 0 for r in settled)
-    day = today_counters(setup["redis"], setup["keys"])
+    day = today_counters(setup)
     assert day["org|req"] == 4
     assert day["org|out"] == sum(r["output_tokens"] for r in settled)
     assert day["org|cost"] == sum(r["cost_micro"] for r in settled) > 0

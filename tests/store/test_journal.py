@@ -13,9 +13,10 @@ import pytest
 from tollway.config import parse_config_text
 from tollway.limits.clock import ManualClock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.journal import Journal, Replayer, Stopped, from_line, to_line
+from tollway.limits.journal import Journal, Stopped, from_line, to_line
 from tollway.limits.meter import Charge, Meter
 from tollway.limits.plans import Principal
+from tollway.limits.replay import Replayer
 from tollway.limits.store import Store
 from tollway.limits.usage import Usage
 

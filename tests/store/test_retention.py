@@ -1,5 +1,6 @@
-"""Redis memory per request is bounded: settled markers expire, the ledger folds old events
-into a base that keeps the balance it implies exact."""
+"""Redis memory per request is bounded: settled markers expire, ledger events leave Redis
+once shipped to the ledger database, and none leaves before (an old unshipped event is
+never dropped, whatever its age)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from tollway.config import parse_config_text
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.credits import Credits
 from tollway.limits.meter import Charge, Meter
+from tollway.limits.shipper import Shipper
 from tollway.limits.usage import Usage
 
 HEAD = """
@@ -21,7 +23,7 @@ organizations:
 """
 
 
-async def test_old_ledger_events_are_folded_and_the_balance_stays_exact(store, clock):
+async def test_ledger_events_leave_redis_once_shipped_and_never_before(store, clock):
     cfg = parse_config_text(HEAD, "t.yaml", {"OPENAI_API_KEY": "x"})
     meter, credits = Meter(store, clock, lambda: cfg), Credits(store, clock)
     record, _ = await ApiKeys(store).create("acme", clock.now_ms())
@@ -35,15 +37,15 @@ async def test_old_ledger_events_are_folded_and_the_balance_stays_exact(store, c
     for i in range(10):
         await request(f"old{i}", 1_000 + i)
     ledger = store.keys.ledger("acme")
-    assert await store.client.xlen(ledger) == 11  # the purchase and 10 debits
+    assert await store.client.xlen(ledger) == 11  # the purchase and 10 debits, not shipped
     clock.advance(seconds=63 * 86_400)
     for i in range(4):
         await request(f"new{i}", 7)
-    # Each settlement folded up to 4 events older than 62 days: all 11 are gone.
-    assert await store.client.xlen(ledger) == 4
+    assert await store.client.xlen(ledger) == 15  # months old, still waiting: none dropped
+    assert await Shipper(store, store.history.db, lambda: ["acme"]).ship_all() == 15
+    assert await store.client.xlen(ledger) == 0
     account = await store.client.hgetall(store.keys.account("acme"))
-    assert int(account["ledger_base"]) == 50_000_000 - sum(1_000 + i for i in range(10))
-    assert int(account["ledger_folded_ts"]) == clock.now_ms() - 63 * 86_400_000
+    assert "ledger_base" not in account
     balance = await credits.balance("acme")
     assert await credits.recompute_from_ledger("acme") == balance.lots_total - balance.debt
     assert balance.lots_total == 50_000_000 - sum(1_000 + i for i in range(10)) - 4 * 7

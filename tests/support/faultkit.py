@@ -149,6 +149,7 @@ class FaultStack(Stack):
         """Read the store (snapshots, counters) straight from `url`, not through a relay."""
         self.redis.close()
         self.redis = redis.Redis.from_url(url, decode_responses=True)
+        self.reader = self.run(self._reader_on(url))
 
     def config_text(self, orgs_yaml: str, extra_yaml: str = "", upstream: str = "") -> str:
         text = super().config_text(orgs_yaml, extra_yaml, upstream)
@@ -157,11 +158,7 @@ class FaultStack(Stack):
 
 
 def ledger_debits(stack: Stack, org: str = "acme") -> list[dict[str, str]]:
-    return [
-        fields
-        for _, fields in stack.redis.xrange(stack.keys.ledger(org))
-        if fields.get("type") == "debit"
-    ]
+    return stack.ledger(org, "debit")
 
 
 MODELS = {"/v1/messages": "claude-haiku-4-5"}  # every other route: gpt-4o-mini
@@ -199,15 +196,17 @@ def expected_usage(
 
 
 def charged(stack: Stack, org: str = "acme") -> dict[str, int]:
-    """What the store charged the organization: day counters (all days) and the ledger."""
+    """What the store charged the organization: the settled requests of the ledger (all
+    days: successful requests, tokens and cost) and its debit events."""
     out = {"req": 0, "in": 0, "out": 0, "cw": 0, "cr": 0, "cost": 0}
-    for name in stack.redis.scan_iter(match=f"{stack.prefix}:{{{org}}}:day:*"):
-        for fname, value in stack.redis.hgetall(name).items():
-            dim, _, what = fname.rpartition("|")
-            if dim == "org" and what in out:
-                out[what] += int(value)
-    out["ledger_cost"] = sum(int(d["cost"]) for d in ledger_debits(stack, org))
-    out["ledger_events"] = len(ledger_debits(stack, org))
+    for ev in stack.ledger(org):
+        if ev["type"] in ("debit", "usage"):
+            out["req"] += 1
+            for name in ("in", "out", "cw", "cr", "cost"):
+                out[name] += int(ev.get(name, 0))
+    debits = ledger_debits(stack, org)
+    out["ledger_cost"] = sum(int(d["cost"]) for d in debits)
+    out["ledger_events"] = len(debits)
     return out
 
 

@@ -68,7 +68,7 @@ def balance(stack: Stack, org: str = "acme") -> int:
 
 def debits(stack: Stack, org: str = "acme") -> list[dict[str, str]]:
     """The ledger's debit events, in ledger order."""
-    return [f for _, f in stack.redis.xrange(stack.keys.ledger(org)) if f["type"] == "debit"]
+    return stack.ledger(org, "debit")
 
 
 # --- without HTTP: the meter and Spend on a config the test controls ---------------------

@@ -18,12 +18,14 @@ from tollway.config import load_config
 from tollway.config.reload import ConfigHolder
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock
+from tollway.limits.history import History
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
 from tollway.proxy.runtime.app import METER, METRICS, SETTLER, create_app
 from tollway.proxy.runtime.metrics_server import create_metrics_app
 
 from tests.support.fakeupstream import ANTHROPIC_KEY, OPENAI_KEY, FakeUpstream, start_fake_upstream
+from tests.support.ledgerkit import day_counters, ledger_events
 from tests.support.valkeycluster import sync_client
 
 T = TypeVar("T")
@@ -109,10 +111,17 @@ class Stack:
         mport = msite._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.metrics_url = f"http://127.0.0.1:{mport}"
         self.redis = sync_client(redis_url)  # a cluster client for redis+cluster:// URLs
+        self.reader = self.store  # what ledger() and day() ship and read through
         self._extra_runners: list[web.AppRunner] = []
 
     async def _store(self) -> Store:
         return Store.from_url(self.redis_url, Keys(self.prefix), timeout=2.0)
+
+    async def _reader_on(self, url: str) -> Store:
+        """A store on `url` sharing the app's ledger database (to read past a relay)."""
+        store = Store.from_url(url, Keys(self.prefix), timeout=2.0)
+        store.history = History(store, self.store.history.db)
+        return store
 
     def config_text(self, orgs_yaml: str, extra_yaml: str = "", upstream: str = "") -> str:
         upstream = upstream or self.fake_url
@@ -136,12 +145,17 @@ class Stack:
         assert self.holder.reload(), self.holder.last_error
 
     def day(self, org: str = "acme", day: str | None = None) -> dict[str, int]:
-        """The day's report counters of an organization, as integers."""
+        """The day's usage of an organization as ``"<dim>|<metric>"`` counters, from the
+        ledger database (tests.support.ledgerkit.day_counters)."""
         from tollway.limits.meter import periods
 
         day = day or periods(self.clock.now_ms(), self.holder.current.server.tzinfo)[1]
-        raw = self.redis.hgetall(self.keys.day(org, day))
-        return {k: int(v) for k, v in raw.items()}
+        return self.run(day_counters(self.reader, org, day))
+
+    def ledger(self, org: str = "acme", kind: str | None = None) -> list[dict[str, Any]]:
+        """The organization's ledger events (of type `kind`), oldest first, from the ledger
+        database after shipping what waits in Redis."""
+        return self.run(ledger_events(self.reader, org, kind))
 
     def second_proxy(self) -> str:
         """Another proxy replica on the same store (its own process state): its URL."""
@@ -223,8 +237,9 @@ class Stack:
         self.run(drain(), timeout + 5)
 
     def snapshot(self, org: str = "acme") -> dict[str, Any]:
-        """Every key of an organization with its value: to prove nothing changed."""
-        out: dict[str, Any] = {}
+        """Every key of an organization with its value, to prove nothing changed; the
+        ledger stream's value is the whole ledger (the database after shipping)."""
+        out: dict[str, Any] = {self.keys.ledger(org): self.ledger(org)}
         for name in sorted(self.redis.scan_iter(match=f"{self.prefix}:{{{org}}}:*", count=1000)):
             kind = self.redis.type(name)
             if kind == "hash":
@@ -236,7 +251,7 @@ class Stack:
             elif kind == "set":
                 out[name] = sorted(self.redis.smembers(name))
             elif kind == "stream":
-                out[name] = self.redis.xrange(name)
+                continue  # the ledger: read above
             else:
                 out[name] = kind
         return out

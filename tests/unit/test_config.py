@@ -18,6 +18,7 @@ from tollway.config import Config, ConfigError, Organization, load_config, parse
 from tollway.config.reload import ConfigHolder, watch
 from tollway.config.schema import json_schema
 from tollway.limits.money import MICRO, format_usd, parse_usd
+from tollway.limits.seats import user_cap
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "config" / "examples"
@@ -55,13 +56,17 @@ def test_spec_example_values() -> None:
     assert acme.billing.auto_reload.threshold == 10 * MICRO
     assert acme.spend_caps.monthly == 500 * MICRO
     assert acme.seat_tiers["premium"].monthly_cap is None
-    assert acme.user_cap("alice") == 300 * MICRO
+    assert user_cap(acme, "acme", "alice", {})[0] == 300 * MICRO
     assert acme.user_included("alice") == 100 * MICRO
 
 
 def test_seats_example_cap_modes() -> None:
     org = load_config(EXAMPLES / "seats.yaml", env=ENV).organizations["globex"]
-    modes = {name: (user.cap_mode, org.user_cap(name)) for name, user in org.users.items()}
+    # The effective cap as admission sees it: the one precedence rule (plans.cap_plans).
+    modes = {
+        name: (user.cap_mode, user_cap(org, "globex", name, {})[0])
+        for name, user in org.users.items()
+    }
     assert modes == {
         "carol": ("inherit", 200 * MICRO),  # premium tier's cap
         "dave": ("unlimited", None),
@@ -77,8 +82,9 @@ def test_seats_example_cap_modes() -> None:
 
 EXPECTED = {
     "unknown_key": [
-        "4: organizations.acme.limts: unknown key (expected one of: billing, extra_usage, "
-        "limits, model_caps, model_limits, seat_tiers, spend_caps, users, workspaces)"
+        "4: organizations.acme.limts: unknown key (expected one of: billing, "
+        "client_workspaces, extra_usage, limits, model_caps, model_limits, seat_tiers, "
+        "spend_caps, users, workspaces)"
     ],
     "wrong_type": ["4: server.port: expected an integer, got 'eighty'"],
     "negative_limit": ["6: organizations.acme.limits.tpm: must not be negative"],

@@ -1,5 +1,5 @@
-/* Keys (create with the secret shown once, revoke) and reports (spend per day, by model,
-   member and key, CSV, sessions). */
+/* Keys (create with the secret shown once, revoke) and reports (spend per day, cost per
+   developer, by model, member and key, CSV, sessions). */
 "use strict";
 
 page("keys", "Keys", ["owner", "admin"], async (root) => {
@@ -98,8 +98,29 @@ function totalsTable(caption, by, label, report, none) {
   ], report.rows, "No usage in this range.");
 }
 
+/* Cost per active developer (GET /orgs/{org}/developers) beside the reference figures. */
+function developerCard(d) {
+  const ref = d.reference;
+  return card("Cost per developer",
+    el("p", { class: "muted" }, d.developers + " developers active on " + d.developer_days +
+      " developer-days. A developer is a member of the organization; service keys are not counted."),
+    el("div", { class: "figures" },
+      figure("Mean per developer-day", usd(d.mean_daily), "dev-mean"),
+      figure("90th percentile per developer-day", usd(d.p90_daily), "dev-p90"),
+      figure("Per developer-month", usd(d.monthly), "dev-month")),
+    el("p", {}, "Reference for teams running coding assistants: about " + usd(ref.mean_daily_micro) +
+      " per developer per day, under " + usd(ref.p90_daily_micro) + " for 90 % of developers, " +
+      usd(ref.monthly_micro[0]) + "–" + usd(ref.monthly_micro[1]) + " per developer per month."),
+    table("Active developers per day", [
+      ["Day", (r) => r.day], ["Active developers", (r) => num(r.active_developers), "num"],
+      ["Cost", (r) => usd(r.cost), "num"], ["Mean per developer", (r) => usd(r.mean_cost), "num"],
+    ], d.days, "No developer requests in this range."));
+}
+
 page("reports", "Reports", ["owner", "admin", "billing"], async (root) => {
   TW.range = TW.range || {};
+  const range_q = () => "?" + [TW.range.from ? "from=" + TW.range.from : "", TW.range.to ? "to=" + TW.range.to : ""]
+    .filter(Boolean).join("&");
   const q = (by, fmt) => "/usage?by=" + by + (TW.range.from ? "&from=" + TW.range.from : "") +
     (TW.range.to ? "&to=" + TW.range.to : "") + (fmt ? "&format=" + fmt : "");
   const [day, model, user, key] = await Promise.all(["day", "model", "user", "key"].map((by) => api("GET", orgPath(q(by)))));
@@ -114,6 +135,7 @@ page("reports", "Reports", ["owner", "admin", "billing"], async (root) => {
       figure("Requests", num(day.total.requests))),
     dayChart(everyDay(day)),
     el("p", {}, "Download CSV: ", csv("day"), " · ", csv("model"), " · ", csv("user"), " · ", csv("key"))));
+  root.append(developerCard(await api("GET", orgPath("/developers" + range_q()))));
   root.append(card("By model", totalsTable("Spend by model", "model", "Model", model, "—")));
   root.append(card("By member", totalsTable("Spend by member", "user", "Member", user, "no member (service keys)")));
   root.append(card("By key", totalsTable("Spend by key", "key", "Key", key, "—")));
