@@ -19,7 +19,7 @@ Contract:
   that means "not now" (`unavailable_reply`, OOM, READONLY) fails that call alone with
   `StoreUnavailable`; any other error reply is raised to its caller as it is; a server
   that lost its script cache gets the script by ``EVAL`` (through `Store.run_direct`) for the calls
-  that met ``NOSCRIPT``.
+  that met ``NOSCRIPT``, run again one at a time in their order before the next batch.
 - A caller that is cancelled stops waiting; its call, once written, still runs.
 """
 
@@ -135,12 +135,11 @@ class ScriptBatcher:
             if not isinstance(e, Exception):
                 raise
             return
-        for (script, keys, args, fut), reply in zip(batch, replies, strict=True):
+        lost: list[_Call] = []
+        for call, reply in zip(batch, replies, strict=True):
+            script, keys, args, fut = call
             if isinstance(reply, rexc.NoScriptError):
-                # The cache was lost (restart, failover): EVAL it through the general path.
-                asyncio.get_running_loop().create_task(
-                    _settle_future(fut, self.store.run_direct(script.name, keys, args))
-                )
+                lost.append(call)
                 continue
             failed = isinstance(reply, Exception)
             self.store._observe(script.name, started, failed)
@@ -155,6 +154,11 @@ class ScriptBatcher:
             else:
                 fut.set_exception(reply)
 
+        # The cache was lost (restart, failover): these run again through the general path
+        # (EVAL loads the script), one after another in call order, before the next batch.
+        for script, keys, args, fut in lost:
+            await _settle_future(fut, self.store.run_direct(script.name, keys, args))
+
     async def _send(self, batch: list[_Call]) -> list[Any]:
         """One write of every call, then every reply read (error replies as exceptions)."""
         conn = await self.pool.get_connection()
@@ -164,11 +168,12 @@ class ScriptBatcher:
             )
             await conn.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
-            for _ in batch:
-                try:
-                    replies.append(await conn.read_response())
-                except rexc.ResponseError as e:
-                    replies.append(e)
+            # One deadline for the whole batch, and the parser read directly: the
+            # connection's read_response would set up a timeout per reply. The parser
+            # returns an error reply as a ResponseError instance (kept in its place).
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in batch:
+                    replies.append(await conn._parser.read_response())
         except BaseException:
             # A half-read connection must never go back to the pool in use.
             await conn.disconnect()
