@@ -10,7 +10,6 @@ server that lost its script cache (restart, failover) gets them loaded again on 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Sequence
@@ -18,42 +17,15 @@ from importlib import resources
 from typing import Any
 
 from redis import exceptions as rexc
+from tollway.limits.batch import UNAVAILABLE as _UNAVAILABLE
+from tollway.limits.batch import ScriptBatcher, batchable, unavailable_reply
 from tollway.limits.connect import connect
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.rkeys import Keys
 
 SCRIPT_NAMES = ("admit", "settle", "add_lot", "expire", "reload_lock", "release")
-
-_UNAVAILABLE = (
-    rexc.ConnectionError,
-    rexc.TimeoutError,
-    rexc.BusyLoadingError,
-    rexc.ClusterDownError,
-    rexc.TryAgainError,
-    rexc.MasterDownError,
-    rexc.OutOfMemoryError,
-    rexc.ReadOnlyError,
-    asyncio.TimeoutError,
-    ConnectionError,
-    OSError,
-)
-
-
-# Error replies redis-py has no class for, that mean "not now" rather than "wrong request":
-# MISCONF (writes stopped after a failed snapshot), BUSY (a script or function has run past
-# its time limit), NOREPLICAS (min-replicas-to-write not met), and LOADING/MASTERDOWN
-# inside a script's error text.
-_UNAVAILABLE_REPLIES = ("MISCONF", "BUSY", "NOREPLICAS", "LOADING", "MASTERDOWN")
-
-
-def unavailable_reply(e: Exception) -> bool:
-    """Whether an error reply means the store cannot serve now (it counts as unavailable)."""
-    if not isinstance(e, rexc.ResponseError):
-        return False
-    words = str(e).split()
-    # A script's failed call reads "... script: MISCONF ..." or "ERR ... BUSY ...".
-    # (A pipeline's reads "Command # 1 (...) of pipeline caused error: ('BUSY ...',)".)
-    return any(w.strip("-:,('\"") in _UNAVAILABLE_REPLIES for w in words[:16])
+# The per-request scripts: batched on the lean path (`tollway.limits.batch`) where it can.
+HOT_SCRIPTS = frozenset({"admit", "settle"})
 
 
 def load_script(name: str) -> str:
@@ -85,6 +57,9 @@ class Store:
         # The ledger database's reader (tollway.limits.history.History), attached by whoever
         # opens both: reports, statements and the ledger replay read it.
         self.history: Any = None
+        # Round trips to the store made by this process (a pipelined batch counts one).
+        self.round_trips = 0
+        self.batcher: ScriptBatcher | None = ScriptBatcher(self) if batchable(client) else None
 
     @classmethod
     def from_url(cls, url: str, keys: Keys | None = None, timeout: float = 0.5) -> Store:
@@ -101,13 +76,24 @@ class Store:
             observe(op, elapsed, failed)
 
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run a registered script (one round trip; two only after a script-cache miss)."""
+        """Run a registered script (one round trip; two only after a script-cache miss).
+
+        The admit and settle scripts go through the batcher on a single-server client:
+        concurrent calls then share one round trip, each still run on its own, in order."""
+        if self.batcher is not None and name in HOT_SCRIPTS:
+            return await self.batcher.run(self.scripts[name], keys, args)
+        return await self.run_direct(name, keys, args)
+
+    async def run_direct(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """`run` on the general client, alone (EVALSHA, and EVAL after a cache miss)."""
         script = self.scripts[name]
+        self.round_trips += 1
         started = time.perf_counter()
         try:
             try:
                 result = await self.client.evalsha(script.sha, len(keys), *keys, *args)
             except rexc.NoScriptError:
+                self.round_trips += 1
                 result = await self.client.eval(script.source, len(keys), *keys, *args)
         except _UNAVAILABLE as e:
             self._observe(name, started, True)
@@ -123,6 +109,7 @@ class Store:
     async def call(self, op: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run one plain client call, with the same error wrapping and timing as `run`."""
         started = time.perf_counter()
+        self.round_trips += 1
         try:
             result = await fn(*args, **kwargs)
         except _UNAVAILABLE as e:

@@ -12,6 +12,7 @@ cached in the process, as it is for every request after a key's first.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +159,50 @@ def test_the_request_is_charged(metered) -> None:
     assert _count(stack, request) == EXPECTED
     events = stack.ledger("acme")[before:]
     assert [e["type"] for e in events] == ["debit", "debit"]
+
+
+def test_fifty_concurrent_requests_share_round_trips(metered) -> None:
+    """50 requests at once through the official async SDK: each is admitted and settled by
+    its own script run (100 EVALSHA on the server, every request charged), but the
+    concurrent calls share pipelined writes, so the store sees fewer than 2 round trips per
+    request (the process counts them: one per write)."""
+    stack, key = metered
+    warm = stack.openai(key)
+    warm.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    stack.wait_settled()
+    probe = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    n = 50
+
+    async def fire() -> None:
+        client = stack.async_openai(key)
+        try:
+            replies = await asyncio.gather(
+                *(
+                    client.chat.completions.create(
+                        model="gpt-4o-mini", messages=[{"role": "user", "content": f"n{i}"}]
+                    )
+                    for i in range(n)
+                )
+            )
+        finally:
+            await client.close()
+        assert all(r.usage is not None and r.usage.completion_tokens == 5 for r in replies)
+
+    try:
+        before_ledger = len(stack.ledger("acme"))
+        probe.config_resetstat()
+        batcher = stack.store.batcher
+        assert batcher is not None
+        trips, calls = batcher.batches, batcher.calls
+        asyncio.run(fire())
+        stack.wait_settled()
+        trips, calls = batcher.batches - trips, batcher.calls - calls
+        evalsha = int(probe.info("commandstats")["cmdstat_evalsha"]["calls"])
+        stack.wait_settled()
+        debits = [e["type"] for e in stack.ledger("acme")[before_ledger:]]
+    finally:
+        probe.close()
+    assert calls == 2 * n  # every admit and settle was sent, each its own script call
+    assert evalsha >= 2 * n  # and run (background jobs may run a script of theirs too)
+    assert debits == ["debit"] * n
+    assert trips < 2 * n, f"{trips} round trips for {n} requests"
