@@ -225,7 +225,9 @@ class Meter:
             upstream_ms=charge.upstream_ms,
             day=day,
         )
-        keys = scriptplans.settle_keys(self.keys, org, rid, month, win, charge.model)
+        keys = scriptplans.settle_keys(
+            self.keys, org, rid, month, win, charge.model, charge.session or "-"
+        )
         keys += parts.bucket_keys
         raw = await self.store.run("settle", keys, [now, rid, scriptplans.encode(plan)])
         r = orjson.loads(raw)

@@ -53,6 +53,7 @@ SETTLE_KEYS = (
     "held",
     "learned",
     "outputs",
+    "session",
 )
 LEARN_WINDOW = 100  # output counts kept per model; input sums are halved at this count
 LEARN_QUANTILE = 0.95  # of the latest outputs: the expected output of a request
@@ -324,6 +325,7 @@ def settle_keys(
     month: str,
     win: Windows,
     model: str | None,
+    session: str = "-",
 ) -> list[str]:
     """settle.lua's fixed KEYS, in the order of SETTLE_KEYS."""
     return [
@@ -341,4 +343,5 @@ def settle_keys(
         k.held(org),
         k.learned(org),
         k.outputs(org, model or "-"),
+        k.session(org, session),
     ]

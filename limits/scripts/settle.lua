@@ -10,6 +10,8 @@ KEYS (named in this order by limits/scriptplans.py SETTLE_KEYS)
   held       tw:{org}:held             what requests in flight hold (as in admit.lua)
   learned    tw:{org}:learned          what settlement learned per model (see learn)
   outputs    tw:{org}:outputs:<model>  list of the latest output token counts on the model
+  session    tw:{org}:sess:<id>        the session's spend (field cost), what admit.lua checks a
+                                       session budget against (any name without a session)
   then the buckets, as in admit.lua
 
 ARGV
@@ -50,7 +52,7 @@ RETURNS  JSON {cost, included, extra, available, reload (micro-USD to buy, 0 if 
 
 local now, rid = tonumber(ARGV[1]), ARGV[2]
 local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'ledger',
-  'month', 'settled', 'overrides', 'pday', 'pweek', 'held', 'learned', 'outputs'})
+  'month', 'settled', 'overrides', 'pday', 'pweek', 'held', 'learned', 'outputs', 'session'})
 
 local earlier = redis.call('GET', K.settled)
 if earlier then
@@ -230,6 +232,10 @@ end
 
 -- The ledger event of this settlement: debit, usage or fail (see the header).
 local function ledger_event(cost, included, extra, debits)
+if plan.session and cost > 0 then  -- admission needs it: the session budget (admit.lua)
+  redis.call('HINCRBY', K.session, 'cost', int(cost))
+  redis.call('PEXPIRE', K.session, int(plan.keep_ms))
+end
   local ev = {'type', 'fail', 'ts', int(now), 'rid', rid, 'day', plan.day,
     'up', int(plan.upstream_ms)}
   if plan.ok then

@@ -38,7 +38,12 @@ def register(sub: Any) -> None:
     scope = p.add_mutually_exclusive_group()
     scope.add_argument("--workspace", help="only requests attributed to this workspace")
     scope.add_argument("--client", help="only a client's requests (its client workspace)")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="table for people (default) or json (micro-USD, with the reference figures)",
+    )
     p.add_argument("--config", help="config file (default: $TOLLWAY_CONFIG, then ./tollway.yaml)")
     p.set_defaults(func=developers)
 
