@@ -89,6 +89,7 @@ class ScriptBatcher:
         self.pool = store.client.connection_pool
         self._queue: list[_Call] = []
         self._busy = False
+        self._task: asyncio.Task | None = None  # the drain in progress (a reference keeps it)
         self.batches = 0  # round trips made (one per batch written)
         self.calls = 0  # script calls sent in them
 
@@ -98,7 +99,7 @@ class ScriptBatcher:
         self._queue.append((script, keys, args, fut))
         if not self._busy:
             self._busy = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self._task = asyncio.get_running_loop().create_task(self._drain())
         return await fut
 
     async def _drain(self) -> None:
@@ -110,7 +111,7 @@ class ScriptBatcher:
             self._busy = False
             if self._queue:  # only after a failure inside _flush itself
                 self._busy = True
-                asyncio.get_running_loop().create_task(self._drain())
+                self._task = asyncio.get_running_loop().create_task(self._drain())
 
     async def _flush(self, batch: list[_Call]) -> None:
         started = time.perf_counter()
@@ -120,16 +121,16 @@ class ScriptBatcher:
         try:
             replies = await self._send(batch)
         except BaseException as e:  # every waiter must hear of it
-            failure: BaseException = e
-            if unavailable(e):
-                failure = StoreUnavailable(f"store unavailable: {e}")
-                failure.__cause__ = e
             for script, _, _, fut in batch:
                 self.store._observe(script.name, started, True)
                 if fut.done():
                     continue
-                if isinstance(e, Exception):
-                    fut.set_exception(failure)
+                if unavailable(e):
+                    err = StoreUnavailable(f"store unavailable during {script.name}: {e}")
+                    err.__cause__ = e
+                    fut.set_exception(err)
+                elif isinstance(e, Exception):
+                    fut.set_exception(e)
                 else:  # cancelled (the loop is closing) or exiting
                     fut.cancel()
             if not isinstance(e, Exception):
