@@ -21,6 +21,8 @@ from tollway.proxy.metrics import Metrics
 
 log = logging.getLogger("tollway.shipping")
 
+STOP_SECONDS = 5.0  # the last shipping pass at shutdown
+
 
 class ShippingTask:
     def __init__(self, shipper: Shipper, config: Callable[[], Any], metrics: Metrics) -> None:
@@ -70,7 +72,10 @@ class ShippingTask:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        with contextlib.suppress(StoreUnavailable):
-            if await self.lock.acquire():
-                await self.shipper.ship_all()
-            await self.lock.release()
+        # Best effort and bounded: what is not shipped now waits in Redis for the next
+        # process, so a slow store or database never holds a shutdown up.
+        with contextlib.suppress(StoreUnavailable, TimeoutError):
+            async with asyncio.timeout(STOP_SECONDS):
+                if await self.lock.acquire():
+                    await self.shipper.ship_all()
+                await self.lock.release()
