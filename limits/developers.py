@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
+from tollway.config.schema import Organization
 from tollway.limits.history import History
 from tollway.limits.ledgerdb import SETTLEMENT_TYPES
 from tollway.limits.money import div_half_up
@@ -78,6 +79,20 @@ def p90(costs: list[int]) -> int:
         return 0
     ordered = sorted(costs)
     return ordered[math.ceil(0.9 * len(ordered)) - 1]
+
+
+def report_workspace(
+    org_cfg: Organization, org: str, workspace: str | None, client: str | None
+) -> str | None:
+    """The workspace a report is limited to: `workspace`, or a client's client workspace
+    (None: the whole organization). ValueError names what the organization lacks."""
+    if client is not None:
+        if client not in org_cfg.client_workspaces:
+            raise ValueError(f"organization {org!r} has no client workspace for {client!r}")
+        return org_cfg.client_workspaces[client]
+    if workspace is not None and workspace not in org_cfg.workspaces:
+        raise ValueError(f"unknown workspace {workspace!r} in organization {org!r}")
+    return workspace
 
 
 async def developer_cost(

@@ -8,7 +8,7 @@ from datetime import date
 
 from aiohttp import web
 from tollway.limits import reports
-from tollway.limits.developers import developer_cost
+from tollway.limits.developers import developer_cost, report_workspace
 from tollway.proxy.admin.context import INT, STR, ApiError, answer, ctx, org, query, schema_object
 from tollway.proxy.admin.openapi import Param, Route
 
@@ -18,18 +18,12 @@ _DATE = {"type": "string", "format": "date"}
 async def developers(request: web.Request) -> web.Response:
     name, o = org(request)
     c = ctx(request)
-    workspace, client = query(request, "workspace"), query(request, "client")
-    if client is not None:
-        if client not in o.client_workspaces:
-            raise ApiError(400, f"organization {name!r} has no client workspace for {client!r}")
-        workspace = o.client_workspaces[client]
-    elif workspace is not None and workspace not in o.workspaces:
-        raise ApiError(400, f"unknown workspace {workspace!r} in organization {name!r}")
     try:
+        workspace = report_workspace(o, name, query(request, "workspace"), query(request, "client"))
         start, end = reports.date_range(
             query(request, "from"), query(request, "to"), date.fromisoformat(c.today())
         )
-    except reports.ReportError as e:
+    except (ValueError, reports.ReportError) as e:
         raise ApiError(400, str(e)) from None
     report = await developer_cost(
         c.store.history, name, start.isoformat(), end.isoformat(), workspace

@@ -15,7 +15,14 @@ from zoneinfo import ZoneInfo
 from tollway.config.schema import Config
 from tollway.limits import reports
 from tollway.limits.clock import SystemClock
-from tollway.limits.developers import REF_MEAN, REF_MONTH, REF_P90, DeveloperCost, developer_cost
+from tollway.limits.developers import (
+    REF_MEAN,
+    REF_MONTH,
+    REF_P90,
+    DeveloperCost,
+    developer_cost,
+    report_workspace,
+)
 from tollway.limits.meter import periods
 from tollway.limits.money import format_usd
 from tollway.proxy.cli.common import EXIT_USAGE, with_store
@@ -48,26 +55,14 @@ def register(sub: Any) -> None:
     p.set_defaults(func=developers)
 
 
-def scope_workspace(cfg: Config, org: str, workspace: str | None, client: str | None) -> str | None:
-    """The workspace a report is limited to (a client's: its client workspace).
-    ValueError names what is unknown."""
-    o = cfg.organizations[org]
-    if client is not None:
-        if client not in o.client_workspaces:
-            raise ValueError(f"organization {org!r} has no client workspace for {client!r}")
-        return o.client_workspaces[client]
-    if workspace is not None and workspace not in o.workspaces:
-        raise ValueError(f"unknown workspace {workspace!r} in {org}")
-    return workspace
-
-
 def developers(args: Any) -> int:
     async def go(cfg: Config, store: Any) -> int:
         if args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
         today = periods(SystemClock().now_ms(), ZoneInfo(cfg.server.timezone))[1]
         try:
-            ws = scope_workspace(cfg, args.org, args.workspace, args.client)
+            o = cfg.organizations[args.org]
+            ws = report_workspace(o, args.org, args.workspace, args.client)
             start, end = reports.date_range(args.start, args.end, date.fromisoformat(today))
         except (ValueError, reports.ReportError) as e:
             return _fail(str(e), EXIT_USAGE)

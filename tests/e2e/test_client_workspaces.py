@@ -184,6 +184,23 @@ def test_cost_per_developer_per_day_equals_what_was_sent(stack, capsys) -> None:
     assert seen["recommended_per_user"]["tpm"] == [200_000, 300_000]
 
 
+def test_a_report_of_an_unknown_client_or_workspace_is_refused(stack, capsys) -> None:
+    for query, says in (
+        ("client=cursor", "no client workspace for 'cursor'"),
+        ("workspace=nowhere", "unknown workspace 'nowhere'"),
+    ):
+        r = requests.get(
+            f"{stack.url}/admin/orgs/acme/developers?{query}",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=10,
+        )
+        assert r.status_code == 400 and says in r.json()["error"]["message"]
+    code = main(["developers", "--org", "acme", "--client", "cursor"])
+    assert code == 2 and "no client workspace for 'cursor'" in capsys.readouterr().err
+
+
+# Last in the module: Playwright's sync API keeps an event loop running once the browser
+# has started, and the CLI's asyncio.run() cannot run after it in this process.
 def console_usd(micro: int) -> str:
     """The console's money format: "$1,234.50", more decimals only when there are some."""
     whole, frac = divmod(micro, 1_000_000)
