@@ -65,8 +65,11 @@ def test_the_readme_quick_start_works_as_written(fake_upstream, tmp_path):
     blocks = quickstart_blocks()
     assert [lang for lang, _ in blocks] == ["sh", "sh", "python"], blocks
     port = free_port()
-    # The README's defaults, whatever this shell has set (a LOG_LEVEL would add lines).
+    # The README's defaults, whatever this shell has set (a LOG_LEVEL would add lines). Run
+    # from `make test`, the make variables would turn `make serve` into a sub-make that
+    # prints "make[1]: Entering directory": a user's shell has none of them.
     unset = ("REDIS_URL", "TOLLWAY_CONFIG", "CONFIG", "LOG_LEVEL", "SERVE_FLAGS", "VENV")
+    unset += ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")
     env = {k: v for k, v in os.environ.items() if k not in unset}
     env.update(
         TOLLWAY_DATA=str(tmp_path / "data"),
