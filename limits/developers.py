@@ -26,8 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from tollway.config.schema import Organization
-from tollway.limits.history import History
-from tollway.limits.ledgerdb import SETTLEMENT_TYPES
+from tollway.limits.history import SETTLED_SQL, History
 from tollway.limits.money import div_half_up
 
 # The cost guidance for teams running Claude Code: about $6 per developer per day on
@@ -38,8 +37,6 @@ REFERENCE = {
     "p90_daily_micro": REF_P90,
     "monthly_micro": list(REF_MONTH),
 }
-
-_SETTLED = f"type IN ({', '.join(repr(t) for t in SETTLEMENT_TYPES)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +98,7 @@ async def developer_cost(
     """Cost per active developer of `org` from `start` to `end` (ISO dates, inclusive),
     optionally only in `workspace` (a client workspace: the assistant's own spend)."""
     await history.catch_up([org])
-    where = f"org = ? AND day >= ? AND day <= ? AND {_SETTLED} AND user_id IS NOT NULL"
+    where = f"org = ? AND day >= ? AND day <= ? AND {SETTLED_SQL} AND user_id IS NOT NULL"
     where += " AND user_id <> ''"
     params: list[Any] = [org, start, end]
     if workspace is not None:
@@ -150,7 +147,7 @@ async def observed_peak(history: History, org: str, start: str, end: str) -> Obs
     """Peak RPM and TPM of `org`'s settled requests from `start` to `end` (inclusive days),
     each divided by the users active in the period."""
     await history.catch_up([org])
-    where = f"org = ? AND day >= ? AND day <= ? AND {_SETTLED}"
+    where = f"org = ? AND day >= ? AND day <= ? AND {SETTLED_SQL}"
     per_minute = await history.db.fetch(
         "SELECT ts / 60000, COUNT(*), SUM(input_tokens + cache_write_tokens + output_tokens) "
         f"FROM ledger_events WHERE {where} GROUP BY ts / 60000",

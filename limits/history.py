@@ -36,7 +36,8 @@ GROUP_SQL = {
     "day": "day",
 }
 
-_SETTLED = f"type IN ({', '.join(repr(t) for t in SETTLEMENT_TYPES)})"
+# The SQL condition of settlement events (one per settled request), shared by every report.
+SETTLED_SQL = f"type IN ({', '.join(repr(t) for t in SETTLEMENT_TYPES)})"
 _TOTALS = (
     "COUNT(*), SUM(CASE WHEN type = 'fail' THEN 1 ELSE 0 END), SUM(input_tokens), "
     "SUM(output_tokens), SUM(cache_write_tokens), SUM(cache_read_tokens), SUM(cost)"
@@ -126,7 +127,7 @@ class History:
         group = GROUP_SQL[by]
         rows = await self.db.fetch(
             f"SELECT {group}, {_TOTALS} FROM ledger_events "
-            f"WHERE org = ? AND day >= ? AND day <= ? AND {_SETTLED} GROUP BY {group}",
+            f"WHERE org = ? AND day >= ? AND day <= ? AND {SETTLED_SQL} GROUP BY {group}",
             org,
             start_day,
             end_day,
@@ -142,7 +143,7 @@ class History:
         marks = ", ".join("?" for _ in names)
         rows = await self.db.fetch(
             f"SELECT {_SESSION_SUMS} FROM ledger_events WHERE session = ? AND org IN ({marks}) "
-            f"AND {_SETTLED} {_SESSION_GROUP}",
+            f"AND {SETTLED_SQL} {_SESSION_GROUP}",
             session_id,
             *names,
         )
@@ -155,7 +156,7 @@ class History:
             r[0]
             for r in await self.db.fetch(
                 "SELECT session FROM ledger_events WHERE org = ? AND session IS NOT NULL "
-                f"AND {_SETTLED} GROUP BY session ORDER BY MAX(ts) DESC, session LIMIT ?",
+                f"AND {SETTLED_SQL} GROUP BY session ORDER BY MAX(ts) DESC, session LIMIT ?",
                 org,
                 limit,
             )
@@ -165,7 +166,7 @@ class History:
         marks = ", ".join("?" for _ in ids)
         rows = await self.db.fetch(
             f"SELECT {_SESSION_SUMS} FROM ledger_events WHERE org = ? "
-            f"AND session IN ({marks}) AND {_SETTLED} {_SESSION_GROUP}",
+            f"AND session IN ({marks}) AND {SETTLED_SQL} {_SESSION_GROUP}",
             org,
             *ids,
         )
@@ -177,7 +178,7 @@ class History:
         settled marker expired still settles a request at most once."""
         await self.catch_up([org])
         rows = await self.db.fetch(
-            f"SELECT 1 FROM ledger_events WHERE org = ? AND rid = ? AND {_SETTLED} LIMIT 1",
+            f"SELECT 1 FROM ledger_events WHERE org = ? AND rid = ? AND {SETTLED_SQL} LIMIT 1",
             org,
             rid,
         )
