@@ -28,7 +28,7 @@ from tollway.config.schema import Config, Organization
 from tollway.config.values import check_model_name
 from tollway.limits import seats
 from tollway.limits.capplans import ADJECTIVE, PERIODS
-from tollway.limits.limit_requests import SpendError, UnknownName
+from tollway.limits.errors import SpendError, UnknownName
 from tollway.limits.rkeys import Fields, Scope
 from tollway.limits.store import Store
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from tollway.config.overlay import with_users
 from tollway.limits.caps import Caps
-from tollway.limits.spend import SpendError, UnknownName
+from tollway.limits.errors import SpendError, UnknownName
 
 from tests.store.test_holds import keys_of
 from tests.support.spendkit import C, World
