@@ -35,6 +35,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 from tollway.config.clients import ClientRule, with_built_ins
 from tollway.config.money import format_usd
 from tollway.config.pricebook import PriceBook
@@ -169,12 +170,17 @@ class Workspace(FrozenModel):
 CapMode = Literal["inherit", "unlimited", "amount"]
 
 
+def _no_default(schema: JsonDict) -> None:
+    """The JSON schema states no default: an absent cap (inherit) is not a null one."""
+    schema.pop("default")
+
+
 class User(FrozenModel):
     seat: Name | None = None
     """A seat tier of the organization."""
     workspace: Name | None = None
     limits: Limits = Limits()
-    monthly_cap: Cap = Field(None, json_schema_extra=lambda schema: schema.pop("default"))
+    monthly_cap: Cap = Field(None, json_schema_extra=_no_default)
     """Absent: the tier's cap; null or "unlimited": no cap of the user's own; an amount."""
 
     @property

@@ -22,6 +22,7 @@ hash protects low-entropy secrets; these have none to protect).
 
 from __future__ import annotations
 
+import builtins
 import secrets
 import time
 from collections import OrderedDict
@@ -182,7 +183,8 @@ class ApiKeys:
         self._forget_key(key_id)
         return replace(record, revoked=True)
 
-    async def revoke_user(self, org: str, user: str) -> list[str]:
+    # `builtins.list`: in this class body `list` names the method above.
+    async def revoke_user(self, org: str, user: str) -> builtins.list[str]:
         """Revoke every live key of a user (removed from the organization): their ids."""
         ids = [r.key_id for r in await self.list(org) if r.user == user and not r.revoked]
         for key_id in ids:

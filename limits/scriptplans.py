@@ -92,8 +92,13 @@ class LearnPlan:
     @classmethod
     def of(cls, model: str) -> LearnPlan:
         f = Fields.learned
-        names = ("out", "out_n", "in_real", "in_est", "in_n")
-        return cls(*(f(name, model) for name in names))
+        return cls(
+            out=f("out", model),
+            out_n=f("out_n", model),
+            in_real=f("in_real", model),
+            in_est=f("in_est", model),
+            in_n=f("in_n", model),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +261,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
     flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
     learn = LearnPlan.of(model) if model else None
     hp, lp = k.hold_prefix(org), k.lot_prefix(org)
-    ledger_fields = ("model", model or "", "key", principal.key_id)
+    ledger_fields: tuple[str, ...] = ("model", model or "", "key", principal.key_id)
     ledger_fields += ("user", principal.user or "", "ws", ws)
     return StaticParts(
         specs=tuple(specs),
