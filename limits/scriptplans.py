@@ -132,10 +132,12 @@ class AdmitPlan:
 
 @dataclass(frozen=True, slots=True)
 class SessionBudget:
-    """A cap on what one session id spends (the session hash's `cost`), named `label`."""
+    """A cap on what one session id spends: the session hash's `cost` (settled) plus what
+    its requests in flight hold at `held` (held hash), named `label`."""
 
     cap: int
     label: str
+    held: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,8 +288,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
 
 
 def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[FlightPlan]:
-    """The max_in_flight ceilings that apply: organization, model, workspace, user (a
-    key's own limits carry none yet)."""
+    """The max_in_flight ceilings that apply: organization, model, workspace, user, key."""
     out = []
     for scope, limits in plans.limit_levels(org_cfg, principal, model):
         ceiling = getattr(limits, "max_in_flight", None)
