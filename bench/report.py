@@ -31,6 +31,9 @@ def aggregate(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
         scripts = [s["script_ms_per_req"] for s in ss if s.get("script_ms_per_req")]
         agg["script_ms_per_req"] = statistics.median(scripts) if scripts else None
         agg["redis_calls_per_req"] = ss[-1]["redis_calls_per_req"]
+        for key in ("commands_per_req", "reads_per_req"):
+            vals = [s[key] for s in ss if s.get(key) is not None]
+            agg[key] = statistics.median(vals) if vals else None
         agg["foreign_cores_max"] = max(s["foreign_cores"] for s in ss)
         agg["errors"] = sum(s.get("errors", 0) for s in ss)
         out.append(agg)
@@ -50,6 +53,8 @@ def _row(r: dict[str, Any], name: str | None = None) -> str:
     cells = [label] + [_fmt(r[k], d) for k, _, d in COLUMNS]
     cells.append(_fmt(r["redis_cpu_ms"], 3))
     cells.append(_fmt(r.get("script_ms_per_req"), 3))
+    cells.append(_fmt(r.get("commands_per_req"), 1))
+    cells.append(_fmt(r.get("reads_per_req"), 2))
     cells.append(f"{r['foreign_cores']:.2f} (max {r['foreign_cores_max']:.2f})")
     return "| " + " | ".join(cells) + " |"
 
@@ -58,13 +63,13 @@ def _ratio_row(r: dict[str, Any], base: dict[str, Any], label: str) -> str:
     cells = [f"  ÷ {label}"]
     for k, _, _ in COLUMNS:
         cells.append(f"{r[k] / base[k]:.2f}" if base[k] else "-")
-    return "| " + " | ".join(cells) + " | | | |"
+    return "| " + " | ".join(cells) + " | | | | | |"
 
 
 def _delta_row(r: dict[str, Any], base: dict[str, Any], label: str) -> str:
     cells = [f"  - {label} (ms)", ""]
     cells += [f"{r[k] - base[k]:+.2f}" for k in LATENCY]
-    return "| " + " | ".join(cells) + " | | | | | |"
+    return "| " + " | ".join(cells) + " | | | | | | | |"
 
 
 def _get(results: dict[str, Any], scenario: str, row: str) -> dict[str, Any] | None:
@@ -160,12 +165,17 @@ def markdown(results: dict[str, Any]) -> str:
         "utime+stime of the server's processes (the upstream's for *direct*) over the "
         "requests served. RSS: the largest serving process. Redis CPU: the Valkey process's "
         "utime+stime per request; scripts: the time Valkey spent running admit and settle "
-        "per request (INFO commandstats).",
+        "per request (INFO commandstats); store cmds: the commands the scripts ran per "
+        "request (INFO commandstats, EVALSHA itself not counted); store reads: the read "
+        "events of the Valkey server per request (INFO stats total_reads_processed): the "
+        "round trips of the row, counted by the server (a pipelined batch is one read, or "
+        "a few when it exceeds the server's read buffer).",
         *[f"- Note: {n}" for n in r["notes"]],
         "",
     ]
     header = ["row"] + [h for _, h, _ in COLUMNS]
-    header += ["Redis CPU ms/req", "scripts ms/req", "other load"]
+    header += ["Redis CPU ms/req", "scripts ms/req", "store cmds/req", "store reads/req"]
+    header += ["other load"]
     for scenario in dict.fromkeys(x["scenario"] for x in r["rows"]):
         rows = [x for x in r["rows"] if x["scenario"] == scenario]
         direct = next((x for x in rows if x["row"] == "direct"), None)

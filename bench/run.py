@@ -55,6 +55,7 @@ from bench.procs import (
     machine_busy_seconds,
     wait_port,
 )
+from bench.storecost import baseline_path
 
 HERE = Path(__file__).resolve().parent
 ORG = "bench"
@@ -260,7 +261,7 @@ class Bench:
         self.servers["tollwayx2"] = self.tollway("tollway2", 2, self.cpu["proxy2"])
         if self.args.baseline:
             port = free_port()
-            env = {**self.env, "PYTHONPATH": str(Path(self.args.baseline).resolve())}
+            env = {**self.env, "PYTHONPATH": str(baseline_path(Path(self.args.baseline), self.tmp))}
             argv = [PY, "-m", "tollway.proxy.cli", "serve", "--config", str(self.config),
                     "--port", str(port)]  # fmt: skip
             base = Proc("tollway-base", argv, self.cpu["proxy"], self.tmp / "base.log", env)
@@ -355,9 +356,12 @@ class Bench:
         c = redis.Redis.from_url(self.redis_url, decode_responses=True)
         try:
             stats = c.info("commandstats")
+            reads = int(c.info("stats")["total_reads_processed"])
         finally:
             c.close()
         out = {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+        # Read events of the server: its count of round trips (a batch is one, or a few).
+        out["_reads"] = reads
         # Time the server spent running the scripts (microseconds, all EVALSHA calls).
         out["evalsha_usec"] = int(stats.get("cmdstat_evalsha", {}).get("usec", 0))
         return out
@@ -382,7 +386,10 @@ class Bench:
             ours += up1 - up0
         calls = {k: v - cmds0.get(k, 0) for k, v in cmds1.items() if v - cmds0.get(k, 0)}
         script_us = calls.pop("evalsha_usec", 0)
-        calls.pop("info", None)  # our own two INFO commandstats
+        reads = calls.pop("_reads", 0) - 4  # our own INFO calls: two reads before, two after
+        calls.pop("info", None)  # our own INFO calls
+        ours_ = ("evalsha", "eval", "client|setinfo", "hello")  # not run by the scripts
+        inner = sum(v for k, v in calls.items() if k not in ours_)
         sample = {
             "scenario": scenario.name,
             "row": row,
@@ -399,6 +406,8 @@ class Bench:
             "redis_calls_per_req": {k: round(v / n, 3) for k, v in calls.items()}
             if row.startswith("tollway") and self.valkey is not None
             else None,
+            "commands_per_req": inner / n if row.startswith("tollway") and self.valkey else None,
+            "reads_per_req": reads / n if row.startswith("tollway") and self.valkey else None,
             "foreign_cores": max(0.0, (busy1 - busy0) - ours) / wall,
             "errors": r["bad"],
         }

@@ -15,7 +15,7 @@ from typing import Any
 
 from tollway.config.schema import Organization
 from tollway.limits import plans
-from tollway.limits.limit_requests import SpendError
+from tollway.limits.errors import SpendError
 from tollway.limits.plans import Principal
 from tollway.limits.rkeys import Fields, Scope
 

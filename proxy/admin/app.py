@@ -31,7 +31,7 @@ from tollway.config.overlay import Overlay
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import LimitsError, StoreUnavailable
-from tollway.limits.spend import NoPendingRequest, RequestPending
+from tollway.limits.increases import NoPendingRequest, RequestPending
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin import admins as admin_admins

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 from tollway.config.schema import Cap
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.rkeys import Fields, Scope
 from tollway.limits.spend import UNLIMITED, Spend
 from tollway.limits.statement import statement_csv
@@ -37,6 +38,10 @@ from tollway.proxy.admin.openapi import Param, Route
 
 def _spend(c: AdminContext) -> Spend:
     return Spend(c.store, c.clock, lambda: c.cfg)
+
+
+def _increases(c: AdminContext) -> LimitIncreases:
+    return LimitIncreases(_spend(c))
 
 
 def _month(request: web.Request) -> str | None:
@@ -137,7 +142,7 @@ async def user_status(request: web.Request) -> web.Response:
 
 async def pending(request: web.Request) -> web.Response:
     name, _ = org(request)
-    found = await _spend(ctx(request)).pending(name)
+    found = await _increases(ctx(request)).pending(name)
     return answer({"org": name, "pending": [p.to_dict() for p in found]})
 
 
@@ -151,7 +156,7 @@ class LimitRequestFile(Body):
 async def file_request(request: web.Request) -> web.Response:
     name, _ = org(request)
     b = await body(request, LimitRequestFile)
-    filed = await _spend(ctx(request)).file_request(name, b.user, b.reason)
+    filed = await _increases(ctx(request)).file(name, b.user, b.reason)
     return answer(filed.to_dict(), status=201)
 
 
@@ -173,14 +178,14 @@ async def approve(request: web.Request) -> web.Response:
     b = await body(request, Approval)
     user = request.match_info["user"]
     cap = _cap(b.cap) if "cap" in b.model_fields_set else None
-    decided = await _spend(ctx(request)).approve(name, user, cap, b.tier, b.note)
+    decided = await _increases(ctx(request)).approve(name, user, cap, b.tier, b.note)
     return answer(decided.to_dict())
 
 
 async def deny(request: web.Request) -> web.Response:
     name, _ = org(request)
     b = await body(request, Denial)
-    decided = await _spend(ctx(request)).deny(name, request.match_info["user"], b.note)
+    decided = await _increases(ctx(request)).deny(name, request.match_info["user"], b.note)
     return answer(decided.to_dict())
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from tollway.config.overlay import with_users
 from tollway.limits.clock import SystemClock
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.money import format_usd, parse_usd
 from tollway.limits.spend import UNLIMITED, Spend, SpendError, UnknownName
 from tollway.limits.statement import statement_csv
@@ -293,7 +294,7 @@ def _request_json(r: Any) -> dict[str, Any]:
 
 def requests_list(args: Any) -> int:
     async def action(spend: Spend) -> int:
-        pending = await spend.pending(args.org)
+        pending = await LimitIncreases(spend).pending(args.org)
         if args.format == "json":
             _print_json([p.to_dict() for p in pending])
             return 0
@@ -329,11 +330,12 @@ def _decided(args: Any, r: Any) -> int:
 
 def requests_approve(args: Any) -> int:
     async def action(spend: Spend) -> int:
+        increases = LimitIncreases(spend)
         if args.tier:
-            r = await spend.approve(args.org, args.user, new_tier=args.tier, note=args.note)
+            r = await increases.approve(args.org, args.user, new_tier=args.tier, note=args.note)
         else:
             cap = _cap_arg(args.cap)
-            r = await spend.approve(args.org, args.user, new_cap=cap, note=args.note)
+            r = await increases.approve(args.org, args.user, new_cap=cap, note=args.note)
         return _decided(args, r)
 
     return _run(args, action)
@@ -341,7 +343,8 @@ def requests_approve(args: Any) -> int:
 
 def requests_deny(args: Any) -> int:
     async def action(spend: Spend) -> int:
-        return _decided(args, await spend.deny(args.org, args.user, args.note))
+        denied = await LimitIncreases(spend).deny(args.org, args.user, args.note)
+        return _decided(args, denied)
 
     return _run(args, action)
 

@@ -29,7 +29,7 @@ from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin.app import create_admin_app
 from tollway.proxy.admin.context import ADMIN, PAYMENTS
 from tollway.proxy.console.app import setup as setup_console
-from tollway.proxy.gateway import member_requests as limit_requests
+from tollway.proxy.gateway import member_requests
 from tollway.proxy.gateway.handler import ProxyHandler
 from tollway.proxy.gateway.routes import ROUTES
 from tollway.proxy.gateway.settling import Settler
@@ -126,10 +126,10 @@ def create_app(
     admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS], users=app[USERS])
     app.add_subapp("/admin", admin)
     setup_console(app, admin[ADMIN])
-    limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
+    member_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
     if cfg.notifications.limit_requests_webhook is not None:
-        spend = app[limit_requests.SPEND]
-        app.cleanup_ctx.append(digest.lifecycle(holder, spend, app[CLOCK]))
+        increases = app[member_requests.INCREASES]
+        app.cleanup_ctx.append(digest.lifecycle(holder, increases, app[CLOCK]))
     # Last: any other /v1 path is answered (404 in the provider's format), never forwarded.
     app.router.add_route("*", "/v1/{tail:.*}", _proxy_view)
     return app

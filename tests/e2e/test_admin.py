@@ -18,6 +18,7 @@ from tollway.limits.admins import Credentials
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock
 from tollway.limits.history import History
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.ledgerdb import SqliteLedger
 from tollway.limits.rkeys import Keys
 from tollway.limits.spend import Spend
@@ -141,7 +142,7 @@ def _values(stack) -> dict[str, str]:
     stack.wait_settled()
     spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
     for user in ("alice", "bob"):
-        stack.run(spend.file_request("acme", user, "more please"))
+        stack.run(LimitIncreases(spend).file("acme", user, "more please"))
     credential, _ = stack.run(Credentials(stack.store).create("acme", "admin", 0, "ops"))
     return {
         "org": "acme",

@@ -12,6 +12,7 @@ import json
 import openai
 import pytest
 from tollway.limits.clock import SystemClock
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.spend import Spend
 from tollway.proxy.cli import main as cli
 from tollway.proxy.gateway import providers
@@ -195,9 +196,9 @@ def test_requests_list_approve_and_deny(setup):
         "acme: no pending limit-increase request\n"
     )
     spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
-    stack.run(spend.file_request("acme", "alice", "demo tomorrow"))
+    stack.run(LimitIncreases(spend).file("acme", "alice", "demo tomorrow"))
     stack.clock.advance(seconds=60)
-    stack.run(spend.file_request("acme", "bob"))
+    stack.run(LimitIncreases(spend).file("acme", "bob"))
     lines = run.ok("requests", "list", "--org", "acme").splitlines()
     assert lines[0].split() == ["USER", "SEAT", "SPEND", "EXTRA", "CAP", "ASKED", "REASON"]
     assert lines[1].split() == [
@@ -226,7 +227,7 @@ def test_requests_list_approve_and_deny(setup):
     assert code == 1 and "its latest request is denied" in err
     code, _, err = run("requests", "approve", "--org", "acme", "--user", "bob", "--tier", "gold")
     assert code == 2 and "unknown seat tier 'gold'" in err
-    stack.run(spend.file_request("acme", "bob"))
+    stack.run(LimitIncreases(spend).file("acme", "bob"))
     out = run.ok("requests", "approve", "--org", "acme", "--user", "bob", "--tier", "premium")
     assert out == "acme: request of bob approved (tier premium, cap unlimited)\n"
 
