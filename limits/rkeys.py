@@ -105,6 +105,11 @@ class Keys:
         """The claim of one threshold alert (`tollway.limits.alerts`)."""
         return self.org(org, "alert", what)
 
+    def model_caps(self, org: str) -> str:
+        """Set of the model names and patterns given a cap at run time (`tollway.limits.caps`):
+        their spend is counted from then on, as the YAML's `model_caps` are."""
+        return self.org(org, "modelcaps")
+
     def users(self, org: str) -> str:
         """Users added or changed at run time (`tollway.limits.users`)."""
         return self.org(org, "users")
@@ -192,8 +197,10 @@ class Fields:
     Month hash (``Keys.month``): ``spend:<scope>`` (all spend) and ``extra:<scope>`` (the part
     past the included usage). Overrides hash (``Keys.overrides``, run-time settings that win
     over the YAML): ``cap:<scope>`` (a monthly cap, micro-USD or "unlimited"; scopes org,
-    ws=W, tier=T, user=U), ``extra:<scope>`` (extra usage switch "1"/"0"; org or user=U),
-    ``included:user=U`` and ``seat:user=U`` (a tier move), ``reload:*`` (auto-reload).
+    ws=W, tier=T, user=U, model=<name or pattern>), ``cap.day:<scope>`` and
+    ``cap.week:<scope>`` (daily and weekly caps, the same scopes), ``extra:<scope>``
+    (extra usage switch "1"/"0"; org or user=U), ``included:user=U`` and ``seat:user=U``
+    (a tier move), ``reload:*`` (auto-reload).
     Held hash (``Keys.held``): the month fields above, held by requests in flight,
     ``flight:<scope>`` counts and ``sess:<digest>`` (a session's holds). Learned hash
     (``Keys.learned``): ``<kind>:<model>``.
@@ -215,9 +222,10 @@ class Fields:
         return f"extra:{scope}"
 
     @staticmethod
-    def cap(scope: str) -> str:
-        """Overrides hash: a monthly cap on extra usage."""
-        return f"cap:{scope}"
+    def cap(scope: str, period: str = "month") -> str:
+        """Overrides hash: a cap on extra usage of `period` (month | day | week):
+        ``cap:<scope>`` (monthly), ``cap.day:<scope>``, ``cap.week:<scope>``."""
+        return f"cap:{scope}" if period == "month" else f"cap.{period}:{scope}"
 
     @staticmethod
     def included(user: str) -> str:
