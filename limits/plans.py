@@ -5,8 +5,7 @@ Pure functions of (config, principal, model): no Redis here. `meter.py` runs the
 
 from __future__ import annotations
 
-import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +19,8 @@ REQUEST_UNIT = 60_000_000  # bucket units per request; rpm may have 3 decimals
 
 @dataclass(frozen=True, slots=True)
 class KeyLimits:
-    """A key's own per-minute limits (None: none), set when the key is created."""
+    """A key's own limits (None: none): per-minute buckets, budgets and a ceiling on its
+    requests in flight, set when the key is created or edited (`keys set`)."""
 
     rpm: Decimal | None = None
     tpm: int | None = None
@@ -29,6 +29,7 @@ class KeyLimits:
     budget: int | None = None  # micro-USD of spend per budget_period
     budget_period: str = "month"  # day | week | month (calendar, server.timezone)
     session_budget: int | None = None  # micro-USD a session id may spend with this key
+    max_in_flight: int | None = None  # requests of this key admitted and not yet settled
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,31 +156,6 @@ class ExtraPlan:
     off: str
 
 
-@dataclass(frozen=True, slots=True)
-class CapPlan:
-    """A monthly cap on `spent` (a month field): `cap` micro-USD (-1 unlimited) unless one
-    of `overrides` is set (the first present wins). A refusal names `label`, or the entry
-    of `labels` of the override that set the cap."""
-
-    spent: str
-    cap: int
-    overrides: tuple[str, ...]
-    label: str
-    labels: tuple[str, ...]
-    period: str = "month"  # the hash `spent` is read from: month | day | week
-    overshoot: str = field(init=False, default="")  # month field: Fields.over(spent)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "overshoot", Fields.over(self.spent))
-
-    def source(self, overrides: dict[str, str]) -> tuple[str | None, str]:
-        """(the override in force or None, the label a refusal names) under `overrides`."""
-        for f, label in zip(self.overrides, self.labels, strict=True):
-            if f in overrides:
-                return overrides[f], label
-        return None, self.label
-
-
 def seat_plan(org_cfg: Any, principal: Principal) -> SeatPlan | None:
     user = org_cfg.users.get(principal.user) if principal.user else None
     if user is None or user.seat is None or principal.user is None:
@@ -197,102 +173,3 @@ def extra_plan(org_cfg: Any, principal: Principal) -> ExtraPlan:
     on = extra.enabled and (extra.users is None or principal.user in extra.users)
     org = Fields.extra(Scope.ORG)
     return ExtraPlan(on, (Fields.extra(Scope.user(str(principal.user))), org), org)
-
-
-def _cap(value: int | None) -> int:
-    return -1 if value is None else value
-
-
-def cap_plans(org_cfg: Any, principal: Principal) -> list[CapPlan]:
-    """Every cap that applies, organization first.
-
-    Precedence: a run-time override of the user's cap, the user's own cap in the config,
-    a run-time override of the tier's cap, the tier's cap in the config. A refusal names
-    the source that set the cap: a user override is "user 'U'" even on a tier's user.
-    """
-    org_label = "organization monthly"
-    org = Scope.ORG
-    caps = [
-        CapPlan(
-            Fields.extra(org),
-            _cap(org_cfg.spend_caps.monthly),
-            (Fields.cap(org),),
-            org_label,
-            (org_label,),
-        )
-    ]
-    ws = user_workspace(org_cfg, principal)
-    if ws:
-        ws_cfg = org_cfg.workspaces.get(ws)
-        value = ws_cfg.spend_caps.monthly if ws_cfg is not None else None
-        label = f"workspace '{ws}'"
-        s = Scope.ws(ws)
-        caps.append(CapPlan(Fields.extra(s), _cap(value), (Fields.cap(s),), label, (label,)))
-    u = principal.user
-    if u:
-        user = org_cfg.users.get(u)
-        s = Scope.user(u)
-        spent, user_cap = Fields.extra(s), Fields.cap(s)
-        user_label = f"user '{u}'"
-        if user is not None and user.cap_mode != "inherit":
-            cap = _cap(user.monthly_cap)
-            caps.append(CapPlan(spent, cap, (user_cap,), user_label, (user_label,)))
-        elif user is not None and user.seat is not None:
-            tier_cap = org_cfg.seat_tiers[user.seat].monthly_cap
-            label = f"seat tier '{user.seat}'"
-            overrides = (user_cap, Fields.cap(Scope.tier(user.seat)))
-            caps.append(CapPlan(spent, _cap(tier_cap), overrides, label, (user_label, label)))
-        else:
-            caps.append(CapPlan(spent, -1, (user_cap,), user_label, (user_label,)))
-    return caps + window_caps(org_cfg, principal)
-
-
-def window_caps(org_cfg: Any, principal: Principal) -> list[CapPlan]:
-    """Daily and weekly caps on extra usage of the organization and the workspace."""
-    levels = [(Scope.ORG, "organization", org_cfg.spend_caps)]
-    ws = user_workspace(org_cfg, principal)
-    if ws and ws in org_cfg.workspaces:
-        levels.append((Scope.ws(ws), f"workspace '{ws}'", org_cfg.workspaces[ws].spend_caps))
-    out = []
-    for scope, who, spend_caps in levels:
-        for period, value in (("day", spend_caps.daily), ("week", spend_caps.weekly)):
-            if value is not None:
-                label = f"{who} {period}ly".replace("dayly", "daily")
-                out.append(CapPlan(Fields.extra(scope), value, (), label, (), period))
-    return out
-
-
-def model_cap_scopes(org_cfg: Any, model: str | None) -> list[str]:
-    """The model caps (names or patterns of `model_caps`) that `model` falls under, as
-    spend scopes (``model=<name or pattern>``)."""
-    if not model:
-        return []
-    found = [p for p in org_cfg.model_caps if p == model or fnmatch.fnmatchcase(model, p)]
-    return [Scope.model(p) for p in sorted(found)]
-
-
-def model_cap_plans(org_cfg: Any, model: str | None) -> list[CapPlan]:
-    """Dollar caps per model: switching to another model does not dodge the cap of the
-    pattern it matches."""
-    out = []
-    for scope in model_cap_scopes(org_cfg, model):
-        caps = org_cfg.model_caps[Scope.split(scope)[1]]
-        windows = (("month", caps.monthly), ("day", caps.daily), ("week", caps.weekly))
-        for period, value in windows:
-            if value is not None:
-                name = {"month": "monthly", "day": "daily", "week": "weekly"}[period]
-                label = f"model '{Scope.split(scope)[1]}' {name}"
-                out.append(CapPlan(Fields.extra(scope), value, (), label, (), period))
-    return out
-
-
-def budget_plans(principal: Principal) -> list[CapPlan]:
-    """The key's own budget on all its spend (included or not), per calendar period."""
-    limits = principal.key_limits
-    if limits is None or limits.budget is None:
-        return []
-    period = limits.budget_period
-    label = f"key '{principal.key_id}' {period}ly budget".replace("dayly", "daily")
-    return [
-        CapPlan(Fields.spend(Scope.key(principal.key_id)), limits.budget, (), label, (), period)
-    ]

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from tollway.limits import plans
-from tollway.limits.plans import BucketPlan, BucketSpec, CapPlan, ExtraPlan, Principal, SeatPlan
+from tollway.limits import capplans, plans
+from tollway.limits.capplans import CapPlan
+from tollway.limits.plans import BucketPlan, BucketSpec, ExtraPlan, Principal, SeatPlan
 from tollway.limits.rkeys import Fields, Keys, Scope
 from tollway.limits.usage import Usage
 from tollway.limits.windows import Windows
@@ -137,10 +138,12 @@ class AdmitPlan:
 
 @dataclass(frozen=True, slots=True)
 class SessionBudget:
-    """A cap on what one session id spends (the session hash's `cost`), named `label`."""
+    """A cap on what one session id spends: the session hash's `cost` (settled) plus what
+    its requests in flight hold at `held` (held hash), named `label`."""
 
     cap: int
     label: str
+    held: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,12 +254,15 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             prepaid=prepaid,
             seat=seat,
             extra=plans.extra_plan(org_cfg, principal),
-            caps=(*plans.cap_plans(org_cfg, principal), *plans.model_cap_plans(org_cfg, model)),
-            budgets=tuple(plans.budget_plans(principal)),
+            caps=(
+                *capplans.cap_plans(org_cfg, principal),
+                *capplans.model_cap_plans(org_cfg, model),
+            ),
+            budgets=tuple(capplans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
             reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
-    model_scopes = [] if org_cfg is None else plans.model_cap_scopes(org_cfg, model)
+    model_scopes = [] if org_cfg is None else capplans.model_cap_scopes(org_cfg, model)
     buckets = tuple(s.plan() for s in specs)
     flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
     learn = LearnPlan.of(model) if model else None
@@ -291,8 +297,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
 
 
 def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[FlightPlan]:
-    """The max_in_flight ceilings that apply: organization, model, workspace, user (a
-    key's own limits carry none yet)."""
+    """The max_in_flight ceilings that apply: organization, model, workspace, user, key."""
     out = []
     for scope, limits in plans.limit_levels(org_cfg, principal, model):
         ceiling = getattr(limits, "max_in_flight", None)

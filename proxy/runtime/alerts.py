@@ -27,7 +27,7 @@ import orjson
 from tollway.limits.alerts import Alert, Alerts
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.meter import Settlement, periods
+from tollway.limits.meter import Charge, Settlement, periods
 from tollway.limits.plans import Principal
 from tollway.limits.store import Store
 from tollway.limits.windows import windows
@@ -55,15 +55,15 @@ class AlertSender:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.sent: list[dict[str, Any]] = []  # delivered bodies, newest last (bounded)
 
-    def on_settled(self, principal: Principal, settlement: Settlement) -> None:
+    def on_settled(self, charge: Charge, settlement: Settlement) -> None:
         cfg = self.holder.current
         if cfg.notifications.alerts is None or settlement.duplicate:
             return
-        task = asyncio.ensure_future(self._check(principal, settlement))
+        task = asyncio.ensure_future(self._check(charge.principal, settlement, charge.model))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _check(self, principal: Principal, settlement: Settlement) -> None:
+    async def _check(self, principal: Principal, settlement: Settlement, model: str | None) -> None:
         cfg = self.holder.current
         settings = cfg.notifications.alerts
         org_cfg = cfg.organizations.get(principal.org)
@@ -82,6 +82,7 @@ class AlertSender:
                 settings.thresholds,
                 settings.low_balance if prepaid else None,
                 settlement.available,
+                model,
             )
         except StoreUnavailable as e:
             log.warning("alerts: store unavailable", extra={"error": str(e)})

@@ -30,9 +30,8 @@ import aiohttp
 from tollway.limits.autoreload import ReloadWorkflow
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.meter import Settlement
+from tollway.limits.meter import Charge, Settlement
 from tollway.limits.payments import NoPaymentProvider, PaymentProvider
-from tollway.limits.plans import Principal
 from tollway.limits.store import Store
 from tollway.proxy.metrics import Metrics
 from tollway.proxy.runtime.payment_webhook import WebhookPaymentProvider
@@ -96,10 +95,11 @@ class AutoReloader:
         return self.workflow.lock_ttl_ms()
 
     # --- the callback ---------------------------------------------------------------------
-    def on_settled(self, principal: Principal, settlement: Settlement) -> None:
+    def on_settled(self, charge: Charge, settlement: Settlement) -> None:
         """Start a reload when the settlement asks for one (never blocks the request)."""
         if settlement.reload <= 0 or settlement.duplicate:
             return
+        principal = charge.principal
         org_cfg = self.holder.current.organizations.get(principal.org)
         if org_cfg is not None and isinstance(self.provider(org_cfg), NoPaymentProvider):
             # Counted here, once per settlement that asked, whatever is in flight.
