@@ -199,9 +199,9 @@ class User(FrozenModel):
     limits: Limits = Limits()
     monthly_cap: Cap = Field(None, json_schema_extra=_no_default)
     """Absent: the tier's cap; null or "unlimited": no cap of the user's own; an amount."""
-    daily_cap: Cap = Field(None, json_schema_extra=lambda schema: schema.pop("default"))
+    daily_cap: Cap = Field(None, json_schema_extra=_no_default)
     """Per calendar day of server.timezone; absent: the tier's, as monthly_cap."""
-    weekly_cap: Cap = Field(None, json_schema_extra=lambda schema: schema.pop("default"))
+    weekly_cap: Cap = Field(None, json_schema_extra=_no_default)
     """Per calendar week (Monday first); absent: the tier's, as monthly_cap."""
 
     @property
