@@ -19,7 +19,8 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
-from tollway.config.schema import Organization
+from tollway.config.overlay import Overlay
+from tollway.config.schema import Config, Organization
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.meter import periods
@@ -32,7 +33,7 @@ M = TypeVar("M", bound=BaseModel)
 
 @dataclass
 class AdminContext:
-    holder: Any  # tollway.config.overlay.Overlay: `.current` is the live Config
+    holder: Overlay  # `.current` is the live Config, run-time users merged in
     store: Store
     clock: Clock
     apikeys: ApiKeys
@@ -40,7 +41,7 @@ class AdminContext:
     users: RuntimeUsers | None = None  # users and seats set at run time
 
     @property
-    def cfg(self) -> Any:
+    def cfg(self) -> Config:
         return self.holder.current
 
     def token_name(self) -> str | None:
