@@ -41,7 +41,8 @@ def _session_budget(
     found = [b for b in (own, asked) if b is not None]
     if session is None or not found:
         return None
-    return scriptplans.SessionBudget(min(found), f"session '{session}' budget")
+    label = f"session '{session}' budget"
+    return scriptplans.SessionBudget(min(found), label, Fields.session(session))
 
 
 def _period_of(money: Any, label: str) -> str:
