@@ -100,12 +100,13 @@ def _query(url: str) -> dict[str, str]:
 class SentinelManagedRedis(aioredis.Redis):
     """The primary's client; closing it also closes the connections to the Sentinels."""
 
-    sentinel: Sentinel | None = None
+    # Not `sentinel`: redis' own command mixin has a `sentinel()` method of that name.
+    sentinel_client: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            for s in self.sentinel.sentinels:
+        if self.sentinel_client is not None:
+            for s in self.sentinel_client.sentinels:
                 await s.aclose()
 
 
@@ -134,7 +135,7 @@ def _sentinel(url: str, common: dict[str, Any], max_connections: int) -> Sentine
         retry_on_timeout=False,
         **common,
     )
-    client.sentinel = sentinel
+    client.sentinel_client = sentinel
     return client
 
 

@@ -19,7 +19,8 @@ REQUEST_UNIT = 60_000_000  # bucket units per request; rpm may have 3 decimals
 
 @dataclass(frozen=True, slots=True)
 class KeyLimits:
-    """A key's own per-minute limits (None: none), set when the key is created."""
+    """A key's own limits (None: none): per-minute buckets, budgets and a ceiling on its
+    requests in flight, set when the key is created or edited (`keys set`)."""
 
     rpm: Decimal | None = None
     tpm: int | None = None
@@ -28,6 +29,7 @@ class KeyLimits:
     budget: int | None = None  # micro-USD of spend per budget_period
     budget_period: str = "month"  # day | week | month (calendar, server.timezone)
     session_budget: int | None = None  # micro-USD a session id may spend with this key
+    max_in_flight: int | None = None  # requests of this key admitted and not yet settled
 
 
 @dataclass(frozen=True, slots=True)

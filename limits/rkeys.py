@@ -16,6 +16,7 @@ The scripts never build a field name: they receive them in their plans.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -200,8 +201,9 @@ class Fields:
     ``cap.week:<scope>`` (daily and weekly caps, the same scopes), ``extra:<scope>``
     (extra usage switch "1"/"0"; org or user=U), ``included:user=U`` and ``seat:user=U``
     (a tier move), ``reload:*`` (auto-reload).
-    Held hash (``Keys.held``): the month fields above, held by requests in flight, and
-    ``flight:<scope>`` counts. Learned hash (``Keys.learned``): ``<kind>:<model>``.
+    Held hash (``Keys.held``): the month fields above, held by requests in flight,
+    ``flight:<scope>`` counts and ``sess:<digest>`` (a session's holds). Learned hash
+    (``Keys.learned``): ``<kind>:<model>``.
     """
 
     RELOAD_OFF = "reload:off"
@@ -244,6 +246,12 @@ class Fields:
     def in_flight(scope: str) -> str:
         """Held hash: how many admitted requests of `scope` are not settled yet."""
         return f"flight:{scope}"
+
+    @staticmethod
+    def session(session_id: str) -> str:
+        """Held hash: what a session's requests in flight hold (micro-USD). The id is
+        digested: a hold lists its fields separated by spaces, and ids may hold any text."""
+        return "sess:" + hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()[:32]
 
     @staticmethod
     def learned(kind: str, model: str) -> str:

@@ -93,8 +93,13 @@ class LearnPlan:
     @classmethod
     def of(cls, model: str) -> LearnPlan:
         f = Fields.learned
-        names = ("out", "out_n", "in_real", "in_est", "in_n")
-        return cls(*(f(name, model) for name in names))
+        return cls(
+            out=f("out", model),
+            out_n=f("out_n", model),
+            in_real=f("in_real", model),
+            in_est=f("in_est", model),
+            in_n=f("in_n", model),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +138,12 @@ class AdmitPlan:
 
 @dataclass(frozen=True, slots=True)
 class SessionBudget:
-    """A cap on what one session id spends (the session hash's `cost`), named `label`."""
+    """A cap on what one session id spends: the session hash's `cost` (settled) plus what
+    its requests in flight hold at `held` (held hash), named `label`."""
 
     cap: int
     label: str
+    held: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +267,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
     flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
     learn = LearnPlan.of(model) if model else None
     hp, lp = k.hold_prefix(org), k.lot_prefix(org)
-    ledger_fields = ("model", model or "", "key", principal.key_id)
+    ledger_fields: tuple[str, ...] = ("model", model or "", "key", principal.key_id)
     ledger_fields += ("user", principal.user or "", "ws", ws)
     return StaticParts(
         specs=tuple(specs),
@@ -290,8 +297,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
 
 
 def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[FlightPlan]:
-    """The max_in_flight ceilings that apply: organization, model, workspace, user (a
-    key's own limits carry none yet)."""
+    """The max_in_flight ceilings that apply: organization, model, workspace, user, key."""
     out = []
     for scope, limits in plans.limit_levels(org_cfg, principal, model):
         ceiling = getattr(limits, "max_in_flight", None)

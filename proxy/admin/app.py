@@ -28,6 +28,7 @@ from typing import Any
 
 from aiohttp import web
 from tollway.config.overlay import Overlay
+from tollway.config.reload import ConfigSource
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import LimitsError, StoreUnavailable
@@ -155,7 +156,7 @@ async def _fallback(request: web.Request) -> web.Response:
 
 
 def create_admin_app(
-    holder: Any,
+    holder: ConfigSource,
     store: Store,
     clock: Clock,
     apikeys: ApiKeys,
@@ -165,12 +166,11 @@ def create_admin_app(
     """The admin sub-application (mount it with ``app.add_subapp("/admin", ...)``).
     ``env`` is where the admin token is read (default: ``os.environ``, at each request)."""
     app = web.Application(middlewares=[guard])
-    if not isinstance(holder, Overlay):
-        holder = Overlay(holder)
+    overlay = holder if isinstance(holder, Overlay) else Overlay(holder)
     if users is None:
-        users = RuntimeUsers(store, holder.update)
-        holder.reader = users.entries
-    app[ADMIN] = AdminContext(holder, store, clock, apikeys, env, users)
+        users = RuntimeUsers(store, overlay.update)
+        overlay.reader = users.entries
+    app[ADMIN] = AdminContext(overlay, store, clock, apikeys, env, users)
     table = routes()
     app[ROUTE_TABLE] = table
     app[OPENAPI] = document(table, _version())

@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from tollway.config.reload import ConfigSource
 from tollway.limits.alerts import Alert, Alerts
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
@@ -39,7 +40,7 @@ log = logging.getLogger("tollway.alerts")
 class AlertSender:
     def __init__(
         self,
-        holder: Any,
+        holder: ConfigSource,
         store: Store,
         clock: Clock,
         session: aiohttp.ClientSession,

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from tollway.config.reload import ConfigSource
 from tollway.limits.autoreload import ReloadWorkflow
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
@@ -42,7 +43,7 @@ log = logging.getLogger("tollway.autoreload")
 class AutoReloader:
     def __init__(
         self,
-        holder: Any,
+        holder: ConfigSource,
         store: Store,
         clock: Clock,
         metrics: Metrics,

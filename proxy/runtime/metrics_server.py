@@ -23,7 +23,8 @@ from aiohttp import web
 from tollway.proxy.metrics import CONTENT_TYPE, Metrics
 
 METRICS_OF = web.AppKey("metrics_of", Metrics)
-TOKEN_ENV = web.AppKey("metrics_token_env", object)  # (variable name or None, environment)
+# (the token's variable name or None, the environment to read it from or None: os.environ)
+TOKEN_ENV: web.AppKey[tuple[str | None, Mapping[str, str] | None]] = web.AppKey("metrics_token_env")
 
 
 def create_metrics_app(
@@ -39,7 +40,7 @@ def create_metrics_app(
 
 def _token(app: web.Application) -> tuple[bool, str | None]:
     """(a token is required, its value now)."""
-    name, env = app[TOKEN_ENV]  # type: ignore[misc]
+    name, env = app[TOKEN_ENV]
     if not name:
         return False, None
     value = (env if env is not None else os.environ).get(name, "")

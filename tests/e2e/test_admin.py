@@ -59,6 +59,7 @@ BODIES: dict[str, dict[str, Any]] = {
         "models": ["gpt-4o*"],
         "tags": ["team-a"],
     },
+    "patch_keys_key_id": {"rpm": 5, "budget": "2.50", "budget_period": "day", "models": None},
     "post_keys_key_id_rotate": {"overlap": "1h"},
     "post_orgs_org_users": {"user": "erin", "seat": "standard", "workspace": "cc"},
     "patch_orgs_org_users_user": {"seat": "premium", "rpm": 5, "monthly_cap": "10"},
