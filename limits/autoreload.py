@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from tollway.config.schema import AutoReload
 from tollway.limits.clock import Clock
 from tollway.limits.credits import CreditError, Credits, new_lot_id
 from tollway.limits.errors import StoreUnavailable
@@ -94,7 +95,9 @@ class ReloadWorkflow:
             )
 
     # --- one purchase -------------------------------------------------------------------
-    async def reload(self, org: str, configured: Any, provider: PaymentProvider) -> str:
+    async def reload(
+        self, org: str, configured: AutoReload | None, provider: PaymentProvider
+    ) -> str:
         """Run one reload of `org` to its end (`configured`: the config's
         ``billing.auto_reload`` or None); see the module docstring."""
         token = await self._lock(org)

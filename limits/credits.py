@@ -34,7 +34,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tollway.config.schema import Config
+from redis.typing import EncodableT, FieldT
+from tollway.config.schema import AutoReload, Config
 from tollway.limits.clock import Clock
 from tollway.limits.errors import CreditError
 from tollway.limits.history import history_of
@@ -257,7 +258,9 @@ class Credits:
         return await self.store.call("ledger_event", client.xadd, self.keys.ledger(org), entry)
 
     # --- auto-reload settings -----------------------------------------------------------
-    async def reload_settings(self, org: str, configured: Any) -> ReloadSettings | None:
+    async def reload_settings(
+        self, org: str, configured: AutoReload | None
+    ) -> ReloadSettings | None:
         """The auto-reload pair in force: run-time overrides first (as settle.lua reads
         them), else `configured` (the config's ``billing.auto_reload`` or None)."""
         client = self.store.client
@@ -289,7 +292,10 @@ class Credits:
         client = self.store.client
         key = self.keys.overrides(org)
         pipe = client.pipeline(transaction=True)
-        pair = {Fields.RELOAD_THRESHOLD: str(threshold), Fields.RELOAD_TARGET: str(target)}
+        pair: dict[FieldT, EncodableT] = {
+            Fields.RELOAD_THRESHOLD: str(threshold),
+            Fields.RELOAD_TARGET: str(target),
+        }
         pipe.hset(key, mapping=pair)
         pipe.hdel(key, Fields.RELOAD_OFF)
         await self.store.call("reload_set", pipe.execute)

@@ -10,9 +10,9 @@ they were ~10% of the CPU of a request in the benchmark's profile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
+from tollway.config.schema import Config, Organization
 from tollway.limits import capplans, plans
 from tollway.limits.capplans import CapPlan
 from tollway.limits.plans import BucketPlan, BucketSpec, ExtraPlan, Principal, SeatPlan
@@ -234,7 +234,7 @@ class StaticParts:
     default_output: int
 
 
-def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> StaticParts:
+def static_parts(cfg: Config, k: Keys, principal: Principal, model: str | None) -> StaticParts:
     org = principal.org
     org_cfg = cfg.organizations.get(org)
     ws = ""
@@ -296,7 +296,9 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
     )
 
 
-def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[FlightPlan]:
+def flight_plans(
+    org_cfg: Organization, principal: Principal, model: str | None
+) -> list[FlightPlan]:
     """The max_in_flight ceilings that apply: organization, model, workspace, user, key."""
     out = []
     for scope, limits in plans.limit_levels(org_cfg, principal, model):

@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import Field
-from tollway.config.schema import Money
+from tollway.config.schema import Money, Organization
 from tollway.limits.credits import Credits, new_lot_id
 from tollway.limits.durations import parse_period
-from tollway.limits.lots import reload_dict
+from tollway.limits.lots import Lot, reload_dict
 from tollway.proxy.admin.auth import caller
 from tollway.proxy.admin.context import (
     BOOL,
@@ -109,7 +109,7 @@ class Grant(Body):
     )
 
 
-async def _added(credits: Credits, name: str, lot: Any) -> web.Response:
+async def _added(credits: Credits, name: str, lot: Lot) -> web.Response:
     out = {"lot": lot.to_dict(), "balance": (await credits.balance(name)).to_dict()}
     return answer(out, status=201)
 
@@ -155,7 +155,7 @@ class AutoReloadSet(Body):
     target: Money | None = None
 
 
-async def _reload_answer(request: web.Request, name: str, o: Any) -> web.Response:
+async def _reload_answer(request: web.Request, name: str, o: Organization) -> web.Response:
     settings = await _credits(ctx(request)).reload_settings(name, o.billing.auto_reload)
     return answer({"org": name, "auto_reload": reload_dict(settings, o.billing.payment.provider)})
 

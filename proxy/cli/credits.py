@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+from tollway.config.schema import Config, Organization
 from tollway.limits.clock import SystemClock
 from tollway.limits.credits import Balance, Credits, Event, Lot
 from tollway.limits.durations import parse_period
 from tollway.limits.lots import EVENT_FIELDS, reload_dict, when
 from tollway.limits.money import format_usd, parse_usd
+from tollway.limits.store import Store
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
@@ -83,10 +86,10 @@ def _amount(text: str, what: str = "amount") -> int:
     return micro
 
 
-def _run(args: Any, action: Any) -> int:
+def _run(args: Any, action: Callable[[Credits, Organization], Coroutine[Any, Any, int]]) -> int:
     """Check the organization, then run `action(credits, org_cfg)` against the store."""
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         org_cfg = cfg.organizations.get(args.org)
         if org_cfg is None:
             known = ", ".join(sorted(cfg.organizations)) or "none"
@@ -127,7 +130,7 @@ def buy(args: Any) -> int:
     except ValueError as e:
         return _fail(str(e), EXIT_REFUSED)
 
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         lot = await credits.buy(args.org, amount)
         return _added(args, lot, await credits.balance(args.org))
 
@@ -144,7 +147,7 @@ def grant(args: Any) -> int:
     except ValueError as e:
         return _fail(f"--expires-in: {e}", EXIT_USAGE)
 
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         period = expires_in or timedelta(days=org_cfg.billing.promo_expiry_days)
         lot = await credits.grant(args.org, amount, period, args.identity)
         return _added(args, lot, await credits.balance(args.org))
@@ -153,7 +156,7 @@ def grant(args: Any) -> int:
 
 
 def show(args: Any) -> int:
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         balance = await credits.balance(args.org)
         lots = await credits.lots(args.org)
         events = await credits.history(args.org, max(args.events, 0))
@@ -197,7 +200,7 @@ def show(args: Any) -> int:
 
 
 def history(args: Any) -> int:
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         events = await credits.history(args.org, max(args.limit, 0))
         if args.format == "json":
             print(json.dumps([e.to_dict() for e in events]))
@@ -222,7 +225,7 @@ def auto_reload(args: Any) -> int:
     except ValueError as e:
         return _fail(str(e), EXIT_REFUSED)
 
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         if args.clear:
             await credits.clear_reload(args.org)
         elif args.off:

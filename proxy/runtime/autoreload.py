@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 from tollway.config.reload import ConfigSource
+from tollway.config.schema import Organization
 from tollway.limits.autoreload import ReloadWorkflow
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
@@ -131,7 +132,7 @@ class AutoReloader:
             self._busy.discard(org)
 
     # --- one reload -------------------------------------------------------------------------
-    def provider(self, org_cfg: Any) -> PaymentProvider:
+    def provider(self, org_cfg: Organization) -> PaymentProvider:
         """The organization's payment provider (`NoPaymentProvider`: none registered)."""
         payment = org_cfg.billing.payment
         if payment.provider != "webhook" or payment.webhook_url is None:
