@@ -36,6 +36,7 @@ from tollway.limits.increases import NoPendingRequest, RequestPending
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin import admins as admin_admins
+from tollway.proxy.admin import caps as admin_caps
 from tollway.proxy.admin import credits as admin_credits
 from tollway.proxy.admin import developers as admin_developers
 from tollway.proxy.admin import keys as admin_keys
@@ -69,6 +70,7 @@ def routes() -> list[Route]:
         *admin_keys.ROUTES,
         *admin_credits.ROUTES,
         *admin_spend.ROUTES,
+        *admin_caps.ROUTES,
         *admin_users.ROUTES,
         *admin_limits.ROUTES,
         *admin_admins.ROUTES,
