@@ -42,7 +42,7 @@ def _credits(c: AdminContext) -> Credits:
     return Credits(c.store, c.clock, lambda: c.cfg)
 
 
-def payment_dict(org_cfg: Any) -> dict[str, Any]:
+def payment_dict(org_cfg: Organization) -> dict[str, Any]:
     """The payment method auto-reload uses (from the config; the secret is never shown)."""
     p = org_cfg.billing.payment
     return {
@@ -192,7 +192,7 @@ async def payment_method(request: web.Request) -> web.Response:
     return answer({"org": name, "payment_method": payment_dict(o)})
 
 
-async def credit_section(c: AdminContext, name: str, o: Any) -> dict[str, Any]:
+async def credit_section(c: AdminContext, name: str, o: Organization) -> dict[str, Any]:
     """The credit part of the live-limits answer (prepaid organizations only)."""
     if o.billing.mode != "prepaid":
         return {}

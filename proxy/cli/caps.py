@@ -18,11 +18,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tollway.config.overlay import with_users
+from tollway.config.schema import Config
 from tollway.limits.capplans import ADJECTIVE, PERIODS
 from tollway.limits.caps import Caps
 from tollway.limits.errors import SpendError, UnknownName
 from tollway.limits.money import format_usd, parse_usd
 from tollway.limits.seats import UNLIMITED
+from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.proxy.cli.common import EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
@@ -89,7 +91,7 @@ def _run(args: Any, action: Action) -> int:
     """Check the organization, then run `action(caps)` against the store with the config
     as the proxies see it (run-time users and model-cap patterns merged in)."""
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)

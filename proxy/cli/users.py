@@ -84,7 +84,9 @@ def _cap(text: str) -> int | str:
         raise UserError(f"--monthly-cap: {e}") from None
 
 
-async def _rows(cfg: Any, store: Any, org: str, only: str | None = None) -> list[dict[str, Any]]:
+async def _rows(
+    cfg: Config, store: Store, org: str, only: str | None = None
+) -> list[dict[str, Any]]:
     entries = await RuntimeUsers(store).entries(org, fresh=True)
     live = with_users(cfg, {org: entries})
     caps = (await Spend(store, SystemClock(), lambda: live).caps(org))["users"]
