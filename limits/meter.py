@@ -209,7 +209,8 @@ class Meter:
             included=int(r["included"]),
             extra=int(r["extra"]),
             available=int(r["available"]),
-            reload=int(r["reload"]),
+            # "reload" in settle.lua's reply, kept in the settled marker of each request.
+            auto_reload=int(r["reload"]),
             duplicate=bool(r["duplicate"]),
             overshoot=int(r.get("overshoot", 0)),
         )

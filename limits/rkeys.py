@@ -117,10 +117,10 @@ class Keys:
     def api_keys(self, org: str) -> str:
         return self.org(org, "keys")
 
-    def reload_lock(self, org: str) -> str:
+    def auto_reload_lock(self, org: str) -> str:
         return self.org(org, "reload")
 
-    def reload_pending(self, org: str) -> str:
+    def auto_reload_pending(self, org: str) -> str:
         """Auto-reload purchases started and not finished (`tollway.limits.autoreload`)."""
         return self.org(org, "reload_pending")
 
@@ -206,10 +206,10 @@ class Fields:
     (``Keys.learned``): ``<kind>:<model>``.
     """
 
-    RELOAD_OFF = "reload:off"
-    RELOAD_THRESHOLD = "reload:threshold"
-    RELOAD_TARGET = "reload:target"
-    RELOADS = (RELOAD_OFF, RELOAD_THRESHOLD, RELOAD_TARGET)
+    AUTO_RELOAD_OFF = "reload:off"
+    AUTO_RELOAD_THRESHOLD = "reload:threshold"
+    AUTO_RELOAD_TARGET = "reload:target"
+    AUTO_RELOADS = (AUTO_RELOAD_OFF, AUTO_RELOAD_THRESHOLD, AUTO_RELOAD_TARGET)
 
     @staticmethod
     def spend(scope: str) -> str:
