@@ -33,6 +33,7 @@ from dataclasses import replace
 
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.errors import ExpiredKey, UnknownKey
+from tollway.limits.flights import Flights
 from tollway.limits.keyrecord import (
     LIMITS,
     OLD,
@@ -81,6 +82,7 @@ class ApiKeys:
         # Key ids revoked, as last polled (`poll_revocations`), and when that poll ran (ms).
         self.revoked: set[str] = set()
         self._polled_ms = 0
+        self._reads = Flights()  # concurrent misses of one secret share one read
 
     async def create(
         self,
@@ -245,13 +247,19 @@ class ApiKeys:
     async def _record(self, secret: str, max_age: float) -> KeyRecord:
         d = digest(secret)
         hit = self._cache.get(d)
-        now = time.monotonic()
-        if hit is not None and now - hit[1] < max_age:
+        if hit is not None and time.monotonic() - hit[1] < max_age:
             if hit[0].key_id in self.revoked:
                 self._cache.pop(d, None)
                 raise UnknownKey("revoked key")
             self._cache.move_to_end(d)
             return hit[0]
+        # A read already in flight started after this cache entry went stale: its answer
+        # is younger than `max_age` when it arrives.
+        return await self._reads.run(d, lambda: self._read(d))
+
+    async def _read(self, d: str) -> KeyRecord:
+        """Read the record of digest `d` from the store into the cache."""
+        now = time.monotonic()
         client = self.store.client
         key_id = await self.store.call("key_resolve", client.get, self.keys.key_hash(d))
         if not key_id:
