@@ -37,7 +37,9 @@ SENTINEL, CLUSTER = "redis+sentinel", "redis+cluster"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
-def connect(url: str, timeout: float = 0.5, max_connections: int = 256) -> Any:
+def connect(
+    url: str, timeout: float = 0.5, max_connections: int = 256
+) -> aioredis.Redis | RedisCluster:
     """A client for `url` (not connected yet: it connects on its first command)."""
     common: dict[str, Any] = {
         "socket_timeout": timeout,

@@ -142,7 +142,7 @@ def choice(request: web.Request, name: str, choices: Sequence[str], default: str
     return value
 
 
-def org(request: web.Request) -> tuple[str, Any]:
+def org(request: web.Request) -> tuple[str, Organization]:
     """The ``{org}`` of the path and its config; 404 when the config has no such org."""
     # Config names are NFC (tollway.config.loader): "café" in either spelling is one org.
     name = unicodedata.normalize("NFC", request.match_info["org"])
@@ -152,7 +152,7 @@ def org(request: web.Request) -> tuple[str, Any]:
     return name, org_cfg
 
 
-def member(org_name: str, org_cfg: Any, what: str, name: str | None) -> str | None:
+def member(org_name: str, org_cfg: Organization, what: str, name: str | None) -> str | None:
     """Check that a workspace/user/tier named in a body exists (400 otherwise)."""
     if name is None:
         return None

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import Field
-from tollway.config.schema import Cap
+from tollway.config.schema import Cap, Organization
 from tollway.limits.increases import LimitIncreases
 from tollway.limits.rkeys import Fields, Scope
 from tollway.limits.spend import UNLIMITED, Spend
@@ -152,7 +152,7 @@ async def deny(request: web.Request) -> web.Response:
     return answer(decided.to_dict())
 
 
-async def caps_section(c: AdminContext, name: str, o: Any) -> dict[str, Any]:
+async def caps_section(c: AdminContext, name: str, o: Organization) -> dict[str, Any]:
     """The caps part of the live-limits answer: caps in force and this month's spend."""
     spend = _spend(c)
     return {

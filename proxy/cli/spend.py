@@ -21,11 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollway.config.overlay import with_users
+from tollway.config.schema import Config
 from tollway.limits.clock import SystemClock
 from tollway.limits.increases import LimitIncreases
 from tollway.limits.money import format_usd, parse_usd
 from tollway.limits.spend import UNLIMITED, Spend, SpendError, UnknownName
 from tollway.limits.statement import statement_csv
+from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.proxy.cli.common import EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
@@ -114,7 +116,7 @@ def _run(args: Any, action: Action) -> int:
     """Check the organization, then run `action(spend)` against the store. An unknown
     name is a usage error (2); any other refusal exits 1 (see `with_store`)."""
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import orjson
 from tollway.config.reload import ConfigSource
+from tollway.config.settings import Alerts as AlertSettings
 from tollway.limits.alerts import Alert, Alerts
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
@@ -94,7 +95,7 @@ class AlertSender:
         for alert in found:
             await self.deliver(alert, settings)
 
-    async def deliver(self, alert: Alert, settings: Any) -> bool:
+    async def deliver(self, alert: Alert, settings: AlertSettings) -> bool:
         """POST one alert, retried with back-off; True once delivered."""
         ident = f"{alert.org}:{alert.period}:{alert.kind}:{alert.subject}:{alert.threshold}"
         doc = {"type": "threshold", **alert.to_dict(), "id": ident}

@@ -17,9 +17,9 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Mapping
-from typing import Any
 
 from aiohttp import web
+from tollway.config.schema import Config
 from tollway.proxy.metrics import CONTENT_TYPE, Metrics
 
 METRICS_OF = web.AppKey("metrics_of", Metrics)
@@ -66,7 +66,7 @@ async def _metrics_view(request: web.Request) -> web.Response:
 
 
 async def start_metrics_site(
-    metrics: Metrics, cfg: Any, host: str, port: int, *, reuse_port: bool = False
+    metrics: Metrics, cfg: Config, host: str, port: int, *, reuse_port: bool = False
 ) -> web.AppRunner | None:
     """Start the metrics listener on host:port (None when `port` is 0). With several
     workers each binds the port (``reuse_port``): a scrape reaches one of them and sees
