@@ -18,6 +18,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
+from tollway.config.reload import ConfigSource
 from tollway.config.schema import Config, Limits, Organization, SpendCaps, User
 
 Entries = Mapping[str, Mapping[str, Any]]  # user -> run-time entry
@@ -83,7 +84,7 @@ class Overlay:
     `reader` (set by whoever owns the store) reads an organization's entries when this
     process's copy is stale, and hands them to `update`; `refresh` calls it."""
 
-    def __init__(self, holder: Any) -> None:
+    def __init__(self, holder: ConfigSource) -> None:
         self.holder = holder
         self.reader: Callable[[str], Awaitable[Any]] | None = None
         self._entries: dict[str, Entries] = {}

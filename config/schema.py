@@ -35,6 +35,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 from tollway.config.clients import ClientRule, with_built_ins
 from tollway.config.money import format_usd
 from tollway.config.pricebook import PriceBook
@@ -186,16 +187,21 @@ class Workspace(FrozenModel):
 CapMode = Literal["inherit", "unlimited", "amount"]
 
 
+def _no_default(schema: JsonDict) -> None:
+    """The JSON schema states no default: an absent cap (inherit) is not a null one."""
+    schema.pop("default")
+
+
 class User(FrozenModel):
     seat: Name | None = None
     """A seat tier of the organization."""
     workspace: Name | None = None
     limits: Limits = Limits()
-    monthly_cap: Cap = Field(None, json_schema_extra=lambda schema: schema.pop("default"))
+    monthly_cap: Cap = Field(None, json_schema_extra=_no_default)
     """Absent: the tier's cap; null or "unlimited": no cap of the user's own; an amount."""
-    daily_cap: Cap = Field(None, json_schema_extra=lambda schema: schema.pop("default"))
+    daily_cap: Cap = Field(None, json_schema_extra=_no_default)
     """Per calendar day of server.timezone; absent: the tier's, as monthly_cap."""
-    weekly_cap: Cap = Field(None, json_schema_extra=lambda schema: schema.pop("default"))
+    weekly_cap: Cap = Field(None, json_schema_extra=_no_default)
     """Per calendar week (Monday first); absent: the tier's, as monthly_cap."""
 
     @property
@@ -223,7 +229,7 @@ def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:
 class Organization(FrozenModel):
     limits: Limits = Limits()
     model_limits: ModelMap[Limits] = Field(default_factory=empty_map)
-    """Per-model limits at organization level, by model name."""
+    """Per-model limits of the whole organization, by model name."""
     billing: Billing = Billing()
     spend_caps: SpendCaps = SpendCaps()
     extra_usage: ExtraUsage = ExtraUsage()

@@ -196,7 +196,8 @@ def fail(title: str, *errors: tuple[tuple[str | int, ...], str, Any]) -> NoRetur
 
 def environment(info: ValidationInfo) -> Mapping[str, str]:
     context = info.context or {}
-    return context.get("env") if context.get("env") is not None else os.environ
+    env: Mapping[str, str] | None = context.get("env")
+    return os.environ if env is None else env
 
 
 def resolve_secret(info: ValidationInfo, title: str, key: str, name: str) -> SecretStr:

@@ -24,6 +24,7 @@ hash protects low-entropy secrets; these have none to protect).
 
 from __future__ import annotations
 
+import builtins
 import secrets
 import time
 from collections import OrderedDict
@@ -32,6 +33,7 @@ from dataclasses import replace
 
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.errors import ExpiredKey, UnknownKey
+from tollway.limits.flights import Flights
 from tollway.limits.keyrecord import (
     LIMITS,
     OLD,
@@ -80,6 +82,7 @@ class ApiKeys:
         # Key ids revoked, as last polled (`poll_revocations`), and when that poll ran (ms).
         self.revoked: set[str] = set()
         self._polled_ms = 0
+        self._reads = Flights()  # concurrent misses of one secret share one read
 
     async def create(
         self,
@@ -191,7 +194,8 @@ class ApiKeys:
         self._forget_key(key_id)
         return replace(record, revoked=True)
 
-    async def revoke_user(self, org: str, user: str) -> list[str]:
+    # `builtins.list`: in this class body `list` names the method above.
+    async def revoke_user(self, org: str, user: str) -> builtins.list[str]:
         """Revoke every live key of a user (removed from the organization): their ids."""
         ids = [r.key_id for r in await self.list(org) if r.user == user and not r.revoked]
         for key_id in ids:
@@ -243,13 +247,19 @@ class ApiKeys:
     async def _record(self, secret: str, max_age: float) -> KeyRecord:
         d = digest(secret)
         hit = self._cache.get(d)
-        now = time.monotonic()
-        if hit is not None and now - hit[1] < max_age:
+        if hit is not None and time.monotonic() - hit[1] < max_age:
             if hit[0].key_id in self.revoked:
                 self._cache.pop(d, None)
                 raise UnknownKey("revoked key")
             self._cache.move_to_end(d)
             return hit[0]
+        # A read already in flight started after this cache entry went stale: its answer
+        # is younger than `max_age` when it arrives.
+        return await self._reads.run(d, lambda: self._read(d))
+
+    async def _read(self, d: str) -> KeyRecord:
+        """Read the record of digest `d` from the store into the cache."""
+        now = time.monotonic()
         client = self.store.client
         key_id = await self.store.call("key_resolve", client.get, self.keys.key_hash(d))
         if not key_id:

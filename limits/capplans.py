@@ -3,10 +3,10 @@ settle.lua receive. Pure functions of (config, principal, model): no Redis here.
 
 Every cap is on extra usage (spend past a seat's included amount; all spend for a key
 without a seated user) in one calendar period of ``server.timezone``: ``month``, ``day``
-or ``week`` (Monday first). Levels, each in every period:
+or ``week`` (Monday first). Scopes, each in every period:
 
 =============  ============================================  =============================
-level          YAML (month / day / week)                     run-time override field
+scope          YAML (month / day / week)                     run-time override field
 =============  ============================================  =============================
 organization   ``spend_caps.{monthly,daily,weekly}``         ``cap[.P]:org``
 workspace      ``workspaces.W.spend_caps.{...}``             ``cap[.P]:ws=W``
@@ -18,7 +18,7 @@ model          ``model_caps.PATTERN.{monthly,daily,weekly}``  ``cap[.P]:model=PA
 (``cap:`` for the month, ``cap.day:`` and ``cap.week:`` for the others: `Fields.cap`.)
 A run-time override wins over the YAML until it is cleared. A user's own cap, first
 present wins: the user's override, the user's YAML cap, the tier's override, the tier's
-YAML cap. Every level's entry is in the plan even when the YAML sets no cap there, so a
+YAML cap. Every scope's entry is in the plan even when the YAML sets no cap there, so a
 cap set at run time applies to the very next request on every replica.
 """
 
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any
 
+from tollway.config.schema import Organization
 from tollway.limits.plans import Principal, user_workspace
 from tollway.limits.rkeys import Fields, Scope
 
@@ -77,7 +77,7 @@ def _simple(scope: str, who: str, value: int | None, period: str, bare: bool = F
     )
 
 
-def user_cap_plan(org_cfg: Any, user: str, period: str = "month") -> CapPlan:
+def user_cap_plan(org_cfg: Organization, user: str, period: str = "month") -> CapPlan:
     """The user's own cap of `period`: the user's override, the user's YAML cap, the
     tier's override, the tier's YAML cap (first present wins). A refusal names the source
     that set the cap: a user override is "user 'U'" even on a tier's user."""
@@ -96,7 +96,7 @@ def user_cap_plan(org_cfg: Any, user: str, period: str = "month") -> CapPlan:
     return CapPlan(spent, -1, (user_cap,), user_label, (user_label,), period)
 
 
-def cap_plans(org_cfg: Any, principal: Principal) -> list[CapPlan]:
+def cap_plans(org_cfg: Organization, principal: Principal) -> list[CapPlan]:
     """Every cap on the principal's extra usage, period by period (month, day, week), each
     organization, then workspace, then user."""
     ws = user_workspace(org_cfg, principal)
@@ -112,7 +112,7 @@ def cap_plans(org_cfg: Any, principal: Principal) -> list[CapPlan]:
     return caps
 
 
-def model_cap_scopes(org_cfg: Any, model: str | None) -> list[str]:
+def model_cap_scopes(org_cfg: Organization, model: str | None) -> list[str]:
     """The model caps (names or patterns of `model_caps`, with those given a cap at run
     time merged in by `tollway.config.overlay`) that `model` falls under, as spend scopes
     (``model=<name or pattern>``)."""
@@ -122,7 +122,7 @@ def model_cap_scopes(org_cfg: Any, model: str | None) -> list[str]:
     return [Scope.model(p) for p in sorted(found)]
 
 
-def model_cap_plan(org_cfg: Any, pattern: str, period: str) -> CapPlan:
+def model_cap_plan(org_cfg: Organization, pattern: str, period: str) -> CapPlan:
     """The organization's cap of `period` on the extra usage of the models `pattern`
     matches (the YAML's, unless overridden at run time)."""
     declared = org_cfg.model_caps.get(pattern)
@@ -130,7 +130,7 @@ def model_cap_plan(org_cfg: Any, pattern: str, period: str) -> CapPlan:
     return _simple(Scope.model(pattern), f"model '{pattern}'", value, period)
 
 
-def model_cap_plans(org_cfg: Any, model: str | None) -> list[CapPlan]:
+def model_cap_plans(org_cfg: Organization, model: str | None) -> list[CapPlan]:
     """Dollar caps per model: switching to another model does not dodge the cap of the
     pattern it matches."""
     return [

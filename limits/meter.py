@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import orjson
 from tollway.config.schema import Config
@@ -45,7 +44,7 @@ def _session_budget(
     return scriptplans.SessionBudget(min(found), label, Fields.session(session))
 
 
-def _period_of(money: Any, label: str) -> str:
+def _period_of(money: scriptplans.MoneyPlan | None, label: str) -> str:
     """The period (month | day | week) of the cap or budget a refusal named."""
     for c in (*money.caps, *money.budgets) if money is not None else ():
         if label == c.label or label in c.labels:
@@ -210,7 +209,8 @@ class Meter:
             included=int(r["included"]),
             extra=int(r["extra"]),
             available=int(r["available"]),
-            reload=int(r["reload"]),
+            # "reload" in settle.lua's reply, kept in the settled marker of each request.
+            auto_reload=int(r["reload"]),
             duplicate=bool(r["duplicate"]),
             overshoot=int(r.get("overshoot", 0)),
         )

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
+from tollway.config.schema import Limits, Organization
 from tollway.limits.rkeys import Fields, Scope
 
 # Limit name in the config → bucket kind in the scripts.
@@ -30,6 +30,10 @@ class KeyLimits:
     budget_period: str = "month"  # day | week | month (calendar, server.timezone)
     session_budget: int | None = None  # micro-USD a session id may spend with this key
     max_in_flight: int | None = None  # requests of this key admitted and not yet settled
+
+
+# The limits of one scope: a config scope's `Limits` or a key's own `KeyLimits`.
+ScopeLimits = Limits | KeyLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,44 +72,48 @@ class BucketSpec:
         if self.scope == Scope.ORG:
             where = f"organization '{org}'"
         else:
-            level, name = Scope.split(self.scope)
-            noun = {"ws": "workspace", "user": "user", "key": "key", "model": "model"}[level]
-            where = f"{noun} '{name}'" if level != "model" else f"model '{name}' in '{org}'"
+            kind, name = Scope.split(self.scope)
+            noun = {"ws": "workspace", "user": "user", "key": "key", "model": "model"}[kind]
+            where = f"{noun} '{name}'" if kind != "model" else f"model '{name}' in '{org}'"
         return f"{self.limit} of {where}"
 
 
-def user_workspace(org_cfg: Any, principal: Principal) -> str | None:
+def user_workspace(org_cfg: Organization, principal: Principal) -> str | None:
     if principal.workspace:
         return principal.workspace
     user = org_cfg.users.get(principal.user) if principal.user else None
     return user.workspace if user is not None else None
 
 
-def limit_levels(org_cfg: Any, principal: Principal, model: str | None) -> list[tuple[str, Any]]:
-    """(scope, Limits) of every level whose limits apply to this request, organization
-    level first."""
-    levels: list[tuple[str, Any]] = [(Scope.ORG, org_cfg.limits)]
+def limit_scopes(
+    org_cfg: Organization, principal: Principal, model: str | None
+) -> list[tuple[str, ScopeLimits]]:
+    """(scope, Limits) of every scope whose limits apply to this request, the organization
+    first."""
+    found: list[tuple[str, ScopeLimits]] = [(Scope.ORG, org_cfg.limits)]
     if model and model in org_cfg.model_limits:
-        levels.append((Scope.model(model), org_cfg.model_limits[model]))
+        found.append((Scope.model(model), org_cfg.model_limits[model]))
     ws = user_workspace(org_cfg, principal)
     if ws and ws in org_cfg.workspaces:
-        levels.append((Scope.ws(ws), org_cfg.workspaces[ws].limits))
+        found.append((Scope.ws(ws), org_cfg.workspaces[ws].limits))
     if principal.user and principal.user in org_cfg.users:
-        levels.append((Scope.user(principal.user), org_cfg.users[principal.user].limits))
+        found.append((Scope.user(principal.user), org_cfg.users[principal.user].limits))
     if principal.key_limits is not None:
-        levels.append((Scope.key(principal.key_id), principal.key_limits))
-    return levels
+        found.append((Scope.key(principal.key_id), principal.key_limits))
+    return found
 
 
-def bucket_specs(org_cfg: Any, principal: Principal, model: str | None) -> list[BucketSpec]:
-    """Every bucket that applies to this request, organization level first."""
-    return specs_of(limit_levels(org_cfg, principal, model))
+def bucket_specs(
+    org_cfg: Organization, principal: Principal, model: str | None
+) -> list[BucketSpec]:
+    """Every bucket that applies to this request, the organization's first."""
+    return specs_of(limit_scopes(org_cfg, principal, model))
 
 
-def specs_of(levels: list[tuple[str, Any]]) -> list[BucketSpec]:
+def specs_of(scopes: list[tuple[str, ScopeLimits]]) -> list[BucketSpec]:
     """The buckets of (scope, Limits) pairs: one per limit that is set, in order."""
     specs = []
-    for scope, limits in levels:
+    for scope, limits in scopes:
         for name in KINDS:
             value = getattr(limits, name)
             if value is not None:
@@ -113,7 +121,7 @@ def specs_of(levels: list[tuple[str, Any]]) -> list[BucketSpec]:
     return specs
 
 
-def scopes(org_cfg: Any, principal: Principal) -> list[str]:
+def scopes(org_cfg: Organization, principal: Principal) -> list[str]:
     """Month-to-date spend scopes of a request."""
     out = [Scope.ORG]
     ws = user_workspace(org_cfg, principal)
@@ -156,7 +164,7 @@ class ExtraPlan:
     off: str
 
 
-def seat_plan(org_cfg: Any, principal: Principal) -> SeatPlan | None:
+def seat_plan(org_cfg: Organization, principal: Principal) -> SeatPlan | None:
     user = org_cfg.users.get(principal.user) if principal.user else None
     if user is None or user.seat is None or principal.user is None:
         return None
@@ -165,7 +173,7 @@ def seat_plan(org_cfg: Any, principal: Principal) -> SeatPlan | None:
     return SeatPlan(Fields.spend(Scope.user(u)), tier.included, Fields.included(u))
 
 
-def extra_plan(org_cfg: Any, principal: Principal) -> ExtraPlan:
+def extra_plan(org_cfg: Organization, principal: Principal) -> ExtraPlan:
     """Whether the user may go past the included usage: the run-time organization
     override "0" turns extra usage off for everyone (disabled entirely); otherwise the
     user's override, then the organization's, then the config decide."""

@@ -8,9 +8,9 @@ land on one Redis Cluster slot and every script touching them runs on one node::
 Keys that must be found before the organization is known (the key-hash index, key-id index,
 promotional identities) are global and never touched by the metering scripts.
 
-Hash field names live here too (`Scope`, `Fields`): a scope names a level of an organization
-(``org``, ``ws=W``, ``user=U``, ``key=K``, ``tier=T``, ``model=M``) and a field is a rule
-applied to a scope (``spend:user=U`` in the month hash, ``cap:ws=W`` in the overrides).
+Hash field names live here too (`Scope`, `Fields`): a scope names where a limit or cap
+applies (``org``, ``ws=W``, ``user=U``, ``key=K``, ``tier=T``, ``model=M``) and a field is
+a rule applied to a scope (``spend:user=U`` in the month hash, ``cap:ws=W`` in the overrides).
 The scripts never build a field name: they receive them in their plans.
 """
 
@@ -117,10 +117,10 @@ class Keys:
     def api_keys(self, org: str) -> str:
         return self.org(org, "keys")
 
-    def reload_lock(self, org: str) -> str:
+    def auto_reload_lock(self, org: str) -> str:
         return self.org(org, "reload")
 
-    def reload_pending(self, org: str) -> str:
+    def auto_reload_pending(self, org: str) -> str:
         """Auto-reload purchases started and not finished (`tollway.limits.autoreload`)."""
         return self.org(org, "reload_pending")
 
@@ -160,7 +160,8 @@ class Keys:
 
 # --- hash field names ------------------------------------------------------------------------
 class Scope:
-    """A level of an organization, as it appears in field names and bucket keys."""
+    """Where a limit or cap applies (the organization, a workspace, tier, user, model or
+    key), as it appears in field names and bucket keys."""
 
     ORG = "org"
 
@@ -187,8 +188,8 @@ class Scope:
     @staticmethod
     def split(scope: str) -> tuple[str, str]:
         """``"user=alice"`` → ``("user", "alice")``; ``"org"`` → ``("org", "")``."""
-        level, _, name = scope.partition("=")
-        return level, name
+        kind, _, name = scope.partition("=")
+        return kind, name
 
 
 class Fields:
@@ -206,10 +207,10 @@ class Fields:
     (``Keys.learned``): ``<kind>:<model>``.
     """
 
-    RELOAD_OFF = "reload:off"
-    RELOAD_THRESHOLD = "reload:threshold"
-    RELOAD_TARGET = "reload:target"
-    RELOADS = (RELOAD_OFF, RELOAD_THRESHOLD, RELOAD_TARGET)
+    AUTO_RELOAD_OFF = "reload:off"
+    AUTO_RELOAD_THRESHOLD = "reload:threshold"
+    AUTO_RELOAD_TARGET = "reload:target"
+    AUTO_RELOADS = (AUTO_RELOAD_OFF, AUTO_RELOAD_THRESHOLD, AUTO_RELOAD_TARGET)
 
     @staticmethod
     def spend(scope: str) -> str:

@@ -10,9 +10,9 @@ they were ~10% of the CPU of a request in the benchmark's profile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
+from tollway.config.schema import Config, Organization
 from tollway.limits import capplans, plans
 from tollway.limits.capplans import CapPlan
 from tollway.limits.plans import BucketPlan, BucketSpec, ExtraPlan, Principal, SeatPlan
@@ -93,8 +93,13 @@ class LearnPlan:
     @classmethod
     def of(cls, model: str) -> LearnPlan:
         f = Fields.learned
-        names = ("out", "out_n", "in_real", "in_est", "in_n")
-        return cls(*(f(name, model) for name in names))
+        return cls(
+            out=f("out", model),
+            out_n=f("out_n", model),
+            in_real=f("in_real", model),
+            in_est=f("in_est", model),
+            in_n=f("in_n", model),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,16 +155,16 @@ class MonthFields:
 
 
 @dataclass(frozen=True, slots=True)
-class ReloadPlan:
+class AutoReloadPlan:
     threshold: int
     target: int
 
 
 @dataclass(frozen=True, slots=True)
-class ReloadFields:
-    off: str = Fields.RELOAD_OFF
-    threshold: str = Fields.RELOAD_THRESHOLD
-    target: str = Fields.RELOAD_TARGET
+class AutoReloadFields:
+    off: str = Fields.AUTO_RELOAD_OFF
+    threshold: str = Fields.AUTO_RELOAD_THRESHOLD
+    target: str = Fields.AUTO_RELOAD_TARGET
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +179,9 @@ class SettleStatic:
     lot_prefix: str
     keep_ms: int
     dedup_ms: int
-    reload: ReloadPlan | None
-    reload_fields: ReloadFields
+    # Wire names settle.lua reads (plan.reload, plan.reload_fields): the credit auto-reload.
+    reload: AutoReloadPlan | None
+    reload_fields: AutoReloadFields
     ledger_fields: tuple[str, ...]
     caps: tuple[CapPlan, ...]
     learn: LearnPlan | None
@@ -229,12 +235,12 @@ class StaticParts:
     default_output: int
 
 
-def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> StaticParts:
+def static_parts(cfg: Config, k: Keys, principal: Principal, model: str | None) -> StaticParts:
     org = principal.org
     org_cfg = cfg.organizations.get(org)
     ws = ""
     money: MoneyPlan | None = None
-    reload: ReloadPlan | None = None
+    reload: AutoReloadPlan | None = None
     if org_cfg is None:  # gone from the config: settle what was admitted, nothing else
         specs: list[BucketSpec] = []
         scopes, seat, prepaid = [Scope.ORG], None, False
@@ -256,13 +262,13 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             budgets=tuple(capplans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
-            reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
+            reload = AutoReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
     model_scopes = [] if org_cfg is None else capplans.model_cap_scopes(org_cfg, model)
     buckets = tuple(s.plan() for s in specs)
     flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
     learn = LearnPlan.of(model) if model else None
     hp, lp = k.hold_prefix(org), k.lot_prefix(org)
-    ledger_fields = ("model", model or "", "key", principal.key_id)
+    ledger_fields: tuple[str, ...] = ("model", model or "", "key", principal.key_id)
     ledger_fields += ("user", principal.user or "", "ws", ws)
     return StaticParts(
         specs=tuple(specs),
@@ -281,7 +287,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             keep_ms=KEEP_MS,
             dedup_ms=cfg.store.settled_ttl_seconds * 1000,
             reload=reload,
-            reload_fields=ReloadFields(),
+            reload_fields=AutoReloadFields(),
             ledger_fields=ledger_fields,
             caps=money.caps if money is not None else (),
             learn=learn,
@@ -291,10 +297,12 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
     )
 
 
-def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[FlightPlan]:
+def flight_plans(
+    org_cfg: Organization, principal: Principal, model: str | None
+) -> list[FlightPlan]:
     """The max_in_flight ceilings that apply: organization, model, workspace, user, key."""
     out = []
-    for scope, limits in plans.limit_levels(org_cfg, principal, model):
+    for scope, limits in plans.limit_scopes(org_cfg, principal, model):
         ceiling = getattr(limits, "max_in_flight", None)
         if ceiling is not None:
             out.append(FlightPlan(Fields.in_flight(scope), ceiling))

@@ -1,4 +1,4 @@
-"""Seats, extra usage and monthly spend caps, seen and steered by admins: month-to-date
+"""Seats, extra usage and spend caps, seen and steered by admins: month-to-date
 spend, run-time cap and extra-usage overrides and month-end statements (limit-increase
 requests: `tollway.limits.increases`, on top of this module). The rules themselves run in
 admit.lua and settle.lua; this module reads their counters and writes the run-time
@@ -12,19 +12,21 @@ returned data an unlimited cap is ``None``. Months are ``"YYYY-MM"`` in the conf
 Run-time overrides live in the organization's ``cfg`` hash and apply to the very next
 request; they win over the YAML until cleared (``clear_cap``, ``clear_extra_usage``):
 
-    cap:org  cap:ws=W  cap:tier=T  cap:user=U   amount (micro-USD) or "unlimited"
-    extra:org  extra:user=U                      "1" | "0"
-    included:user=U  seat:user=U                 written by approving a tier move
+    cap:<scope>  cap.day:<scope>  cap.week:<scope>   amount (micro-USD) or "unlimited";
+                 scope org, ws=W, tier=T, user=U, model=PATTERN (`tollway.limits.caps`)
+    extra:org  extra:user=U                          "1" | "0"
+    included:user=U  seat:user=U                     written by approving a tier move
 
-Effective user cap, first present wins: ``cap:user=U``; the user's ``monthly_cap`` in the
-YAML; ``cap:tier=T``; the tier's ``monthly_cap``. Organization and workspace caps apply
-on top of it. Extra usage: ``extra:org = "0"`` turns it off for everyone; otherwise
-``extra:user=U``, then ``extra:org``, then the YAML decide.
+Effective user cap of a period, first present wins: the user's override; the user's cap
+in the YAML; the tier's override; the tier's cap in the YAML (`tollway.limits.capplans`).
+Organization, workspace and model caps apply on top of it. Extra usage: ``extra:org =
+"0"`` turns it off for everyone; otherwise ``extra:user=U``, then ``extra:org``, then the
+YAML decide.
 
 Errors (all `tollway.limits.errors.LimitsError`; nothing is changed when one is raised)::
 
     SpendError               a bad amount or month; an override the rules refuse
-     └── UnknownName         an organization, user, tier, workspace or level not configured
+     └── UnknownName         an organization, user, tier, workspace or scope not configured
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from zoneinfo import ZoneInfo
 
 from tollway.config.schema import Config, Organization
 from tollway.limits import seats, windows
+from tollway.limits.caps import Caps
 from tollway.limits.clock import Clock
 from tollway.limits.errors import SpendError, UnknownName
 from tollway.limits.history import history_of
@@ -46,7 +49,6 @@ from tollway.limits.statement import Statement, build_statement
 from tollway.limits.store import Store
 
 __all__ = [
-    "LEVELS",
     "UNLIMITED",
     "Spend",
     "SpendError",
@@ -54,7 +56,6 @@ __all__ = [
     "UserStatus",
 ]
 
-LEVELS = ("org", "workspace", "tier", "user")
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 
@@ -68,6 +69,7 @@ class Spend:
         self.keys = store.keys
         self.clock = clock
         self.config = config
+        self.cap_overrides = Caps(store, config)
 
     # --- helpers -------------------------------------------------------------------------
     def organization(self, org: str) -> Organization:
@@ -103,7 +105,7 @@ class Spend:
 
     # --- month to date -------------------------------------------------------------------
     async def month_to_date(self, org: str, month: str | None = None) -> dict[str, Any]:
-        """Spend of `month` (default: this month) at every level::
+        """Spend of `month` (default: this month) at every scope::
 
             {"org", "month", "timezone", "period_start_ms", "period_end_ms",
              "organization": {"spend", "included", "extra"},
@@ -120,9 +122,9 @@ class Spend:
         groups: dict[str, dict[str, dict[str, int]]] = {"ws": {}, "user": {}, "key": {}}
         for f in h:
             kind, scope = Fields.split(f)
-            level, name = Scope.split(scope)
-            if kind in ("spend", "extra") and level in groups:
-                groups[level][name] = self._line(h, scope)
+            where, name = Scope.split(scope)
+            if kind in ("spend", "extra") and where in groups:
+                groups[where][name] = self._line(h, scope)
         return {
             "org": org,
             "month": month,
@@ -152,63 +154,28 @@ class Spend:
         spend, extra = h.get(Fields.spend(scope), 0), h.get(Fields.extra(scope), 0)
         return {"spend": spend, "included": spend - extra, "extra": extra}
 
-    # --- caps ----------------------------------------------------------------------------
-    def _cap_field(self, org: str, level: str, name: str | None) -> str:
-        org_cfg = self.organization(org)
-        if level == "org":
-            return Fields.cap(Scope.ORG)
-        known = {"workspace": org_cfg.workspaces, "tier": org_cfg.seat_tiers, "user": org_cfg.users}
-        if level not in known:
-            raise UnknownName(f"unknown cap level {level!r} (one of: {', '.join(LEVELS)})")
-        if name not in known[level]:
-            names = ", ".join(sorted(known[level])) or "none defined"
-            raise UnknownName(f"unknown {level} {name!r} in {org!r} (known: {names})")
-        scope = {"workspace": Scope.ws, "tier": Scope.tier, "user": Scope.user}[level]
-        return Fields.cap(scope(str(name)))
+    # --- caps (`tollway.limits.caps`) -----------------------------------------------------
+    async def set_cap(
+        self, org: str, scope: str, name: str | None, amount: int | str, period: str = "month"
+    ) -> None:
+        """Override a cap on extra usage: `scope` org (name None), workspace, tier, user or
+        model (a name or pattern); `period` month, day or week; `amount` micro-USD or
+        "unlimited". Applies to the very next request."""
+        await self.cap_overrides.set(org, scope, name, amount, period)
 
-    async def set_cap(self, org: str, level: str, name: str | None, amount: int | str) -> None:
-        """Override a monthly cap on extra usage: `level` org (name None), workspace, tier
-        or user; `amount` micro-USD or "unlimited". Applies to the very next request."""
-        field, value = self._cap_field(org, level, name), seats.override_amount(amount)
-        client = self.store.client
-        await self.store.call("spend_cap", client.hset, self.keys.overrides(org), field, value)
-
-    async def clear_cap(self, org: str, level: str, name: str | None = None) -> bool:
+    async def clear_cap(
+        self, org: str, scope: str, name: str | None = None, period: str = "month"
+    ) -> bool:
         """Drop a cap override (the YAML applies again); False if there was none."""
-        field = self._cap_field(org, level, name)
-        client = self.store.client
-        return bool(
-            await self.store.call("spend_cap", client.hdel, self.keys.overrides(org), field)
-        )
+        return await self.cap_overrides.clear(org, scope, name, period)
 
     async def caps(self, org: str) -> dict[str, Any]:
-        """Every cap of the organization in force now: ``{"organization": {...},
-        "workspaces": {W: {...}}, "tiers": {T: {...}}, "users": {U: {...}}}``, each
-        ``{"cap": micro-USD or None (unlimited), "source": ...}`` where source is
-        "override", "config", or for users the label of what set it."""
-        org_cfg = self.organization(org)
-        ov = await self.overrides(org)
-
-        def level(field: str, configured: int | None) -> dict[str, Any]:
-            if field in ov:
-                return {"cap": seats.cap_value(ov[field]), "source": "override"}
-            return {"cap": configured, "source": "config"}
-
-        return {
-            "organization": level(Fields.cap(Scope.ORG), org_cfg.spend_caps.monthly),
-            "workspaces": {
-                w: level(Fields.cap(Scope.ws(w)), c.spend_caps.monthly)
-                for w, c in sorted(org_cfg.workspaces.items())
-            },
-            "tiers": {
-                t: level(Fields.cap(Scope.tier(t)), c.monthly_cap)
-                for t, c in sorted(org_cfg.seat_tiers.items())
-            },
-            "users": {
-                u: dict(zip(("cap", "source"), seats.user_cap(org_cfg, org, u, ov), strict=True))
-                for u in sorted(org_cfg.users)
-            },
-        }
+        """Every cap of the organization in force now (`Caps.in_force`): ``{"organization":
+        {...}, "workspaces": {W: {...}}, "tiers": {T: {...}}, "users": {U: {...}},
+        "models": {PATTERN: {...}}}``, each the monthly ``{"cap": micro-USD or None
+        (unlimited), "source": ...}`` with ``"daily"`` and ``"weekly"`` ones beside it;
+        source is "override", "config", or for users the label of what set it."""
+        return await self.cap_overrides.in_force(org)
 
     # --- extra usage ---------------------------------------------------------------------
     def _extra_field(self, org: str, user: str | None) -> str:

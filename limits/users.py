@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from tollway.config.schema import Organization
 from tollway.limits.errors import LimitsError
+from tollway.limits.flights import Flights
 from tollway.limits.store import Store
 
 MAX_AGE = 1.0  # seconds a process trusts the run-time users it read
@@ -77,20 +78,32 @@ class RuntimeUsers:
         self._entries: dict[str, dict[str, dict[str, Any]]] = {}
         self._patterns: dict[str, frozenset[str]] = {}
         self._read: dict[str, float] = {}
+        self._reads = Flights()  # concurrent re-reads of one organization share one
+        self._started = 0  # reads started (a fresh one may overtake an older one)
+        self._applied: dict[str, int] = {}  # org -> the latest read whose answer is kept
 
     async def entries(self, org: str, *, fresh: bool = False) -> dict[str, dict[str, Any]]:
-        """user -> run-time entry of `org`; re-read when older than `max_age` (or `fresh`)."""
+        """user -> run-time entry of `org`; re-read when older than `max_age` (or `fresh`:
+        a read that starts now, after a write). Concurrent re-reads share one."""
         if fresh or time.monotonic() - self._read.get(org, -1e9) >= self.max_age:
-            pipe = self.store.client.pipeline(transaction=False)
-            pipe.hgetall(self.store.keys.users(org))
-            pipe.smembers(self.store.keys.model_caps(org))
-            raw, patterns = await self.store.call("users_read", pipe.execute)
-            self._entries[org] = {user: orjson.loads(value) for user, value in raw.items()}
-            self._patterns[org] = frozenset(patterns)
-            self._read[org] = time.monotonic()
-            if self.on_read is not None:
-                self.on_read(org, self._entries[org], self._patterns[org])
+            await self._reads.run(org, lambda: self._reread(org), new=fresh)
         return self._entries[org]
+
+    async def _reread(self, org: str) -> None:
+        self._started += 1
+        order = self._started
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.hgetall(self.store.keys.users(org))
+        pipe.smembers(self.store.keys.model_caps(org))
+        raw, patterns = await self.store.call("users_read", pipe.execute)
+        if order < self._applied.get(org, 0):
+            return  # a read started later (after a write) answered first: it stands
+        self._applied[org] = order
+        self._entries[org] = {user: orjson.loads(value) for user, value in raw.items()}
+        self._patterns[org] = frozenset(patterns)
+        self._read[org] = time.monotonic()
+        if self.on_read is not None:
+            self.on_read(org, self._entries[org], self._patterns[org])
 
     async def model_cap_patterns(self, org: str, *, fresh: bool = False) -> frozenset[str]:
         """The model names and patterns of `org` given a cap at run time (read with the

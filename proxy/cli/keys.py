@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from tollway.config.overlay import with_users
+from tollway.config.schema import Config
 from tollway.limits.apikeys import (
     DEFAULT_OVERLAP_MS,
     LIMITS,
@@ -29,6 +30,7 @@ from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
 from tollway.limits.keysettings import CLEAR_WORDS, SETTINGS, SettingError, record_fields
 from tollway.limits.money import format_usd
+from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.limits.windows import PERIODS
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
@@ -199,7 +201,7 @@ def _print_secret(record: KeyRecord, secret: str, fmt: str) -> None:
 
 
 def create(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
         entries = await RuntimeUsers(store).entries(args.org)
@@ -225,7 +227,7 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
@@ -240,7 +242,7 @@ def list_(args: Any) -> int:
 
 
 def show(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         try:
             record = await ApiKeys(store).get(args.key_id)
         except UnknownKey:
@@ -267,7 +269,7 @@ def set_(args: Any) -> int:
     except ValueError as e:
         return _fail(str(e), EXIT_USAGE)
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         try:
             record = await ApiKeys(store).update(args.key_id, fields)
         except UnknownKey as e:
@@ -280,7 +282,7 @@ def set_(args: Any) -> int:
 
 
 def revoke(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         try:
             record = await ApiKeys(store).revoke(args.key_id)
         except UnknownKey:
@@ -300,7 +302,7 @@ def rotate(args: Any) -> int:
     except ValueError as e:
         return _fail(f"--overlap: {e}", EXIT_USAGE)
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         try:
             record, secret = await ApiKeys(store).rotate(
                 args.key_id, SystemClock().now_ms(), overlap

@@ -24,6 +24,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+from tollway.config.reload import ConfigSource
+from tollway.config.settings import Alerts as AlertSettings
 from tollway.limits.alerts import Alert, Alerts
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
@@ -39,7 +41,7 @@ log = logging.getLogger("tollway.alerts")
 class AlertSender:
     def __init__(
         self,
-        holder: Any,
+        holder: ConfigSource,
         store: Store,
         clock: Clock,
         session: aiohttp.ClientSession,
@@ -93,7 +95,7 @@ class AlertSender:
         for alert in found:
             await self.deliver(alert, settings)
 
-    async def deliver(self, alert: Alert, settings: Any) -> bool:
+    async def deliver(self, alert: Alert, settings: AlertSettings) -> bool:
         """POST one alert, retried with back-off; True once delivered."""
         ident = f"{alert.org}:{alert.period}:{alert.kind}:{alert.subject}:{alert.threshold}"
         doc = {"type": "threshold", **alert.to_dict(), "id": ident}

@@ -56,7 +56,7 @@ COUNTER = web.AppKey("counter", TokenCounter)
 DATA_DIR = web.AppKey("data_dir", Path)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
-RELOADER = web.AppKey("reloader", AutoReloader)
+AUTO_RELOADER = web.AppKey("auto_reloader", AutoReloader)
 ALERTS = web.AppKey("alerts", AlertSender)
 SHIPPING = web.AppKey("shipping", ShippingTask)
 ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
@@ -183,13 +183,13 @@ async def _alerts(app: web.Application) -> AsyncIterator[None]:
 async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     """Auto-reload purchases, started by settlements; stopped before the store closes."""
     client = app[HANDLER].client
-    reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], client)
-    app[RELOADER] = reloader
-    app[PAYMENTS] = reloader.provider  # the console's purchases pay through the same seam
-    app[SETTLER].on_settled.append(reloader.on_settled)
-    reloader.start_reconciling()  # purchases a dead process left unfinished
+    auto_reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], client)
+    app[AUTO_RELOADER] = auto_reloader
+    app[PAYMENTS] = auto_reloader.provider  # the console's purchases pay through the same seam
+    app[SETTLER].on_settled.append(auto_reloader.on_settled)
+    auto_reloader.start_reconciling()  # purchases a dead process left unfinished
     yield
-    await reloader.stop()
+    await auto_reloader.stop()
 
 
 async def _revocations(app: web.Application) -> AsyncIterator[None]:

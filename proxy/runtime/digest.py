@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 from aiohttp import web
+from tollway.config.reload import ConfigSource
 from tollway.limits.clock import Clock
 from tollway.limits.errors import LimitsError
 from tollway.limits.increases import LimitIncreases, PendingRequest
@@ -94,7 +95,11 @@ class Digest:
     """Posts the day's digests; `run_once` is one check (the task calls it periodically)."""
 
     def __init__(
-        self, holder: Any, increases: LimitIncreases, clock: Clock, client: aiohttp.ClientSession
+        self,
+        holder: ConfigSource,
+        increases: LimitIncreases,
+        clock: Clock,
+        client: aiohttp.ClientSession,
     ):
         self.holder = holder
         self.increases = increases
@@ -146,7 +151,10 @@ class Digest:
 
 
 def lifecycle(
-    holder: Any, increases: LimitIncreases, clock: Clock, poll_seconds: float = POLL_SECONDS
+    holder: ConfigSource,
+    increases: LimitIncreases,
+    clock: Clock,
+    poll_seconds: float = POLL_SECONDS,
 ):
     """A cleanup context running the digest task for the app's lifetime."""
 

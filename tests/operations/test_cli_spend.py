@@ -128,13 +128,14 @@ def test_caps_set_clear_and_show_apply_to_the_next_request(setup):
     assert rows[("tier", "standard")] == {
         "level": "tier",
         "name": "standard",
+        "period": "month",
         "cap": {"usd": "unlimited", "micro": None},
         "source": "override",
     }
     assert rows[("organization", "-")]["cap"] == {"usd": "1.00", "micro": 1_000_000}
     assert rows[("user", "bob")]["source"] == "seat tier 'standard'"
     table = run.ok("caps", "show", "--org", "acme").splitlines()
-    assert table[0].split() == ["LEVEL", "NAME", "CAP", "SOURCE"]
+    assert table[0].split() == ["LEVEL", "NAME", "PERIOD", "CAP", "SOURCE"]
     run.ok("caps", "set", "--org", "acme", "--org-wide", "--amount", "0")
     stack.wait_settled()
     with pytest.raises(openai.RateLimitError, match="organization monthly"):
@@ -142,7 +143,7 @@ def test_caps_set_clear_and_show_apply_to_the_next_request(setup):
     run.ok("caps", "clear", "--org", "acme", "--org-wide")
     run.ok("caps", "clear", "--org", "acme", "--tier", "standard")
     out = run.ok("caps", "clear", "--org", "acme", "--workspace", "eng")
-    assert out == "acme: cap of workspace eng had no run-time override\n"
+    assert out == "acme: monthly cap of workspace eng had no run-time override\n"
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ async def test_a_model_pattern_given_a_cap_at_run_time_joins_the_config(world, s
         (("workspace", "nope", 1), UnknownName, "unknown workspace 'nope'"),
         (("tier", "gold", 1), UnknownName, "unknown tier 'gold'"),
         (("user", "zoe", 1), UnknownName, "unknown user 'zoe'"),
-        (("galaxy", "x", 1), UnknownName, "unknown cap level 'galaxy'"),
+        (("galaxy", "x", 1), UnknownName, "unknown cap scope 'galaxy'"),
         (("model", "gpt 4o", 1), SpendError, "whitespace"),
         (("model", "a|b", 1), SpendError, "must not contain"),
         (("model", "x" * 201, 1), SpendError, "at most 200"),
