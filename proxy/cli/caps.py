@@ -53,7 +53,7 @@ def _common(p: Any, show: bool = False) -> None:
     p.add_argument("--org", required=True, help="organization (from the config)")
     p.add_argument("--config", help=CONFIG_HELP)
     if show:
-        p.add_argument("--format", choices=("table", "json"), default="table")
+        p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     else:
         p.add_argument(
             "--period",
