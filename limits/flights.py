@@ -27,7 +27,10 @@ class Flights:
         runs. `new`: start a read of its own (one that must begin after this call, e.g.
         after a write); later callers then share that one."""
         task = None if new else self._running.get(key)
-        if task is None:
+        # Only a read still running on this loop is joined: a process can drive one
+        # store from several loops one after another (the CLI, tests), and a loop that
+        # stopped never runs the callback that forgets its read.
+        if task is None or task.done() or task.get_loop() is not asyncio.get_running_loop():
             task = asyncio.ensure_future(read())
             self._running[key] = task
             task.add_done_callback(lambda t: self._done(key, t))
