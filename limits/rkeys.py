@@ -193,6 +193,9 @@ class Fields:
     over the YAML): ``cap:<scope>`` (a monthly cap, micro-USD or "unlimited"; scopes org,
     ws=W, tier=T, user=U), ``extra:<scope>`` (extra usage switch "1"/"0"; org or user=U),
     ``included:user=U`` and ``seat:user=U`` (a tier move), ``reload:*`` (auto-reload).
+    Day and week hashes (``Keys.period``): the month hash's ``extra:<scope>`` of the scopes
+    that can carry a cap and ``spend:key=K`` (what daily and weekly caps and budgets read:
+    ``scriptplans.window_fields``).
     Held hash (``Keys.held``): the month fields above, held by requests in flight, and
     ``flight:<scope>`` counts. Learned hash (``Keys.learned``): ``<kind>:<model>``.
     """
