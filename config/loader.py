@@ -248,7 +248,7 @@ class _Document:
     def _data_path(self, loc: tuple[Any, ...]) -> KeyPath:
         """Keep the parts of a pydantic ``loc`` that name keys or items of the data
         (validator and union tags are dropped); the last part may name a missing key."""
-        node, path = self.data, []
+        node, path = self.data, list[str | int]()
         for i, part in enumerate(loc):
             if isinstance(node, dict) and isinstance(part, str) and part != "[key]":
                 if part in node or i == len(loc) - 1:

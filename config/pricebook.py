@@ -9,19 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tollway.config.pricing import Price, PriceInForce
 
 _WILDCARDS = frozenset("*?[")
 
 
-def in_force(price: Any, at_ms: int) -> Any | None:
+def in_force(price: Price, at_ms: int) -> PriceInForce | None:
     """The version of `price` in force at `at_ms`: its latest change whose ``since`` is
     at or before it, else the price itself unless it starts later (None: not yet)."""
-    for change in reversed(getattr(price, "changes", ())):
+    for change in reversed(price.changes):
         if change.since <= at_ms:
             return change
-    since = getattr(price, "since", None)
-    return price if since is None or since <= at_ms else None
+    return price if price.since is None or price.since <= at_ms else None
 
 
 def _specificity(pattern: str) -> int:
@@ -33,7 +35,7 @@ class PriceBook:
     literal characters first; a tie goes to the one written first). Built once per
     config; lookups of a name are cached."""
 
-    def __init__(self, prices: Mapping[str, Any], aliases: Mapping[str, str]) -> None:
+    def __init__(self, prices: Mapping[str, Price], aliases: Mapping[str, str]) -> None:
         self._prices = prices
         self._exact = {name: p for name, p in prices.items() if not _WILDCARDS & set(name)}
         self._aliases = aliases
@@ -59,7 +61,7 @@ class PriceBook:
         self._cache[model] = found
         return found
 
-    def find(self, model: str, at_ms: int) -> Any | None:
+    def find(self, model: str, at_ms: int) -> PriceInForce | None:
         """The price of `model` in force at `at_ms` (None: the model has no price then)."""
         name = self.entry_name(model)
         return None if name is None else in_force(self._prices[name], at_ms)

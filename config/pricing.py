@@ -191,6 +191,11 @@ class Price(TierPrice):
         return [((), self), *((("changes", i), c) for i, c in enumerate(self.changes))]
 
 
+# A price book entry as in force at an instant (`PriceBook.find`): the entry or one of
+# its changes.
+PriceInForce = Price | PriceChange
+
+
 PriceAliases = ModelMap[ModelName]
 
 

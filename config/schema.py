@@ -35,6 +35,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonDict
 from tollway.config.clients import ClientRule, with_built_ins
 from tollway.config.money import format_usd
 from tollway.config.pricebook import PriceBook
@@ -147,6 +148,10 @@ class SpendCaps(FrozenModel):
     weekly: Cap = None
     """Cap on extra usage per calendar week (Monday to Sunday) of server.timezone."""
 
+    def of(self, period: str) -> int | None:
+        """The cap of `period` (month | day | week); None: none."""
+        return {"month": self.monthly, "day": self.daily, "week": self.weekly}[period]
+
 
 class ExtraUsage(FrozenModel):
     enabled: StrictBool = False
@@ -154,11 +159,24 @@ class ExtraUsage(FrozenModel):
     """null: every user when enabled; a list: only these users of the organization."""
 
 
+# A seat tier's or a user's cap of each period (month | day | week), by field name.
+CAP_FIELDS = {"month": "monthly_cap", "day": "daily_cap", "week": "weekly_cap"}
+
+
 class SeatTier(FrozenModel):
     included: Money = 0
     """Usage included per user per month."""
     monthly_cap: Cap = None
     """Extra-usage cap of each user of the tier; null or "unlimited": no cap."""
+    daily_cap: Cap = None
+    """Extra-usage cap of each user of the tier per calendar day of server.timezone."""
+    weekly_cap: Cap = None
+    """Extra-usage cap of each user of the tier per calendar week (Monday first)."""
+
+    def cap_of(self, period: str) -> int | None:
+        """The tier's cap of `period` (month | day | week); None: none."""
+        cap: int | None = getattr(self, CAP_FIELDS[period])
+        return cap
 
 
 class Workspace(FrozenModel):
@@ -169,19 +187,38 @@ class Workspace(FrozenModel):
 CapMode = Literal["inherit", "unlimited", "amount"]
 
 
+def _no_default(schema: JsonDict) -> None:
+    """The JSON schema states no default: an absent cap (inherit) is not a null one."""
+    schema.pop("default")
+
+
 class User(FrozenModel):
     seat: Name | None = None
     """A seat tier of the organization."""
     workspace: Name | None = None
     limits: Limits = Limits()
-    monthly_cap: Cap = Field(None, json_schema_extra=lambda schema: schema.pop("default"))
+    monthly_cap: Cap = Field(None, json_schema_extra=_no_default)
     """Absent: the tier's cap; null or "unlimited": no cap of the user's own; an amount."""
+    daily_cap: Cap = Field(None, json_schema_extra=_no_default)
+    """Per calendar day of server.timezone; absent: the tier's, as monthly_cap."""
+    weekly_cap: Cap = Field(None, json_schema_extra=_no_default)
+    """Per calendar week (Monday first); absent: the tier's, as monthly_cap."""
 
     @property
     def cap_mode(self) -> CapMode:
-        if "monthly_cap" not in self.model_fields_set:
+        return self.cap_mode_of("month")
+
+    def cap_mode_of(self, period: str) -> CapMode:
+        """Whether the user's own cap of `period` (month | day | week) is absent (the
+        tier's applies), unlimited, or an amount."""
+        name = CAP_FIELDS[period]
+        if name not in self.model_fields_set:
             return "inherit"
-        return "unlimited" if self.monthly_cap is None else "amount"
+        return "unlimited" if getattr(self, name) is None else "amount"
+
+    def cap_of(self, period: str) -> int | None:
+        cap: int | None = getattr(self, CAP_FIELDS[period])
+        return cap
 
 
 def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:

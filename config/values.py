@@ -93,10 +93,11 @@ FrozenMap = Annotated[
 
 # Model names may contain ':' (fine-tuned "ft:gpt-4o-mini:org::id", Bedrock "...-v1:0"):
 # they never sit inside a key's {org} hash tag, and report fields split on '|'.
+check_model_name = _name_check("model name", "{}|")
 ModelName = Annotated[
     str,
     Strict(),
-    AfterValidator(_name_check("model name", "{}|")),
+    AfterValidator(check_model_name),
     WithJsonSchema({"type": "string", "pattern": r"^[^{}|\s\x00-\x1f\x7f]+$"}),
 ]
 ModelMap = Annotated[
@@ -195,7 +196,8 @@ def fail(title: str, *errors: tuple[tuple[str | int, ...], str, Any]) -> NoRetur
 
 def environment(info: ValidationInfo) -> Mapping[str, str]:
     context = info.context or {}
-    return context.get("env") if context.get("env") is not None else os.environ
+    env: Mapping[str, str] | None = context.get("env")
+    return os.environ if env is None else env
 
 
 def resolve_secret(info: ValidationInfo, title: str, key: str, name: str) -> SecretStr:

@@ -4,11 +4,12 @@ threshold; each announced once per threshold and period, by one replica.
 
 `Alerts.check` runs after a settlement (outside the request's answer): one pipelined read
 of the month's spend and the run-time overrides, then the caps that apply to the request
-exactly as admission sees them (`plans.cap_plans`, `plans.seat_plan`: the first override
-present wins). For each threshold crossed it claims ``tw:{org}:alert:<period>:<what>:<t>``
-with SET NX (kept ~40 days): only the process that wins the claim reports it, so every
-threshold is announced once per period whatever the number of replicas. A process
-remembers the claims it saw taken and does not ask again.
+exactly as admission sees them (`capplans.cap_plans` and `model_cap_plans`: daily, weekly
+and monthly caps at every level and the caps of the model's patterns; `plans.seat_plan`;
+the first override present wins). For each threshold crossed it claims
+``tw:{org}:alert:<period>:<what>:<t>`` with SET NX (kept ~40 days): only the process that
+wins the claim reports it, so every threshold is announced once per period whatever the
+number of replicas. A process remembers the claims it saw taken and does not ask again.
 
 What is returned is plain data (`Alert`); `tollway.proxy.runtime.alerts` delivers it.
 """
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tollway.config.schema import Organization
-from tollway.limits import plans
+from tollway.limits import capplans, plans
 from tollway.limits.plans import Principal
 from tollway.limits.seats import UNLIMITED
 from tollway.limits.store import Store
@@ -67,13 +68,15 @@ class Alerts:
         thresholds: Sequence[int],
         low_balance: int | None = None,
         available: int | None = None,
+        model: str | None = None,
     ) -> list[Alert]:
-        """The alerts this settlement of `principal` triggers (claimed: each is returned
-        by one call, on one replica, once per period)."""
+        """The alerts this settlement of `principal` on `model` triggers (claimed: each is
+        returned by one call, on one replica, once per period)."""
         org = principal.org
         k, client = self.store.keys, self.store.client
-        caps = [("cap", c) for c in plans.cap_plans(org_cfg, principal)]
-        caps += [("budget", c) for c in plans.budget_plans(principal)]
+        caps = [("cap", c) for c in capplans.cap_plans(org_cfg, principal)]
+        caps += [("cap", c) for c in capplans.model_cap_plans(org_cfg, model)]
+        caps += [("budget", c) for c in capplans.budget_plans(principal)]
         seat = plans.seat_plan(org_cfg, principal)
         labels = {"month": month, "day": win.day, "week": win.week}
         hashes = {

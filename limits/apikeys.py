@@ -11,10 +11,12 @@ an operator changes on a key (a rotation's overlap ending, say) reaches every re
 within a second.
 
 What an operator sets on a key (`KeySettings`): a name, an expiry, a model allow-list of
-patterns, tags. Expiry and a rotated secret's end of overlap are instants checked against
-the injected clock on every request, cached or not: an expired key is refused exactly on
-time. Rotation gives the key a new secret; the old one keeps working until the overlap
-window ends (the record holds ``old:<digest>`` → end of overlap).
+patterns, tags, its own limits and budgets; `update` changes them later (`keys set`),
+in force on every replica within `MAX_AGE`. Expiry and a rotated secret's end of overlap
+are instants checked against the injected clock on every request, cached or not: an
+expired key is refused exactly on time. Rotation gives the key a new secret; the old one
+keeps working until the overlap window ends (the record holds ``old:<digest>`` → end of
+overlap).
 
 Keys are 256-bit random secrets, so a fast digest is the right hash (a slow password
 hash protects low-entropy secrets; these have none to protect).
@@ -22,13 +24,16 @@ hash protects low-entropy secrets; these have none to protect).
 
 from __future__ import annotations
 
+import builtins
 import secrets
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import replace
 
 from tollway.limits.clock import Clock, SystemClock
 from tollway.limits.errors import ExpiredKey, UnknownKey
+from tollway.limits.flights import Flights
 from tollway.limits.keyrecord import (
     LIMITS,
     OLD,
@@ -77,6 +82,7 @@ class ApiKeys:
         # Key ids revoked, as last polled (`poll_revocations`), and when that poll ran (ms).
         self.revoked: set[str] = set()
         self._polled_ms = 0
+        self._reads = Flights()  # concurrent misses of one secret share one read
 
     async def create(
         self,
@@ -96,24 +102,13 @@ class ApiKeys:
             "org": org,
             "ws": workspace or "",
             "user": user or "",
-            "name": s.name or name,
             "created": str(now_ms),
             "revoked": "0",
             "hint": secret[:7] + "…",
-            "expires": "" if s.expires_ms is None else str(s.expires_ms),
-            "models": ",".join(s.models),
-            "tags": ",".join(s.tags),
             "secret": digest(secret),
+            **s.fields(),
+            "name": s.name or name,
         }
-        for limit in LIMITS:
-            value = getattr(s.limits, limit) if s.limits is not None else None
-            if value is not None:
-                record[limit] = str(value)
-        if s.limits is not None and s.limits.budget is not None:
-            record["budget"] = str(s.limits.budget)
-            record["budget_period"] = s.limits.budget_period
-        if s.limits is not None and s.limits.session_budget is not None:
-            record["session_budget"] = str(s.limits.session_budget)
         k = self.keys
         client = self.store.client
         # The record first, the indexes after: a key is usable only once all three exist.
@@ -122,6 +117,23 @@ class ApiKeys:
         await self.store.call("key_create", client.set, k.key_id(key_id), org)
         await self.store.call("key_create", client.set, k.key_hash(digest(secret)), key_id)
         return KeyRecord.from_hash(record), secret
+
+    async def update(self, key_id: str, fields: Mapping[str, str]) -> KeyRecord:
+        """Change a key's settings: `fields` are record hash fields as
+        `keysettings.record_fields` makes them ("" clears one). Every proxy reads the change
+        within `MAX_AGE` (this process at once). `UnknownKey` for a revoked key."""
+        record = await self.get(key_id)
+        if record.revoked:
+            raise UnknownKey(f"key {key_id!r} is revoked: create a new key instead")
+        if fields:
+            await self.store.call(
+                "key_update",
+                self.store.client.hset,
+                self.keys.api_key(record.org, key_id),
+                mapping=dict(fields),
+            )
+        self._forget_key(key_id)
+        return await self.get(key_id)
 
     async def list(self, org: str) -> list[KeyRecord]:
         client = self.store.client
@@ -182,7 +194,8 @@ class ApiKeys:
         self._forget_key(key_id)
         return replace(record, revoked=True)
 
-    async def revoke_user(self, org: str, user: str) -> list[str]:
+    # `builtins.list`: in this class body `list` names the method above.
+    async def revoke_user(self, org: str, user: str) -> builtins.list[str]:
         """Revoke every live key of a user (removed from the organization): their ids."""
         ids = [r.key_id for r in await self.list(org) if r.user == user and not r.revoked]
         for key_id in ids:
@@ -234,13 +247,19 @@ class ApiKeys:
     async def _record(self, secret: str, max_age: float) -> KeyRecord:
         d = digest(secret)
         hit = self._cache.get(d)
-        now = time.monotonic()
-        if hit is not None and now - hit[1] < max_age:
+        if hit is not None and time.monotonic() - hit[1] < max_age:
             if hit[0].key_id in self.revoked:
                 self._cache.pop(d, None)
                 raise UnknownKey("revoked key")
             self._cache.move_to_end(d)
             return hit[0]
+        # A read already in flight started after this cache entry went stale: its answer
+        # is younger than `max_age` when it arrives.
+        return await self._reads.run(d, lambda: self._read(d))
+
+    async def _read(self, d: str) -> KeyRecord:
+        """Read the record of digest `d` from the store into the cache."""
+        now = time.monotonic()
         client = self.store.client
         key_id = await self.store.call("key_resolve", client.get, self.keys.key_hash(d))
         if not key_id:

@@ -1,7 +1,7 @@
 """The credit auto-reload workflow: one purchase at a time per organization, written down
 before the payment is attempted, and finished after a crash.
 
-`ReloadWorkflow.reload(org, ...)` runs one purchase to its end:
+`AutoReloadWorkflow.purchase(org, ...)` runs one purchase to its end:
 
 1. Never two in flight: a Redis lock (``SET NX PX`` on ``Keys.reload_lock``) shared by
    every proxy replica. A caller that finds it taken does nothing: the holder is buying.
@@ -14,10 +14,11 @@ before the payment is attempted, and finished after a crash.
 4. The payment is attempted up to `max_attempts` times with exponential back-off
    (`base_delay`, doubled each time), always with the same idempotency key. Each failure
    is a ``reload_failed`` ledger event; a failure never creates credit. A success adds
-   the purchased lot under the fixed lot id (source ``reload``, reference = payment id).
+   the purchased lot under the fixed lot id (source ``reload``, the stored name of an
+   auto-reload; reference = payment id).
    Either way the pending entry is then removed.
 
-`ReloadWorkflow.reconcile(org, provider)` finishes the purchases a process left pending
+`AutoReloadWorkflow.reconcile(org, provider)` finishes the purchases a process left pending
 (it died between steps 3 and 4's end), each under the lock, once the lock it ran under
 has expired: a lot already added → only the entry is removed; otherwise the provider is
 asked again with the same idempotency key (a provider that honours it returns the
@@ -25,7 +26,7 @@ payment made earlier instead of charging twice, or makes the one that was decide
 a success is credited. Run it on start and periodically.
 
 Outcomes (`observe(org, outcome)`): ``paid``, ``failed`` (one per failed attempt),
-``reconciled`` (a pending purchase credited after the fact). Return values of `reload`:
+``reconciled`` (a pending purchase credited after the fact). Return values of `purchase`:
 paid, failed, busy (another one holds the lock), not_needed.
 """
 
@@ -39,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from tollway.config.schema import AutoReload
 from tollway.limits.clock import Clock
 from tollway.limits.credits import CreditError, Credits, new_lot_id
 from tollway.limits.errors import StoreUnavailable
@@ -50,7 +52,7 @@ log = logging.getLogger("tollway.autoreload")
 Observer = Callable[[str, str], None]
 
 
-class ReloadWorkflow:
+class AutoReloadWorkflow:
     def __init__(
         self,
         store: Store,
@@ -78,8 +80,8 @@ class ReloadWorkflow:
         return int((self.payment_timeout + longest_delay + 30) * 1000)
 
     async def _lock(self, org: str) -> str | None:
-        """Take the organization's reload lock: its token, or None when it is held."""
-        lock = self.store.keys.reload_lock(org)
+        """Take the organization's auto-reload lock: its token, or None when it is held."""
+        lock = self.store.keys.auto_reload_lock(org)
         token = f"rl_{org}_{self.clock.now_ms()}_{secrets.token_hex(6)}"
         client = self.store.client
         taken = await self.store.call(
@@ -90,18 +92,20 @@ class ReloadWorkflow:
     async def _unlock(self, org: str, token: str) -> None:
         with contextlib.suppress(Exception):  # it expires on its own
             await self.store.run(
-                "reload_lock", [self.store.keys.reload_lock(org)], [token, "release", 0]
+                "reload_lock", [self.store.keys.auto_reload_lock(org)], [token, "release", 0]
             )
 
     # --- one purchase -------------------------------------------------------------------
-    async def reload(self, org: str, configured: Any, provider: PaymentProvider) -> str:
+    async def purchase(
+        self, org: str, configured: AutoReload | None, provider: PaymentProvider
+    ) -> str:
         """Run one reload of `org` to its end (`configured`: the config's
         ``billing.auto_reload`` or None); see the module docstring."""
         token = await self._lock(org)
         if token is None:
             return "busy"
         try:
-            settings = await self.credits.reload_settings(org, configured)
+            settings = await self.credits.auto_reload_settings(org, configured)
             balance = await self.credits.balance(org)
             if settings is None or balance.available >= settings.threshold:
                 return "not_needed"
@@ -123,7 +127,7 @@ class ReloadWorkflow:
         await self.store.call(
             "reload_pending",
             client.hset,
-            self.store.keys.reload_pending(org),
+            self.store.keys.auto_reload_pending(org),
             pending["key"],
             orjson.dumps(pending),
         )
@@ -133,7 +137,7 @@ class ReloadWorkflow:
     async def _attempts(
         self, org: str, provider: PaymentProvider, pending: dict[str, Any], token: str
     ) -> str:
-        lock, key, amount = self.store.keys.reload_lock(org), pending["key"], pending["amount"]
+        lock, key, amount = self.store.keys.auto_reload_lock(org), pending["key"], pending["amount"]
         for attempt in range(1, self.max_attempts + 1):
             if attempt > 1:
                 await self.sleep(self.base_delay * 2 ** (attempt - 2))
@@ -191,7 +195,7 @@ class ReloadWorkflow:
     async def _done(self, org: str, key: str) -> None:
         client = self.store.client
         await self.store.call(
-            "reload_pending", client.hdel, self.store.keys.reload_pending(org), key
+            "reload_pending", client.hdel, self.store.keys.auto_reload_pending(org), key
         )
 
     async def _charge(
@@ -207,14 +211,14 @@ class ReloadWorkflow:
         """The organization's unfinished purchases, oldest first."""
         client = self.store.client
         raw = await self.store.call(
-            "reload_pending", client.hvals, self.store.keys.reload_pending(org)
+            "reload_pending", client.hvals, self.store.keys.auto_reload_pending(org)
         )
         return sorted((orjson.loads(v) for v in raw), key=lambda p: p["started"])
 
     async def reconcile(self, org: str, provider: PaymentProvider) -> int:
         """Finish the purchases of `org` a process left pending (module docstring); the
         number credited now. An entry younger than the lock's lifetime may belong to a
-        reload still running elsewhere: it is left for a later pass."""
+        auto-reload still running elsewhere: it is left for a later pass."""
         entries = await self.pending(org)
         stale = [p for p in entries if self.clock.now_ms() - p["started"] >= self.lock_ttl_ms()]
         if not stale:

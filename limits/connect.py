@@ -37,7 +37,9 @@ SENTINEL, CLUSTER = "redis+sentinel", "redis+cluster"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
 
-def connect(url: str, timeout: float = 0.5, max_connections: int = 256) -> Any:
+def connect(
+    url: str, timeout: float = 0.5, max_connections: int = 256
+) -> aioredis.Redis | RedisCluster:
     """A client for `url` (not connected yet: it connects on its first command)."""
     common: dict[str, Any] = {
         "socket_timeout": timeout,
@@ -100,12 +102,13 @@ def _query(url: str) -> dict[str, str]:
 class SentinelManagedRedis(aioredis.Redis):
     """The primary's client; closing it also closes the connections to the Sentinels."""
 
-    sentinel: Sentinel | None = None
+    # Not `sentinel`: redis' own command mixin has a `sentinel()` method of that name.
+    sentinel_client: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         await super().aclose(close_connection_pool)
-        if self.sentinel is not None:
-            for s in self.sentinel.sentinels:
+        if self.sentinel_client is not None:
+            for s in self.sentinel_client.sentinels:
                 await s.aclose()
 
 
@@ -134,7 +137,7 @@ def _sentinel(url: str, common: dict[str, Any], max_connections: int) -> Sentine
         retry_on_timeout=False,
         **common,
     )
-    client.sentinel = sentinel
+    client.sentinel_client = sentinel
     return client
 
 

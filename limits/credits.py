@@ -22,7 +22,7 @@ adds them (`buy`, `grant`), reads them (`balance`, `lots`, `history`) and checks
   `recompute_from_ledger` replays it.
 
 Run-time auto-reload settings live in the organization's ``cfg`` hash (``reload:off``,
-``reload:threshold``, ``reload:target``); settle.lua honours them, `reload_settings` reads
+``reload:threshold``, ``reload:target``); settle.lua honours them, `auto_reload_settings` reads
 them the same way.
 """
 
@@ -34,15 +34,16 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from tollway.config.schema import Config
+from redis.typing import EncodableT, FieldT
+from tollway.config.schema import AutoReload, Config
 from tollway.limits.clock import Clock
 from tollway.limits.errors import CreditError
 from tollway.limits.history import history_of
 from tollway.limits.identity import claim as claim_identity
+from tollway.limits.lots import AutoReloadSettings as AutoReloadSettings
 from tollway.limits.lots import Balance as Balance
 from tollway.limits.lots import Event as Event
 from tollway.limits.lots import Lot as Lot
-from tollway.limits.lots import ReloadSettings as ReloadSettings
 from tollway.limits.money import format_usd
 from tollway.limits.rkeys import Fields
 from tollway.limits.store import Store
@@ -235,7 +236,7 @@ class Credits:
         return [_event(entry_id, fields) for entry_id, fields in raw]
 
     async def recompute_from_ledger(self, org: str) -> int:
-        """The balance the ledger implies: purchases, grants and reloads add their amount;
+        """The balance the ledger implies: purchases, grants and auto-reloads add their amount;
         prepaid debits take their extra spend; expiries take the expired remainder
         (common.lua ``ledger_effect``, as an SQL sum over the ledger database). The start is
         the account's ``ledger_base`` (what an older version folded out of the stream).
@@ -257,7 +258,9 @@ class Credits:
         return await self.store.call("ledger_event", client.xadd, self.keys.ledger(org), entry)
 
     # --- auto-reload settings -----------------------------------------------------------
-    async def reload_settings(self, org: str, configured: Any) -> ReloadSettings | None:
+    async def auto_reload_settings(
+        self, org: str, configured: AutoReload | None
+    ) -> AutoReloadSettings | None:
         """The auto-reload pair in force: run-time overrides first (as settle.lua reads
         them), else `configured` (the config's ``billing.auto_reload`` or None)."""
         client = self.store.client
@@ -265,17 +268,17 @@ class Credits:
             "reload_settings",
             client.hmget,
             self.keys.overrides(org),
-            list(Fields.RELOADS),
+            list(Fields.AUTO_RELOADS),
         )
         if off == "1":
             return None
         if threshold is not None and target is not None:
-            return ReloadSettings(int(threshold), int(target), "override")
+            return AutoReloadSettings(int(threshold), int(target), "override")
         if configured is None:
             return None
-        return ReloadSettings(configured.threshold, configured.target, "config")
+        return AutoReloadSettings(configured.threshold, configured.target, "config")
 
-    async def set_reload(self, org: str, threshold: int, target: int) -> None:
+    async def set_auto_reload(self, org: str, threshold: int, target: int) -> None:
         """Override the auto-reload pair at run time (micro-USD, target > threshold >= 0)."""
         self._check_org(org)
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 0:
@@ -289,27 +292,30 @@ class Credits:
         client = self.store.client
         key = self.keys.overrides(org)
         pipe = client.pipeline(transaction=True)
-        pair = {Fields.RELOAD_THRESHOLD: str(threshold), Fields.RELOAD_TARGET: str(target)}
+        pair: dict[FieldT, EncodableT] = {
+            Fields.AUTO_RELOAD_THRESHOLD: str(threshold),
+            Fields.AUTO_RELOAD_TARGET: str(target),
+        }
         pipe.hset(key, mapping=pair)
-        pipe.hdel(key, Fields.RELOAD_OFF)
+        pipe.hdel(key, Fields.AUTO_RELOAD_OFF)
         await self.store.call("reload_set", pipe.execute)
 
-    async def disable_reload(self, org: str) -> None:
+    async def disable_auto_reload(self, org: str) -> None:
         """Turn auto-reload off at run time, whatever the config says."""
         self._check_org(org)
         client = self.store.client
         key = self.keys.overrides(org)
         pipe = client.pipeline(transaction=True)
-        pipe.hset(key, Fields.RELOAD_OFF, "1")
-        pipe.hdel(key, Fields.RELOAD_THRESHOLD, Fields.RELOAD_TARGET)
+        pipe.hset(key, Fields.AUTO_RELOAD_OFF, "1")
+        pipe.hdel(key, Fields.AUTO_RELOAD_THRESHOLD, Fields.AUTO_RELOAD_TARGET)
         await self.store.call("reload_set", pipe.execute)
 
-    async def clear_reload(self, org: str) -> None:
+    async def clear_auto_reload(self, org: str) -> None:
         """Drop the run-time overrides: the config's settings apply again."""
         self._check_org(org)
         client = self.store.client
         key = self.keys.overrides(org)
-        await self.store.call("reload_set", client.hdel, key, *Fields.RELOADS)
+        await self.store.call("reload_set", client.hdel, key, *Fields.AUTO_RELOADS)
 
     # --- checks ---------------------------------------------------------------------------
     def _check_org(self, org: str) -> None:

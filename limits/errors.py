@@ -10,11 +10,11 @@
      │    ├── ExpiredKey        a key past its expiry, or a rotated secret past its overlap
      │    └── UnknownCredential an organization's admin credential, unknown or revoked
      ├── CreditError           a credit operation refused (bad amount, identity already used)
-     ├── SpendError            a spend, cap or limit-request operation refused
-     │    │                     (limit_requests.py, as are its subclasses)
+     ├── SpendError            a spend, cap or limit-increase operation refused
      │    ├── UnknownName       an organization, user, tier, workspace or cap level unknown
      │    ├── RequestPending    the user already has a pending limit-increase request
-     │    └── NoPendingRequest  no pending request to decide
+     │    │                     (increases.py)
+     │    └── NoPendingRequest  no pending request to decide (increases.py)
      └── UserError             a run-time user operation refused (users.py)
 
     ValueError
@@ -49,3 +49,11 @@ class UnknownCredential(UnknownKey):
 
 class CreditError(LimitsError):
     pass
+
+
+class SpendError(LimitsError):
+    """A spend, cap or limit-increase operation was refused; nothing changed."""
+
+
+class UnknownName(SpendError):
+    """An organization, user, seat tier, workspace or cap level the config does not have."""

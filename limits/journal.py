@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 from tollway.limits.errors import StoreUnavailable
+from tollway.limits.keyrecord import limit_fields, limits_from_fields
 from tollway.limits.outcomes import Charge
 from tollway.limits.plans import Principal
 from tollway.limits.usage import Usage
@@ -62,6 +63,8 @@ def to_line(charge: Charge) -> bytes:
                 "key": p.key_id,
                 "ws": p.workspace,
                 "user": p.user,
+                # The key's own limits as admitted: a replay settles its buckets too.
+                "kl": limit_fields(p.key_limits),
                 "model": charge.model,
                 "u": [u.input_tokens, u.output_tokens, u.cache_write_tokens, u.cache_read_tokens],
                 "cost": charge.cost,
@@ -87,7 +90,9 @@ def from_line(line: bytes) -> Charge:
     try:
         d = orjson.loads(line)
         return Charge(
-            principal=Principal(d["org"], d["key"], d["ws"], d["user"]),
+            principal=Principal(
+                d["org"], d["key"], d["ws"], d["user"], limits_from_fields(d.get("kl") or {})
+            ),
             rid=str(d["rid"]),
             model=d["model"],
             usage=_usage(d["u"]),
@@ -97,7 +102,7 @@ def from_line(line: bytes) -> Charge:
             upstream_ms=int(d["up"]),
             now_ms=int(d["now"]),
         )
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not a journal entry: {e}") from None
 
 

@@ -1,6 +1,7 @@
 """What a key is, as stored and shown: its record (`KeyRecord`), the settings an operator
-chooses at creation (`KeySettings`), secrets and their digests, and the parsing of what
-operators write for them (lists, limits). Pure: no store here (`apikeys.py` has it).
+chooses (`KeySettings`, at creation or later), secrets and their digests, and the reading
+of the record's hash fields. Pure: no store here (`apikeys.py` has it); what operators
+write for the settings is parsed in `keysettings.py`.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -37,14 +38,32 @@ def parse_limit(name: str, text: str | int | Decimal) -> Decimal | int:
     return number if name == "rpm" else int(number)
 
 
-def _limits(h: dict[str, str]) -> KeyLimits | None:
+def limits_from_fields(h: Mapping[str, str]) -> KeyLimits | None:
+    """A key's own limits from its record's hash fields (None: it has none)."""
     found: dict[str, Any] = {name: parse_limit(name, h[name]) for name in LIMITS if h.get(name)}
     if h.get("budget"):
         found["budget"] = int(h["budget"])
         found["budget_period"] = h.get("budget_period") or "month"
     if h.get("session_budget"):
         found["session_budget"] = int(h["session_budget"])
+    if h.get("max_in_flight"):
+        found["max_in_flight"] = int(h["max_in_flight"])
     return KeyLimits(**found) if found else None
+
+
+def limit_fields(limits: KeyLimits | None) -> dict[str, str]:
+    """The record's hash fields of a key's own limits (only those set): the inverse of
+    `limits_from_fields`."""
+    if limits is None:
+        return {}
+    out = {name: str(v) for name in LIMITS if (v := getattr(limits, name)) is not None}
+    if limits.budget is not None:
+        out["budget"], out["budget_period"] = str(limits.budget), limits.budget_period
+    if limits.session_budget is not None:
+        out["session_budget"] = str(limits.session_budget)
+    if limits.max_in_flight is not None:
+        out["max_in_flight"] = str(limits.max_in_flight)
+    return out
 
 
 def new_secret() -> str:
@@ -77,15 +96,37 @@ def parse_list(text: str | Sequence[str] | None, what: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class KeySettings:
-    """What an operator chooses for a key at creation. `models` are patterns (``*`` any
-    text, ``?`` one character; ``gpt-4o*``); empty: every model. `expires_ms` None: the
-    key never expires."""
+    """What an operator chooses for a key (at creation, or later with `keys set`).
+    `models` are patterns (``*`` any text, ``?`` one character; ``gpt-4o*``); empty: every
+    model. `expires_ms` None: the key never expires."""
 
     name: str = ""
     expires_ms: int | None = None
     models: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
-    limits: KeyLimits | None = None  # the key's own rpm/tpm/input_tpm/output_tpm
+    limits: KeyLimits | None = None  # the key's own rpm/tpm/..., budgets, max_in_flight
+
+    @classmethod
+    def from_fields(cls, h: Mapping[str, str]) -> KeySettings:
+        """The settings held in a key record's hash fields."""
+        expires = h.get("expires")
+        return cls(
+            name=h.get("name", ""),
+            expires_ms=int(expires) if expires else None,
+            models=parse_list(h.get("models", ""), "models"),
+            tags=parse_list(h.get("tags", ""), "tags"),
+            limits=limits_from_fields(h),
+        )
+
+    def fields(self) -> dict[str, str]:
+        """The record's hash fields of these settings: the inverse of `from_fields`."""
+        return {
+            "name": self.name,
+            "expires": "" if self.expires_ms is None else str(self.expires_ms),
+            "models": ",".join(self.models),
+            "tags": ",".join(self.tags),
+            **limit_fields(self.limits),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +170,7 @@ class KeyRecord:
             secret=h.get("secret", ""),
             old={k[len(OLD) :]: int(v) for k, v in h.items() if k.startswith(OLD)},
             legacy_until=ms("legacy"),
-            limits=_limits(h),
+            limits=limits_from_fields(h),
         )
 
     @property
@@ -183,4 +224,5 @@ class KeyRecord:
             "budget_micro": self.limits.budget if self.limits else None,
             "budget_period": self.limits.budget_period if self.limits else None,
             "session_budget_micro": self.limits.session_budget if self.limits else None,
+            "max_in_flight": self.limits.max_in_flight if self.limits else None,
         }

@@ -1,5 +1,5 @@
 """The plain records of prepaid credit (`Lot`, `Balance`, ledger `Event`, auto-reload
-`ReloadSettings`) and their JSON shapes (`to_dict`): one shape, shown alike by the admin
+`AutoReloadSettings`) and their JSON shapes (`to_dict`): one shape, shown alike by the admin
 API and the CLI (amounts both as USD text and as integer micro-USD, times both as UTC
 text and as epoch ms). `tollway.limits.credits` reads and writes them.
 """
@@ -30,8 +30,8 @@ class Lot:
     created_ms: int
     expires_ms: int
     expired: int  # the remainder that expired unused
-    source: str  # purchase | grant | reload
-    ref: str  # payment id of a reload, '' otherwise
+    source: str  # purchase | grant | reload (the stored name of an auto-reload)
+    ref: str  # payment id of an auto-reload, '' otherwise
     repaid: int  # part of the amount that repaid debt when the lot was added
 
     @classmethod
@@ -112,7 +112,7 @@ class Event:
 
 
 @dataclass(frozen=True, slots=True)
-class ReloadSettings:
+class AutoReloadSettings:
     threshold: int
     target: int
     source: str  # config | override
@@ -127,7 +127,7 @@ class ReloadSettings:
         }
 
 
-def reload_dict(settings: ReloadSettings | None, payment_provider: str) -> dict[str, Any]:
+def auto_reload_dict(settings: AutoReloadSettings | None, payment_provider: str) -> dict[str, Any]:
     """An organization's auto-reload as the admin API and the CLI show it."""
     if settings is None:
         return {"enabled": False, "payment_provider": payment_provider}

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
-from typing import Any
-from zoneinfo import ZoneInfo
 
 import orjson
 from tollway.config.schema import Config
@@ -28,16 +25,10 @@ from tollway.limits.plans import Principal
 from tollway.limits.rkeys import Fields
 from tollway.limits.scriptplans import ExpectPlan, SettlePlan, StaticParts
 from tollway.limits.store import Store
-from tollway.limits.windows import month_bounds, windows
+from tollway.limits.windows import Days
+from tollway.limits.windows import periods as periods
 
 STATIC_CACHE_SIZE = 10_000  # (principal, model) pairs whose plan parts are kept
-
-
-def periods(now_ms: int, tz: ZoneInfo) -> tuple[str, str, int]:
-    """(month "YYYY-MM", day "YYYY-MM-DD", start of next month in ms) in zone `tz`."""
-    now = datetime.fromtimestamp(now_ms / 1000, tz)
-    next_month = month_bounds(now.year, now.month, tz)[1]
-    return now.strftime("%Y-%m"), now.strftime("%Y-%m-%d"), next_month
 
 
 def _session_budget(
@@ -49,10 +40,11 @@ def _session_budget(
     found = [b for b in (own, asked) if b is not None]
     if session is None or not found:
         return None
-    return scriptplans.SessionBudget(min(found), f"session '{session}' budget")
+    label = f"session '{session}' budget"
+    return scriptplans.SessionBudget(min(found), label, Fields.session(session))
 
 
-def _period_of(money: Any, label: str) -> str:
+def _period_of(money: scriptplans.MoneyPlan | None, label: str) -> str:
     """The period (month | day | week) of the cap or budget a refusal named."""
     for c in (*money.caps, *money.budgets) if money is not None else ():
         if label == c.label or label in c.labels:
@@ -66,28 +58,9 @@ class Meter:
         self.keys = store.keys
         self.clock = clock
         self.config = config
-        self._zones: dict[str, ZoneInfo] = {}
-        self._labels: dict[tuple[str, int, int, int], tuple[str, str, int]] = {}
+        self._days = Days()
         self._cfg: Config | None = None
         self._statics: dict[tuple[Principal, str | None], StaticParts] = {}
-
-    def _zone(self, name: str) -> ZoneInfo:
-        zone = self._zones.get(name)
-        if zone is None:
-            zone = self._zones[name] = ZoneInfo(name)
-        return zone
-
-    def _periods(self, now_ms: int, zone_name: str) -> tuple[str, str, int]:
-        """`periods`, memoized on the local date (what its result depends on)."""
-        tz = self._zone(zone_name)
-        local = datetime.fromtimestamp(now_ms / 1000, tz)
-        key = (zone_name, local.year, local.month, local.day)
-        hit = self._labels.get(key)
-        if hit is None:
-            if len(self._labels) > 1000:
-                self._labels.clear()
-            hit = self._labels[key] = periods(now_ms, tz)
-        return hit
 
     def _plan_parts(self, cfg: Config, principal: Principal, model: str | None) -> StaticParts:
         """The cached `StaticParts` of (principal, model) under `cfg`; a new config (a reload)
@@ -128,8 +101,8 @@ class Meter:
         cfg = self.config()
         cfg.organizations[principal.org]  # KeyError for an organization not in the config
         now = self.clock.now_ms()
-        month, _, next_month = self._periods(now, cfg.server.timezone)
-        win = windows(now, self._zone(cfg.server.timezone))
+        today = self._days.at(now, cfg.server.timezone)
+        month, next_month, win = today.month, today.next_month_ms, today.windows
         parts = self._plan_parts(cfg, principal, model)
         specs = parts.specs
         org = principal.org
@@ -211,8 +184,8 @@ class Meter:
         cfg = self.config()
         org, rid, usage = charge.principal.org, charge.rid, charge.usage
         now = self.clock.now_ms() if charge.now_ms is None else charge.now_ms
-        month, day, _ = self._periods(now, cfg.server.timezone)
-        win = windows(now, self._zone(cfg.server.timezone))
+        today = self._days.at(now, cfg.server.timezone)
+        month, day, win = today.month, today.day, today.windows
         parts = self._plan_parts(cfg, charge.principal, charge.model)
         plan = SettlePlan(
             static=parts.settle,
@@ -236,7 +209,8 @@ class Meter:
             included=int(r["included"]),
             extra=int(r["extra"]),
             available=int(r["available"]),
-            reload=int(r["reload"]),
+            # "reload" in settle.lua's reply, kept in the settled marker of each request.
+            auto_reload=int(r["reload"]),
             duplicate=bool(r["duplicate"]),
             overshoot=int(r.get("overshoot", 0)),
         )

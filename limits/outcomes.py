@@ -66,6 +66,6 @@ class Settlement:
     included: int
     extra: int
     available: int  # credit balance less debt and holds, after this request
-    reload: int  # micro-USD an auto-reload should buy now (0: none)
+    auto_reload: int  # micro-USD an auto-reload should buy now (0: none)
     duplicate: bool  # this request id had been settled already: nothing changed
     overshoot: int = 0  # micro-USD of this request's extra spend past a cap (the largest)

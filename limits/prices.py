@@ -18,7 +18,7 @@ Which prices apply (the shape is ``tollway.config.pricing``):
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
 from tollway.config.pricebook import PriceBook as PriceBook
 from tollway.config.pricebook import in_force as in_force
@@ -40,7 +40,7 @@ def round_micro(exact: int) -> int:
     return div_half_up(exact, PER_MILLION)
 
 
-def rates_for(price: Any, usage: Usage) -> Any:
+def rates_for(price: Rates, usage: Usage) -> Rates:
     """The block of `price` that prices `usage`: its tier's, then its long-context one."""
     tiers = getattr(price, "tiers", None) or {}
     block = tiers.get(usage.tier, price) if usage.tier is not None else price
@@ -51,7 +51,7 @@ def rates_for(price: Any, usage: Usage) -> Any:
     return chosen
 
 
-def cost_micro(price: Any, usage: Usage) -> int:
+def cost_micro(price: Rates, usage: Usage) -> int:
     """Cost of `usage` at `price` (a config ``Price`` or any object with the four token
     prices of `Rates`), in integer micro-USD."""
     r = rates_for(price, usage)

@@ -16,6 +16,7 @@ The scripts never build a field name: they receive them in their plans.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -104,6 +105,11 @@ class Keys:
         """The claim of one threshold alert (`tollway.limits.alerts`)."""
         return self.org(org, "alert", what)
 
+    def model_caps(self, org: str) -> str:
+        """Set of the model names and patterns given a cap at run time (`tollway.limits.caps`):
+        their spend is counted from then on, as the YAML's `model_caps` are."""
+        return self.org(org, "modelcaps")
+
     def users(self, org: str) -> str:
         """Users added or changed at run time (`tollway.limits.users`)."""
         return self.org(org, "users")
@@ -111,10 +117,10 @@ class Keys:
     def api_keys(self, org: str) -> str:
         return self.org(org, "keys")
 
-    def reload_lock(self, org: str) -> str:
+    def auto_reload_lock(self, org: str) -> str:
         return self.org(org, "reload")
 
-    def reload_pending(self, org: str) -> str:
+    def auto_reload_pending(self, org: str) -> str:
         """Auto-reload purchases started and not finished (`tollway.limits.autoreload`)."""
         return self.org(org, "reload_pending")
 
@@ -191,19 +197,22 @@ class Fields:
     Month hash (``Keys.month``): ``spend:<scope>`` (all spend) and ``extra:<scope>`` (the part
     past the included usage). Overrides hash (``Keys.overrides``, run-time settings that win
     over the YAML): ``cap:<scope>`` (a monthly cap, micro-USD or "unlimited"; scopes org,
-    ws=W, tier=T, user=U), ``extra:<scope>`` (extra usage switch "1"/"0"; org or user=U),
-    ``included:user=U`` and ``seat:user=U`` (a tier move), ``reload:*`` (auto-reload).
+    ws=W, tier=T, user=U, model=<name or pattern>), ``cap.day:<scope>`` and
+    ``cap.week:<scope>`` (daily and weekly caps, the same scopes), ``extra:<scope>``
+    (extra usage switch "1"/"0"; org or user=U), ``included:user=U`` and ``seat:user=U``
+    (a tier move), ``reload:*`` (auto-reload).
     Day and week hashes (``Keys.period``): the month hash's ``extra:<scope>`` of the scopes
     that can carry a cap and ``spend:key=K`` (what daily and weekly caps and budgets read:
     ``scriptplans.window_fields``).
-    Held hash (``Keys.held``): the month fields above, held by requests in flight, and
-    ``flight:<scope>`` counts. Learned hash (``Keys.learned``): ``<kind>:<model>``.
+    Held hash (``Keys.held``): the month fields above, held by requests in flight,
+    ``flight:<scope>`` counts and ``sess:<digest>`` (a session's holds). Learned hash
+    (``Keys.learned``): ``<kind>:<model>``.
     """
 
-    RELOAD_OFF = "reload:off"
-    RELOAD_THRESHOLD = "reload:threshold"
-    RELOAD_TARGET = "reload:target"
-    RELOADS = (RELOAD_OFF, RELOAD_THRESHOLD, RELOAD_TARGET)
+    AUTO_RELOAD_OFF = "reload:off"
+    AUTO_RELOAD_THRESHOLD = "reload:threshold"
+    AUTO_RELOAD_TARGET = "reload:target"
+    AUTO_RELOADS = (AUTO_RELOAD_OFF, AUTO_RELOAD_THRESHOLD, AUTO_RELOAD_TARGET)
 
     @staticmethod
     def spend(scope: str) -> str:
@@ -216,9 +225,10 @@ class Fields:
         return f"extra:{scope}"
 
     @staticmethod
-    def cap(scope: str) -> str:
-        """Overrides hash: a monthly cap on extra usage."""
-        return f"cap:{scope}"
+    def cap(scope: str, period: str = "month") -> str:
+        """Overrides hash: a cap on extra usage of `period` (month | day | week):
+        ``cap:<scope>`` (monthly), ``cap.day:<scope>``, ``cap.week:<scope>``."""
+        return f"cap:{scope}" if period == "month" else f"cap.{period}:{scope}"
 
     @staticmethod
     def included(user: str) -> str:
@@ -239,6 +249,12 @@ class Fields:
     def in_flight(scope: str) -> str:
         """Held hash: how many admitted requests of `scope` are not settled yet."""
         return f"flight:{scope}"
+
+    @staticmethod
+    def session(session_id: str) -> str:
+        """Held hash: what a session's requests in flight hold (micro-USD). The id is
+        digested: a hold lists its fields separated by spaces, and ids may hold any text."""
+        return "sess:" + hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()[:32]
 
     @staticmethod
     def learned(kind: str, model: str) -> str:

@@ -10,11 +10,12 @@ they were ~10% of the CPU of a request in the benchmark's profile.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
-from tollway.limits import plans
-from tollway.limits.plans import BucketPlan, BucketSpec, CapPlan, ExtraPlan, Principal, SeatPlan
+from tollway.config.schema import Config, Organization
+from tollway.limits import capplans, plans
+from tollway.limits.capplans import CapPlan
+from tollway.limits.plans import BucketPlan, BucketSpec, ExtraPlan, Principal, SeatPlan
 from tollway.limits.rkeys import Fields, Keys, Scope
 from tollway.limits.usage import Usage
 from tollway.limits.windows import Windows
@@ -92,8 +93,13 @@ class LearnPlan:
     @classmethod
     def of(cls, model: str) -> LearnPlan:
         f = Fields.learned
-        names = ("out", "out_n", "in_real", "in_est", "in_n")
-        return cls(*(f(name, model) for name in names))
+        return cls(
+            out=f("out", model),
+            out_n=f("out_n", model),
+            in_real=f("in_real", model),
+            in_est=f("in_est", model),
+            in_n=f("in_n", model),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,10 +138,12 @@ class AdmitPlan:
 
 @dataclass(frozen=True, slots=True)
 class SessionBudget:
-    """A cap on what one session id spends (the session hash's `cost`), named `label`."""
+    """A cap on what one session id spends: the session hash's `cost` (settled) plus what
+    its requests in flight hold at `held` (held hash), named `label`."""
 
     cap: int
     label: str
+    held: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,16 +182,16 @@ def window_fields(
 
 
 @dataclass(frozen=True, slots=True)
-class ReloadPlan:
+class AutoReloadPlan:
     threshold: int
     target: int
 
 
 @dataclass(frozen=True, slots=True)
-class ReloadFields:
-    off: str = Fields.RELOAD_OFF
-    threshold: str = Fields.RELOAD_THRESHOLD
-    target: str = Fields.RELOAD_TARGET
+class AutoReloadFields:
+    off: str = Fields.AUTO_RELOAD_OFF
+    threshold: str = Fields.AUTO_RELOAD_THRESHOLD
+    target: str = Fields.AUTO_RELOAD_TARGET
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,8 +207,9 @@ class SettleStatic:
     lot_prefix: str
     keep_ms: int
     dedup_ms: int
-    reload: ReloadPlan | None
-    reload_fields: ReloadFields
+    # Wire names settle.lua reads (plan.reload, plan.reload_fields): the credit auto-reload.
+    reload: AutoReloadPlan | None
+    reload_fields: AutoReloadFields
     ledger_fields: tuple[str, ...]
     caps: tuple[CapPlan, ...]
     learn: LearnPlan | None
@@ -254,12 +263,12 @@ class StaticParts:
     default_output: int
 
 
-def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> StaticParts:
+def static_parts(cfg: Config, k: Keys, principal: Principal, model: str | None) -> StaticParts:
     org = principal.org
     org_cfg = cfg.organizations.get(org)
     ws = ""
     money: MoneyPlan | None = None
-    reload: ReloadPlan | None = None
+    reload: AutoReloadPlan | None = None
     if org_cfg is None:  # gone from the config: settle what was admitted, nothing else
         specs: list[BucketSpec] = []
         scopes, seat, prepaid = [Scope.ORG], None, False
@@ -274,17 +283,20 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             prepaid=prepaid,
             seat=seat,
             extra=plans.extra_plan(org_cfg, principal),
-            caps=(*plans.cap_plans(org_cfg, principal), *plans.model_cap_plans(org_cfg, model)),
-            budgets=tuple(plans.budget_plans(principal)),
+            caps=(
+                *capplans.cap_plans(org_cfg, principal),
+                *capplans.model_cap_plans(org_cfg, model),
+            ),
+            budgets=tuple(capplans.budget_plans(principal)),
         )
         if billing.auto_reload is not None:
-            reload = ReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
-    model_scopes = [] if org_cfg is None else plans.model_cap_scopes(org_cfg, model)
+            reload = AutoReloadPlan(billing.auto_reload.threshold, billing.auto_reload.target)
+    model_scopes = [] if org_cfg is None else capplans.model_cap_scopes(org_cfg, model)
     buckets = tuple(s.plan() for s in specs)
     flights = () if org_cfg is None else tuple(flight_plans(org_cfg, principal, model))
     learn = LearnPlan.of(model) if model else None
     hp, lp = k.hold_prefix(org), k.lot_prefix(org)
-    ledger_fields = ("model", model or "", "key", principal.key_id)
+    ledger_fields: tuple[str, ...] = ("model", model or "", "key", principal.key_id)
     ledger_fields += ("user", principal.user or "", "ws", ws)
     month_fields = tuple(
         MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
@@ -306,7 +318,7 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
             keep_ms=KEEP_MS,
             dedup_ms=cfg.store.settled_ttl_seconds * 1000,
             reload=reload,
-            reload_fields=ReloadFields(),
+            reload_fields=AutoReloadFields(),
             ledger_fields=ledger_fields,
             caps=money.caps if money is not None else (),
             learn=learn,
@@ -316,9 +328,10 @@ def static_parts(cfg: Any, k: Keys, principal: Principal, model: str | None) -> 
     )
 
 
-def flight_plans(org_cfg: Any, principal: Principal, model: str | None) -> list[FlightPlan]:
-    """The max_in_flight ceilings that apply: organization, model, workspace, user (a
-    key's own limits carry none yet)."""
+def flight_plans(
+    org_cfg: Organization, principal: Principal, model: str | None
+) -> list[FlightPlan]:
+    """The max_in_flight ceilings that apply: organization, model, workspace, user, key."""
     out = []
     for scope, limits in plans.limit_levels(org_cfg, principal, model):
         ceiling = getattr(limits, "max_in_flight", None)

@@ -3,7 +3,8 @@ run-time overrides of the organization's ``cfg`` hash, with the scripts' precede
 
 Pure functions: admit.lua decides; these only describe what it will decide from, for
 admins and users to see. The precedence is not restated here: the override fields and
-their order come from `tollway.limits.plans` (``cap_plans``, ``extra_plan``), the same plans the
+their order come from `tollway.limits.capplans` (``user_cap_plan``) and
+`tollway.limits.plans` (``extra_plan``), the same plans the
 scripts receive, so the two cannot drift apart. Money is integer micro-USD; an unlimited
 cap is None.
 """
@@ -14,8 +15,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tollway.config.schema import Organization
-from tollway.limits import plans
-from tollway.limits.limit_requests import SpendError
+from tollway.limits import capplans, plans
+from tollway.limits.errors import SpendError
 from tollway.limits.plans import Principal
 from tollway.limits.rkeys import Fields, Scope
 
@@ -59,10 +60,10 @@ def cap_value(raw: str | None) -> int | None:
 
 
 def user_cap(
-    org_cfg: Organization, org: str, user: str, ov: dict[str, str]
+    org_cfg: Organization, org: str, user: str, ov: dict[str, str], period: str = "month"
 ) -> tuple[int | None, str]:
-    """(the user's own effective cap, the label a refusal would name it by)."""
-    plan = plans.cap_plans(org_cfg, Principal(org, "-", user=user))[-1]
+    """(the user's own effective cap of `period`, the label a refusal would name it by)."""
+    plan = capplans.user_cap_plan(org_cfg, user, period)
     value, label = plan.source(ov)
     if value is not None:
         return cap_value(value), label

@@ -1,8 +1,9 @@
-"""Seats, extra usage and monthly spend caps, seen and steered by admins: month-to-date
-spend, run-time cap and extra-usage overrides, month-end statements and limit-increase
-requests. The rules themselves run in admit.lua and settle.lua; this module reads their
-counters and writes the run-time overrides they obey. No aiohttp: everything returned is
-plain data (dicts of ints and strings, dataclasses with ``to_dict``).
+"""Seats, extra usage and spend caps, seen and steered by admins: month-to-date
+spend, run-time cap and extra-usage overrides and month-end statements (limit-increase
+requests: `tollway.limits.increases`, on top of this module). The rules themselves run in
+admit.lua and settle.lua; this module reads their counters and writes the run-time
+overrides they obey. No aiohttp: everything returned is plain data (dicts of ints and
+strings, dataclasses with ``to_dict``).
 
 Money is integer micro-USD. A cap is an amount or ``"unlimited"`` (``UNLIMITED``); in
 returned data an unlimited cap is ``None``. Months are ``"YYYY-MM"`` in the configured
@@ -11,48 +12,36 @@ returned data an unlimited cap is ``None``. Months are ``"YYYY-MM"`` in the conf
 Run-time overrides live in the organization's ``cfg`` hash and apply to the very next
 request; they win over the YAML until cleared (``clear_cap``, ``clear_extra_usage``):
 
-    cap:org  cap:ws=W  cap:tier=T  cap:user=U   amount (micro-USD) or "unlimited"
-    extra:org  extra:user=U                      "1" | "0"
-    included:user=U  seat:user=U                 written by approving a tier move
+    cap:<scope>  cap.day:<scope>  cap.week:<scope>   amount (micro-USD) or "unlimited";
+                 scope org, ws=W, tier=T, user=U, model=PATTERN (`tollway.limits.caps`)
+    extra:org  extra:user=U                          "1" | "0"
+    included:user=U  seat:user=U                     written by approving a tier move
 
-Effective user cap, first present wins: ``cap:user=U``; the user's ``monthly_cap`` in the
-YAML; ``cap:tier=T``; the tier's ``monthly_cap``. Organization and workspace caps apply
-on top of it. Extra usage: ``extra:org = "0"`` turns it off for everyone; otherwise
-``extra:user=U``, then ``extra:org``, then the YAML decide.
+Effective user cap of a period, first present wins: the user's override; the user's cap
+in the YAML; the tier's override; the tier's cap in the YAML (`tollway.limits.capplans`).
+Organization, workspace and model caps apply on top of it. Extra usage: ``extra:org =
+"0"`` turns it off for everyone; otherwise ``extra:user=U``, then ``extra:org``, then the
+YAML decide.
 
 Errors (all `tollway.limits.errors.LimitsError`; nothing is changed when one is raised)::
 
-    SpendError               a bad amount, month or reason; a decision the rules refuse
-     ├── UnknownName         an organization, user, tier, workspace or level not configured
-     ├── RequestPending      the user already has a pending limit-increase request
-     └── NoPendingRequest    approve/deny with nothing pending
+    SpendError               a bad amount or month; an override the rules refuse
+     └── UnknownName         an organization, user, tier, workspace or level not configured
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from tollway.config.schema import Config, Organization
 from tollway.limits import seats, windows
+from tollway.limits.caps import Caps
 from tollway.limits.clock import Clock
+from tollway.limits.errors import SpendError, UnknownName
 from tollway.limits.history import history_of
-from tollway.limits.limit_requests import (
-    APPROVED,
-    DENIED,
-    MAX_REASON,
-    PENDING,
-    LimitRequest,
-    LimitRequests,
-    NoPendingRequest,
-    RequestPending,
-    SpendError,
-    UnknownName,
-    new_request_id,
-)
 from tollway.limits.meter import periods
 from tollway.limits.rkeys import Fields, Scope
 from tollway.limits.seats import UNLIMITED, UserStatus
@@ -60,33 +49,18 @@ from tollway.limits.statement import Statement, build_statement
 from tollway.limits.store import Store
 
 __all__ = [
-    "LEVELS",
     "UNLIMITED",
-    "LimitRequest",
-    "NoPendingRequest",
-    "PendingRequest",
-    "RequestPending",
     "Spend",
     "SpendError",
     "UnknownName",
     "UserStatus",
 ]
 
-LEVELS = ("org", "workspace", "tier", "user")
 _MONTH = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRequest:
-    request: LimitRequest
-    status: UserStatus
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"request": self.request.to_dict(), "user": self.status.to_dict()}
-
-
 class Spend:
-    """Month-to-date spend, caps, extra usage, statements and limit-increase requests.
+    """Month-to-date spend, caps, extra usage and statements.
 
     `config` returns the live `Config` (read on every call, like `Meter`)."""
 
@@ -95,10 +69,11 @@ class Spend:
         self.keys = store.keys
         self.clock = clock
         self.config = config
-        self.requests = LimitRequests(store)
+        self.cap_overrides = Caps(store, config)
 
     # --- helpers -------------------------------------------------------------------------
-    def _org(self, org: str) -> Any:
+    def organization(self, org: str) -> Organization:
+        """The organization's live config (`UnknownName` if it has none)."""
         org_cfg = self.config().organizations.get(org)
         if org_cfg is None:
             raise UnknownName(f"unknown organization {org!r}")
@@ -122,7 +97,8 @@ class Spend:
         client = self.store.client
         return dict(await self.store.call("spend_cfg", client.hgetall, self.keys.overrides(org)))
 
-    async def _month_hash(self, org: str, month: str) -> dict[str, int]:
+    async def month_hash(self, org: str, month: str) -> dict[str, int]:
+        """The raw month-to-date counters of `month` (``"YYYY-MM"``), as integers."""
         client = self.store.client
         raw = await self.store.call("spend_mtd", client.hgetall, self.keys.month(org, month))
         return {f: int(v) for f, v in raw.items()}
@@ -140,9 +116,9 @@ class Spend:
         ``held``: what requests in flight hold now, by month field (``spend:user=U``
         against included usage, ``extra:<scope>`` against caps). ``overshoot``: by cap's
         month field, the largest part of one request's extra spend past the cap."""
-        self._org(org)
+        self.organization(org)
         month, start, end = self.month_bounds(month)
-        h = await self._month_hash(org, month)
+        h = await self.month_hash(org, month)
         groups: dict[str, dict[str, dict[str, int]]] = {"ws": {}, "user": {}, "key": {}}
         for f in h:
             kind, scope = Fields.split(f)
@@ -178,67 +154,32 @@ class Spend:
         spend, extra = h.get(Fields.spend(scope), 0), h.get(Fields.extra(scope), 0)
         return {"spend": spend, "included": spend - extra, "extra": extra}
 
-    # --- caps ----------------------------------------------------------------------------
-    def _cap_field(self, org: str, level: str, name: str | None) -> str:
-        org_cfg = self._org(org)
-        if level == "org":
-            return Fields.cap(Scope.ORG)
-        known = {"workspace": org_cfg.workspaces, "tier": org_cfg.seat_tiers, "user": org_cfg.users}
-        if level not in known:
-            raise UnknownName(f"unknown cap level {level!r} (one of: {', '.join(LEVELS)})")
-        if name not in known[level]:
-            names = ", ".join(sorted(known[level])) or "none defined"
-            raise UnknownName(f"unknown {level} {name!r} in {org!r} (known: {names})")
-        scope = {"workspace": Scope.ws, "tier": Scope.tier, "user": Scope.user}[level]
-        return Fields.cap(scope(str(name)))
+    # --- caps (`tollway.limits.caps`) -----------------------------------------------------
+    async def set_cap(
+        self, org: str, level: str, name: str | None, amount: int | str, period: str = "month"
+    ) -> None:
+        """Override a cap on extra usage: `level` org (name None), workspace, tier, user or
+        model (a name or pattern); `period` month, day or week; `amount` micro-USD or
+        "unlimited". Applies to the very next request."""
+        await self.cap_overrides.set(org, level, name, amount, period)
 
-    async def set_cap(self, org: str, level: str, name: str | None, amount: int | str) -> None:
-        """Override a monthly cap on extra usage: `level` org (name None), workspace, tier
-        or user; `amount` micro-USD or "unlimited". Applies to the very next request."""
-        field, value = self._cap_field(org, level, name), seats.override_amount(amount)
-        client = self.store.client
-        await self.store.call("spend_cap", client.hset, self.keys.overrides(org), field, value)
-
-    async def clear_cap(self, org: str, level: str, name: str | None = None) -> bool:
+    async def clear_cap(
+        self, org: str, level: str, name: str | None = None, period: str = "month"
+    ) -> bool:
         """Drop a cap override (the YAML applies again); False if there was none."""
-        field = self._cap_field(org, level, name)
-        client = self.store.client
-        return bool(
-            await self.store.call("spend_cap", client.hdel, self.keys.overrides(org), field)
-        )
+        return await self.cap_overrides.clear(org, level, name, period)
 
     async def caps(self, org: str) -> dict[str, Any]:
-        """Every cap of the organization in force now: ``{"organization": {...},
-        "workspaces": {W: {...}}, "tiers": {T: {...}}, "users": {U: {...}}}``, each
-        ``{"cap": micro-USD or None (unlimited), "source": ...}`` where source is
-        "override", "config", or for users the label of what set it."""
-        org_cfg = self._org(org)
-        ov = await self.overrides(org)
-
-        def level(field: str, configured: int | None) -> dict[str, Any]:
-            if field in ov:
-                return {"cap": seats.cap_value(ov[field]), "source": "override"}
-            return {"cap": configured, "source": "config"}
-
-        return {
-            "organization": level(Fields.cap(Scope.ORG), org_cfg.spend_caps.monthly),
-            "workspaces": {
-                w: level(Fields.cap(Scope.ws(w)), c.spend_caps.monthly)
-                for w, c in sorted(org_cfg.workspaces.items())
-            },
-            "tiers": {
-                t: level(Fields.cap(Scope.tier(t)), c.monthly_cap)
-                for t, c in sorted(org_cfg.seat_tiers.items())
-            },
-            "users": {
-                u: dict(zip(("cap", "source"), seats.user_cap(org_cfg, org, u, ov), strict=True))
-                for u in sorted(org_cfg.users)
-            },
-        }
+        """Every cap of the organization in force now (`Caps.in_force`): ``{"organization":
+        {...}, "workspaces": {W: {...}}, "tiers": {T: {...}}, "users": {U: {...}},
+        "models": {PATTERN: {...}}}``, each the monthly ``{"cap": micro-USD or None
+        (unlimited), "source": ...}`` with ``"daily"`` and ``"weekly"`` ones beside it;
+        source is "override", "config", or for users the label of what set it."""
+        return await self.cap_overrides.in_force(org)
 
     # --- extra usage ---------------------------------------------------------------------
     def _extra_field(self, org: str, user: str | None) -> str:
-        org_cfg = self._org(org)
+        org_cfg = self.organization(org)
         if user is None:
             return Fields.extra(Scope.ORG)
         if user not in org_cfg.users:
@@ -265,21 +206,21 @@ class Spend:
     # --- users ---------------------------------------------------------------------------
     async def user_status(self, org: str, user: str, month: str | None = None) -> UserStatus:
         """A user's month to date and effective limits (`SpendError`: unknown user)."""
-        org_cfg = self._org(org)
+        org_cfg = self.organization(org)
         if user not in org_cfg.users:
             raise UnknownName(f"unknown user {user!r} in {org!r}")
         ov = await self.overrides(org)
         month, _, _ = self.month_bounds(month)
-        h = await self._month_hash(org, month)
+        h = await self.month_hash(org, month)
         return seats.user_status(org_cfg, org, user, ov, h)
 
     # --- statements ----------------------------------------------------------------------
     async def statement(self, org: str, month: str | None = None) -> Statement:
         """The usage statement of `month` (see `tollway.limits.statement`), cross-checked against
         the ledger database's debit events of the month (an SQL aggregate)."""
-        org_cfg = self._org(org)
+        org_cfg = self.organization(org)
         month, start, end = self.month_bounds(month)
-        h = await self._month_hash(org, month)
+        h = await self.month_hash(org, month)
         ov = await self.overrides(org)
         ledger = await history_of(self.store).debits_by_user(org, start, end)
         client, acct = self.store.client, self.keys.account(org)
@@ -296,121 +237,3 @@ class Spend:
             seats={u: ov.get(Fields.seat(u), c.seat) for u, c in org_cfg.users.items()},
             ledger_folded_ts=int(folded or 0),
         )
-
-    # --- limit-increase requests ---------------------------------------------------------
-    async def file_request(
-        self,
-        org: str,
-        user: str,
-        reason: str = "",
-        now: int | None = None,
-        key_id: str | None = None,
-    ) -> LimitRequest:
-        """File a pending request for `user` (`RequestPending` if one is pending)."""
-        org_cfg = self._org(org)
-        if user not in org_cfg.users:
-            raise UnknownName(f"unknown user {user!r} in {org!r}")
-        if not isinstance(reason, str) or len(reason) > MAX_REASON:
-            raise SpendError(f"the reason must be text of at most {MAX_REASON} characters")
-        now = self.clock.now_ms() if now is None else now
-        request = LimitRequest(
-            id=new_request_id(now),
-            org=org,
-            user=user,
-            reason=reason.strip(),
-            status=PENDING,
-            asked_ms=now,
-            key_id=key_id,
-        )
-        return await self.requests.file(request)
-
-    async def latest_request(self, org: str, user: str) -> LimitRequest | None:
-        """The user's latest request, whatever its status (None: never filed one)."""
-        return await self.requests.latest(org, user)
-
-    async def pending(self, org: str) -> list[PendingRequest]:
-        """Pending requests, oldest first, each with the user's seat, month-to-date spend
-        and cap (users no longer in the config are skipped)."""
-        org_cfg = self._org(org)
-        ov = await self.overrides(org)
-        h = await self._month_hash(org, self.month_bounds()[0])
-        return [
-            PendingRequest(r, seats.user_status(org_cfg, org, r.user, ov, h))
-            for r in await self.requests.all(org)
-            if r.status == PENDING and r.user in org_cfg.users
-        ]
-
-    async def approve(
-        self,
-        org: str,
-        user: str,
-        new_cap: int | str | None = None,
-        new_tier: str | None = None,
-        note: str = "",
-    ) -> LimitRequest:
-        """Approve the user's pending request with exactly one of: `new_cap` (micro-USD or
-        "unlimited": the user's cap override, and their extra usage enabled) or `new_tier`
-        (a seat tier: the user gets its included usage and its cap in force now, as user
-        overrides). The user's next request is admitted under them, unless an organization
-        or workspace cap, or extra usage disabled for the whole organization, stops it."""
-        org_cfg = self._org(org)
-        if user not in org_cfg.users:
-            raise UnknownName(f"unknown user {user!r} in {org!r}")
-        if (new_cap is None) == (new_tier is None):
-            raise SpendError("approve with exactly one of a new cap or a new tier")
-        if new_cap is not None:
-            decision: dict[str, Any] = {"cap": seats.override_amount(new_cap)}
-            # Raising the cap of a user stopped at their included usage must let them
-            # continue: their extra usage is enabled (an organization switch-off still wins).
-            scope = Scope.user(user)
-            writes = {Fields.cap(scope): decision["cap"], Fields.extra(scope): "1"}
-        else:
-            decision, writes = await self._tier_move(org_cfg, org, user, new_tier)
-        if decision["cap"] != UNLIMITED:
-            decision["cap"] = int(decision["cap"])
-        return await self._decide(org, user, APPROVED, note, decision, writes)
-
-    async def _tier_move(
-        self, org_cfg: Organization, org: str, user: str, tier: str | None
-    ) -> tuple[dict[str, Any], dict[str, str]]:
-        if tier is None or tier not in org_cfg.seat_tiers:
-            names = ", ".join(sorted(org_cfg.seat_tiers)) or "none defined"
-            raise UnknownName(f"unknown seat tier {tier!r} in {org!r} (known: {names})")
-        if org_cfg.users[user].seat is None:
-            raise SpendError(
-                f"user {user!r} has no seat in the config: approve with a new cap instead"
-            )
-        tier_cfg = org_cfg.seat_tiers[tier]
-        ov = await self.overrides(org)
-        cap = ov.get(Fields.cap(Scope.tier(str(tier))))
-        if cap is None:
-            cap = UNLIMITED if tier_cfg.monthly_cap is None else str(tier_cfg.monthly_cap)
-        decision = {"tier": tier, "included": tier_cfg.included, "cap": cap}
-        writes = {
-            Fields.included(user): str(tier_cfg.included),
-            Fields.cap(Scope.user(user)): cap,
-            Fields.seat(user): str(tier),
-        }
-        return decision, writes
-
-    async def deny(self, org: str, user: str, note: str = "") -> LimitRequest:
-        """Deny the user's pending request; nothing else changes."""
-        self._org(org)
-        return await self._decide(org, user, DENIED, note, {}, {})
-
-    async def _decide(
-        self,
-        org: str,
-        user: str,
-        status: str,
-        note: str,
-        decision: dict[str, Any],
-        writes: dict[str, str],
-    ) -> LimitRequest:
-        latest = await self.requests.latest(org, user)
-        if latest is None or latest.status != PENDING:
-            raise NoPendingRequest(org, user, latest)
-        decided = replace(
-            latest, status=status, decided_ms=self.clock.now_ms(), note=note, decision=decision
-        )
-        return await self.requests.decide(decided, writes)

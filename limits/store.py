@@ -17,6 +17,7 @@ from importlib import resources
 from typing import Any
 
 from redis import exceptions as rexc
+from redis.asyncio import Redis, RedisCluster
 from tollway.limits.batch import UNAVAILABLE as _UNAVAILABLE
 from tollway.limits.batch import ScriptBatcher, batchable, unavailable_reply
 from tollway.limits.connect import connect
@@ -49,7 +50,7 @@ Observer = Callable[[str, float, bool], None]
 class Store:
     """A client and the scripts. `client` may be a Redis or a RedisCluster client."""
 
-    def __init__(self, client: Any, keys: Keys | None = None) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: Keys | None = None) -> None:
         self.client = client
         self.keys = keys or Keys()
         self.scripts = {name: Script(name) for name in SCRIPT_NAMES}

@@ -27,6 +27,7 @@ The other fields refine those counts or add to them, for pricing:
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 TOOLS = ("web_search", "web_fetch", "file_search")
 BASE_TIERS = frozenset({"standard", "default", "auto"})
@@ -92,7 +93,9 @@ _COUNTS = (
 def within_ceiling(usage: Usage, max_tokens: int, max_tools: int) -> tuple[Usage, list[str]]:
     """`usage` with every count above its sanity ceiling lowered to the ceiling, and the
     names of the counts that were (an absurd report is charged the ceiling, never 0)."""
-    changes: dict[str, int] = {}
+    # int counts by field name; Any because mypy checks **changes against every field of
+    # Usage, its text ones included.
+    changes: dict[str, Any] = {}
     for name in _COUNTS:
         if getattr(usage, name) > max_tokens:
             changes[name] = max_tokens

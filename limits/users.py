@@ -9,7 +9,9 @@ the run-time cap override ``cap:user=U`` (`tollway.limits.spend`).
 Storage: the hash ``tw:{org}:users``, one JSON entry per user. Each process keeps what it
 read for at most `MAX_AGE` (one second), so a change reaches every replica within a
 second; the process that made it sees it at once. Every read is handed to `on_read`
-(the proxy's `Overlay.update`).
+(the proxy's `Overlay.update`). The same read (one pipelined round trip) brings the model
+names and patterns given a cap at run time (``tw:{org}:modelcaps``, `tollway.limits.caps`),
+which the overlay merges into ``model_caps`` so that their spend is counted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import orjson
 from tollway.config.schema import Organization
 from tollway.limits.errors import LimitsError
+from tollway.limits.flights import Flights
 from tollway.limits.store import Store
 
 MAX_AGE = 1.0  # seconds a process trusts the run-time users it read
@@ -66,26 +69,47 @@ class RuntimeUsers:
     def __init__(
         self,
         store: Store,
-        on_read: Callable[[str, Mapping[str, Any]], None] | None = None,
+        on_read: Callable[[str, Mapping[str, Any], frozenset[str]], None] | None = None,
         max_age: float = MAX_AGE,
     ) -> None:
         self.store = store
         self.on_read = on_read
         self.max_age = max_age
         self._entries: dict[str, dict[str, dict[str, Any]]] = {}
+        self._patterns: dict[str, frozenset[str]] = {}
         self._read: dict[str, float] = {}
+        self._reads = Flights()  # concurrent re-reads of one organization share one
+        self._started = 0  # reads started (a fresh one may overtake an older one)
+        self._applied: dict[str, int] = {}  # org -> the latest read whose answer is kept
 
     async def entries(self, org: str, *, fresh: bool = False) -> dict[str, dict[str, Any]]:
-        """user -> run-time entry of `org`; re-read when older than `max_age` (or `fresh`)."""
+        """user -> run-time entry of `org`; re-read when older than `max_age` (or `fresh`:
+        a read that starts now, after a write). Concurrent re-reads share one."""
         if fresh or time.monotonic() - self._read.get(org, -1e9) >= self.max_age:
-            raw = await self.store.call(
-                "users_read", self.store.client.hgetall, self.store.keys.users(org)
-            )
-            self._entries[org] = {user: orjson.loads(value) for user, value in raw.items()}
-            self._read[org] = time.monotonic()
-            if self.on_read is not None:
-                self.on_read(org, self._entries[org])
+            await self._reads.run(org, lambda: self._reread(org), new=fresh)
         return self._entries[org]
+
+    async def _reread(self, org: str) -> None:
+        self._started += 1
+        order = self._started
+        pipe = self.store.client.pipeline(transaction=False)
+        pipe.hgetall(self.store.keys.users(org))
+        pipe.smembers(self.store.keys.model_caps(org))
+        raw, patterns = await self.store.call("users_read", pipe.execute)
+        if order < self._applied.get(org, 0):
+            return  # a read started later (after a write) answered first: it stands
+        self._applied[org] = order
+        self._entries[org] = {user: orjson.loads(value) for user, value in raw.items()}
+        self._patterns[org] = frozenset(patterns)
+        self._read[org] = time.monotonic()
+        if self.on_read is not None:
+            self.on_read(org, self._entries[org], self._patterns[org])
+
+    async def model_cap_patterns(self, org: str, *, fresh: bool = False) -> frozenset[str]:
+        """The model names and patterns of `org` given a cap at run time (read with the
+        users, within `max_age`, or now with `fresh`)."""
+        await self.entries(org, fresh=fresh)
+        return self._patterns[org]
 
     async def _write(self, org: str, user: str, entry: dict[str, Any] | None) -> None:
         client, key = self.store.client, self.store.keys.users(org)

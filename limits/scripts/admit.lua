@@ -38,7 +38,8 @@ ARGV
                cap, else `label`; `spent` is read from the period's hash (month|day|week)
       budgets  [CapPlan, ...]: caps checked whether the spend is included or not (a
                key's budget)
-    session_budget  {cap, label} or null: the session's spend (its hash's cost) must be
+    session_budget  {cap, label, held} or null: the session's spend (its hash's cost)
+               plus what its requests in flight hold (held hash field `held`) must be
                below cap (scriptplans.SessionBudget)
 
   Every money limit admits while settled + held < limit (held: what admitted requests not
@@ -117,8 +118,27 @@ local function hget(key, field)
   return v or nil
 end
 
+-- An overrides field. The first call reads every overrides field the plan names (the
+-- seat's, the extra usage switches, the caps' and budgets'), in one HMGET.
+local OVERRIDES = nil
 local function override(field)
-  return hget(K.overrides, field)
+  if OVERRIDES == nil then
+    local money = plan.money
+    local fields = {money.extra.off}
+    extend(fields, money.extra.overrides)
+    local seat = opt(money.seat)
+    if seat then
+      fields[#fields + 1] = seat.override
+    end
+    for _, c in ipairs(money.caps) do
+      extend(fields, c.overrides)
+    end
+    for _, c in ipairs(money.budgets or {}) do
+      extend(fields, c.overrides)
+    end
+    OVERRIDES = read_fields(K.overrides, fields)
+  end
+  return OVERRIDES[field]
 end
 
 -- Whether extra usage is on for this user now (plans.ExtraPlan).
@@ -180,11 +200,13 @@ local function check_money(money, cost, hold)
     end
     hold[b.spent] = cost
   end
-  -- A session's budget counts what it settled (requests in flight are not held per
-  -- session: a burst inside one session may overshoot by what is in flight).
+  -- A session's budget counts what it settled and what its requests in flight hold.
   local sb = opt(plan.session_budget)
-  if sb and num(redis.call('HGET', K.session, 'cost')) >= sb.cap then
-    return 'cap', sb.label .. '|' .. int(sb.cap)
+  if sb then
+    if num(redis.call('HGET', K.session, 'cost')) + num(hget(K.held, sb.held)) >= sb.cap then
+      return 'cap', sb.label .. '|' .. int(sb.cap)
+    end
+    hold[sb.held] = cost
   end
   local extra = cost
   local seat = opt(money.seat)

@@ -28,13 +28,15 @@ from typing import Any
 
 from aiohttp import web
 from tollway.config.overlay import Overlay
+from tollway.config.reload import ConfigSource
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import LimitsError, StoreUnavailable
-from tollway.limits.spend import NoPendingRequest, RequestPending
+from tollway.limits.increases import NoPendingRequest, RequestPending
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin import admins as admin_admins
+from tollway.proxy.admin import caps as admin_caps
 from tollway.proxy.admin import credits as admin_credits
 from tollway.proxy.admin import developers as admin_developers
 from tollway.proxy.admin import keys as admin_keys
@@ -68,6 +70,7 @@ def routes() -> list[Route]:
         *admin_keys.ROUTES,
         *admin_credits.ROUTES,
         *admin_spend.ROUTES,
+        *admin_caps.ROUTES,
         *admin_users.ROUTES,
         *admin_limits.ROUTES,
         *admin_admins.ROUTES,
@@ -153,7 +156,7 @@ async def _fallback(request: web.Request) -> web.Response:
 
 
 def create_admin_app(
-    holder: Any,
+    holder: ConfigSource,
     store: Store,
     clock: Clock,
     apikeys: ApiKeys,
@@ -163,12 +166,11 @@ def create_admin_app(
     """The admin sub-application (mount it with ``app.add_subapp("/admin", ...)``).
     ``env`` is where the admin token is read (default: ``os.environ``, at each request)."""
     app = web.Application(middlewares=[guard])
-    if not isinstance(holder, Overlay):
-        holder = Overlay(holder)
+    overlay = holder if isinstance(holder, Overlay) else Overlay(holder)
     if users is None:
-        users = RuntimeUsers(store, holder.update)
-        holder.reader = users.entries
-    app[ADMIN] = AdminContext(holder, store, clock, apikeys, env, users)
+        users = RuntimeUsers(store, overlay.update)
+        overlay.reader = users.entries
+    app[ADMIN] = AdminContext(overlay, store, clock, apikeys, env, users)
     table = routes()
     app[ROUTE_TABLE] = table
     app[OPENAPI] = document(table, _version())

@@ -64,6 +64,7 @@ MEMBER_ROUTES = frozenset(
 KEY_ROUTES = frozenset(
     {
         ("GET", "/keys/{key_id}"),
+        ("PATCH", "/keys/{key_id}"),
         ("POST", "/keys/{key_id}/revoke"),
         ("POST", "/keys/{key_id}/rotate"),
     }

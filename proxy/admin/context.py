@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -19,9 +19,12 @@ from zoneinfo import ZoneInfo
 import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
+from tollway.config.overlay import Overlay
+from tollway.config.schema import Config, Organization
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.meter import periods
+from tollway.limits.payments import PaymentProvider
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 
@@ -30,7 +33,7 @@ M = TypeVar("M", bound=BaseModel)
 
 @dataclass
 class AdminContext:
-    holder: Any  # tollway.config.overlay.Overlay: `.current` is the live Config
+    holder: Overlay  # `.current` is the live Config, run-time users merged in
     store: Store
     clock: Clock
     apikeys: ApiKeys
@@ -38,7 +41,7 @@ class AdminContext:
     users: RuntimeUsers | None = None  # users and seats set at run time
 
     @property
-    def cfg(self) -> Any:
+    def cfg(self) -> Config:
         return self.holder.current
 
     def token_name(self) -> str | None:
@@ -64,7 +67,7 @@ class AdminContext:
 ADMIN = web.AppKey("admin_context", AdminContext)
 # The organization's payment provider, `(org config) -> PaymentProvider`, set on the proxy
 # app by the auto-reloader and read through `request.config_dict` (absent: none).
-PAYMENTS = web.AppKey("admin_payments", object)
+PAYMENTS: web.AppKey[Callable[[Organization], PaymentProvider]] = web.AppKey("admin_payments")
 
 
 class ApiError(Exception):
@@ -133,13 +136,13 @@ def query(request: web.Request, name: str, default: str | None = None) -> str | 
 
 
 def choice(request: web.Request, name: str, choices: Sequence[str], default: str) -> str:
-    value = query(request, name, default)
+    value = query(request, name, default) or default
     if value not in choices:
         raise ApiError(400, f"{name}: expected one of {', '.join(choices)}, got {value!r}")
     return value
 
 
-def org(request: web.Request) -> tuple[str, Any]:
+def org(request: web.Request) -> tuple[str, Organization]:
     """The ``{org}`` of the path and its config; 404 when the config has no such org."""
     # Config names are NFC (tollway.config.loader): "café" in either spelling is one org.
     name = unicodedata.normalize("NFC", request.match_info["org"])
@@ -149,7 +152,7 @@ def org(request: web.Request) -> tuple[str, Any]:
     return name, org_cfg
 
 
-def member(org_name: str, org_cfg: Any, what: str, name: str | None) -> str | None:
+def member(org_name: str, org_cfg: Organization, what: str, name: str | None) -> str | None:
     """Check that a workspace/user/tier named in a body exists (400 otherwise)."""
     if name is None:
         return None

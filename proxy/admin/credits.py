@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import Field
-from tollway.config.schema import Money
+from tollway.config.schema import Money, Organization
 from tollway.limits.credits import Credits, new_lot_id
 from tollway.limits.durations import parse_period
-from tollway.limits.lots import reload_dict
+from tollway.limits.lots import Lot, auto_reload_dict
 from tollway.proxy.admin.auth import caller
 from tollway.proxy.admin.context import (
     BOOL,
@@ -42,7 +42,7 @@ def _credits(c: AdminContext) -> Credits:
     return Credits(c.store, c.clock, lambda: c.cfg)
 
 
-def payment_dict(org_cfg: Any) -> dict[str, Any]:
+def payment_dict(org_cfg: Organization) -> dict[str, Any]:
     """The payment method auto-reload uses (from the config; the secret is never shown)."""
     p = org_cfg.billing.payment
     return {
@@ -56,13 +56,13 @@ def payment_dict(org_cfg: Any) -> dict[str, Any]:
 async def show(request: web.Request) -> web.Response:
     name, o = org(request)
     credits = _credits(ctx(request))
-    settings = await credits.reload_settings(name, o.billing.auto_reload)
+    settings = await credits.auto_reload_settings(name, o.billing.auto_reload)
     return answer(
         {
             "org": name,
             "mode": o.billing.mode,
             "balance": (await credits.balance(name)).to_dict(),
-            "auto_reload": reload_dict(settings, o.billing.payment.provider),
+            "auto_reload": auto_reload_dict(settings, o.billing.payment.provider),
             "payment_method": payment_dict(o),
         }
     )
@@ -109,7 +109,7 @@ class Grant(Body):
     )
 
 
-async def _added(credits: Credits, name: str, lot: Any) -> web.Response:
+async def _added(credits: Credits, name: str, lot: Lot) -> web.Response:
     out = {"lot": lot.to_dict(), "balance": (await credits.balance(name)).to_dict()}
     return answer(out, status=201)
 
@@ -155,17 +155,19 @@ class AutoReloadSet(Body):
     target: Money | None = None
 
 
-async def _reload_answer(request: web.Request, name: str, o: Any) -> web.Response:
-    settings = await _credits(ctx(request)).reload_settings(name, o.billing.auto_reload)
-    return answer({"org": name, "auto_reload": reload_dict(settings, o.billing.payment.provider)})
+async def _auto_reload_answer(request: web.Request, name: str, o: Organization) -> web.Response:
+    settings = await _credits(ctx(request)).auto_reload_settings(name, o.billing.auto_reload)
+    return answer(
+        {"org": name, "auto_reload": auto_reload_dict(settings, o.billing.payment.provider)}
+    )
 
 
-async def get_reload(request: web.Request) -> web.Response:
+async def get_auto_reload(request: web.Request) -> web.Response:
     name, o = org(request)
-    return await _reload_answer(request, name, o)
+    return await _auto_reload_answer(request, name, o)
 
 
-async def set_reload(request: web.Request) -> web.Response:
+async def set_auto_reload(request: web.Request) -> web.Response:
     name, o = org(request)
     b = await body(request, AutoReloadSet)
     credits = _credits(ctx(request))
@@ -173,18 +175,18 @@ async def set_reload(request: web.Request) -> web.Response:
     if not b.enabled:
         if pair:
             raise ApiError(400, "enabled: false takes no threshold or target")
-        await credits.disable_reload(name)
+        await credits.disable_auto_reload(name)
     elif b.threshold is None or b.target is None:
         raise ApiError(400, "threshold and target: both are required to enable auto-reload")
     else:
-        await credits.set_reload(name, b.threshold, b.target)
-    return await _reload_answer(request, name, o)
+        await credits.set_auto_reload(name, b.threshold, b.target)
+    return await _auto_reload_answer(request, name, o)
 
 
-async def clear_reload(request: web.Request) -> web.Response:
+async def clear_auto_reload(request: web.Request) -> web.Response:
     name, o = org(request)
-    await _credits(ctx(request)).clear_reload(name)
-    return await _reload_answer(request, name, o)
+    await _credits(ctx(request)).clear_auto_reload(name)
+    return await _auto_reload_answer(request, name, o)
 
 
 async def payment_method(request: web.Request) -> web.Response:
@@ -192,7 +194,7 @@ async def payment_method(request: web.Request) -> web.Response:
     return answer({"org": name, "payment_method": payment_dict(o)})
 
 
-async def credit_section(c: AdminContext, name: str, o: Any) -> dict[str, Any]:
+async def credit_section(c: AdminContext, name: str, o: Organization) -> dict[str, Any]:
     """The credit part of the live-limits answer (prepaid organizations only)."""
     if o.billing.mode != "prepaid":
         return {}
@@ -220,10 +222,10 @@ _LOT = schema_object(
     created_ms=_MICRO,
     expires_ms=_MICRO,
 )
-_RELOAD = schema_object(("enabled",), enabled=BOOL, threshold=_USD, target=_USD, source=STR)
+_AUTO_RELOAD = schema_object(("enabled",), enabled=BOOL, threshold=_USD, target=_USD, source=STR)
 _PAYMENT = schema_object(("provider", "registered"), provider=STR, registered=BOOL)
 _ADDED = schema_object(("lot", "balance"), lot=_LOT, balance=_BALANCE)
-_RELOAD_ANSWER = schema_object(("org", "auto_reload"), org=STR, auto_reload=_RELOAD)
+_AUTO_RELOAD_ANSWER = schema_object(("org", "auto_reload"), org=STR, auto_reload=_AUTO_RELOAD)
 
 ROUTES = [
     Route(
@@ -237,7 +239,7 @@ ROUTES = [
             org=STR,
             mode=STR,
             balance=_BALANCE,
-            auto_reload=_RELOAD,
+            auto_reload=_AUTO_RELOAD,
             payment_method=_PAYMENT,
         ),
     ),
@@ -253,7 +255,7 @@ ROUTES = [
         "GET",
         "/orgs/{org}/credits/history",
         history,
-        "Ledger events (purchases, grants, reloads, debits, expiries), newest first.",
+        "Ledger events (purchases, grants, auto-reloads, debits, expiries), newest first.",
         "credits",
         schema_object(("events",), events={"type": "array", "items": {"type": "object"}}),
         query=(
@@ -288,27 +290,27 @@ ROUTES = [
     Route(
         "GET",
         "/orgs/{org}/auto-reload",
-        get_reload,
+        get_auto_reload,
         "Auto-reload settings in force (run-time settings, else the config).",
         "credits",
-        _RELOAD_ANSWER,
+        _AUTO_RELOAD_ANSWER,
     ),
     Route(
         "PUT",
         "/orgs/{org}/auto-reload",
-        set_reload,
+        set_auto_reload,
         "Set auto-reload at run time (threshold and target), or turn it off.",
         "credits",
-        _RELOAD_ANSWER,
+        _AUTO_RELOAD_ANSWER,
         body=AutoReloadSet,
     ),
     Route(
         "DELETE",
         "/orgs/{org}/auto-reload",
-        clear_reload,
+        clear_auto_reload,
         "Drop the run-time auto-reload settings: the config's apply again.",
         "credits",
-        _RELOAD_ANSWER,
+        _AUTO_RELOAD_ANSWER,
     ),
     Route(
         "GET",

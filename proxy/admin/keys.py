@@ -1,7 +1,10 @@
-"""Admin routes for API keys: create (the secret shown once), list, show, revoke, rotate.
+"""Admin routes for API keys: create (the secret shown once), list, show, edit, revoke,
+rotate.
 
-Keys carry a name, an optional expiry, a model allow-list of patterns and tags
-(`tollway.limits.apikeys.KeySettings`). Each admin route module exposes ``ROUTES``.
+Keys carry a name, an optional expiry, a model allow-list of patterns, tags, their own
+limits and budgets (`tollway.limits.apikeys.KeySettings`); creating and editing check them
+with the same code (`tollway.limits.keysettings`). Each admin route module exposes
+``ROUTES``.
 """
 
 from __future__ import annotations
@@ -10,20 +13,11 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import Field, ValidationInfo, field_validator
-from tollway.config.schema import Money
-from tollway.limits.apikeys import (
-    DEFAULT_OVERLAP_MS,
-    LIMITS,
-    KeyRecord,
-    KeySettings,
-    parse_limit,
-    parse_list,
-)
+from pydantic import Field, field_validator
+from tollway.limits.apikeys import DEFAULT_OVERLAP_MS, LIMITS, KeyRecord, KeySettings
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
-from tollway.limits.plans import KeyLimits
-from tollway.limits.seats import MAX_AMOUNT
+from tollway.limits.keysettings import SETTINGS, SettingError, record_fields
 from tollway.proxy.admin.context import (
     BOOL,
     INT,
@@ -49,59 +43,72 @@ def _duration(value: str | None, zero: bool = False) -> str | None:
     return value
 
 
-class KeyCreate(Body):
-    """A new API key of the organization, optionally bound to a workspace and a user."""
+_AMOUNT = "USD with at most 6 decimals (text or number), at most 1e9"
+_LIMIT_HELP = {
+    "rpm": "The key's own requests/minute (up to 3 decimals).",
+    "tpm": "The key's own tokens/minute.",
+    "input_tpm": "The key's own input tokens/minute.",
+    "output_tpm": "The key's own output tokens/minute.",
+}
 
-    workspace: str | None = None
-    user: str | None = None
-    name: str = Field("", max_length=200)
+
+class KeySettingsBody(Body):
+    """A key's settings (`tollway.limits.keysettings`): typed here, checked there, the
+    same rules for creating a key and editing it."""
+
+    name: str | None = None
     expires_in: str | None = Field(
         None, description="The key stops working after this long: `<N>s|m|h|d|w`, e.g. `30d`."
     )
     models: list[str] | None = Field(
         None,
         description="Model patterns the key may call (`*`, `?`), e.g. `gpt-4o*`; "
-        "absent: every model.",
+        "absent or null: every model.",
     )
-    tags: list[str] = Field(default_factory=list, max_length=50)
-    rpm: str | int | Decimal | None = Field(None, description="The key's own requests/minute.")
-    tpm: str | int | Decimal | None = Field(None, description="The key's own tokens/minute.")
-    input_tpm: str | int | Decimal | None = None
-    output_tpm: str | int | Decimal | None = None
-    budget: Money | None = Field(None, description="The key's spend budget (USD) per period.")
-    budget_period: Literal["day", "week", "month"] = "month"
-    session_budget: Money | None = Field(
-        None, description="USD one session id may spend with the key (clients may ask less)."
+    tags: list[str] | None = None
+    rpm: str | int | Decimal | None = Field(None, description=_LIMIT_HELP["rpm"])
+    tpm: str | int | Decimal | None = Field(None, description=_LIMIT_HELP["tpm"])
+    input_tpm: str | int | Decimal | None = Field(None, description=_LIMIT_HELP["input_tpm"])
+    output_tpm: str | int | Decimal | None = Field(None, description=_LIMIT_HELP["output_tpm"])
+    budget: str | int | Decimal | None = Field(
+        None, description=f"The key's spend budget per period: {_AMOUNT}; 0 pauses the key."
+    )
+    budget_period: Literal["day", "week", "month"] | None = Field(
+        None, description="Calendar period of the budget in server.timezone (default month)."
+    )
+    session_budget: str | int | Decimal | None = Field(
+        None,
+        description=f"What one session id may spend with the key: {_AMOUNT}, more than 0 "
+        "(clients may ask less with x-tollway-session-budget).",
+    )
+    max_in_flight: int | None = Field(
+        None, description="At most this many of the key's requests out at once (>= 1)."
     )
 
-    @field_validator("rpm", "tpm", "input_tpm", "output_tpm")
-    @classmethod
-    def _limit(cls, v: Any, info: ValidationInfo) -> Any:
-        if v is not None:
-            parse_limit(str(info.field_name), v)
-        return v
+    def given(self, *, nulls: bool) -> dict[str, Any]:
+        """The settings in the body by name; with `nulls` a null one is kept (it clears
+        the setting), else it is left out (not given)."""
+        data = self.model_dump(include=set(self.model_fields_set) & set(SETTINGS))
+        return {k: v for k, v in data.items() if nulls or v is not None}
 
-    _expires = field_validator("expires_in")(_duration)
 
-    @field_validator("models")
-    @classmethod
-    def _models(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and not parse_list(v, "models"):
-            raise ValueError("give at least one pattern (omit models to allow every model)")
-        return v
+class KeyCreate(KeySettingsBody):
+    """A new API key of the organization, optionally bound to a workspace and a user."""
 
-    @field_validator("budget", "session_budget")
-    @classmethod
-    def _budget(cls, v: int | None) -> int | None:
-        if v is not None and v > MAX_AMOUNT:
-            raise ValueError(f"at most {MAX_AMOUNT // 1_000_000} USD")
-        return v
+    workspace: str | None = None
+    user: str | None = None
 
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: list[str]) -> list[str]:
-        parse_list(v, "tags")
-        return v
+
+class KeyPatch(KeySettingsBody):
+    """New settings of a key: only the fields present change; null clears one (no limit,
+    no budget, no expiry, every model)."""
+
+
+def _fields(given: dict[str, Any], now_ms: int) -> dict[str, str]:
+    try:
+        return record_fields(given, now_ms)
+    except SettingError as e:
+        raise ApiError(400, str(e)) from None
 
 
 class KeyRotate(Body):
@@ -114,17 +121,6 @@ class KeyRotate(Body):
     )
 
     _overlap = field_validator("overlap")(lambda v: _duration(v, zero=True))
-
-
-def _limits(b: KeyCreate) -> KeyLimits | None:
-    found: dict[str, Any] = {
-        n: parse_limit(n, getattr(b, n)) for n in LIMITS if getattr(b, n) is not None
-    }
-    if b.budget is not None:
-        found["budget"], found["budget_period"] = b.budget, b.budget_period
-    if b.session_budget is not None:
-        found["session_budget"] = b.session_budget
-    return KeyLimits(**found) if found else None
 
 
 def _key(request: web.Request, r: KeyRecord) -> dict:
@@ -140,13 +136,7 @@ async def create_key(request: web.Request) -> web.Response:
         raise ApiError(400, refusal)
     c = ctx(request)
     now = c.clock.now_ms()
-    settings = KeySettings(
-        name=b.name,
-        expires_ms=now + parse_ms(b.expires_in) if b.expires_in else None,
-        models=parse_list(b.models, "models"),
-        tags=parse_list(b.tags, "tags"),
-        limits=_limits(b),
-    )
+    settings = KeySettings.from_fields(_fields(b.given(nulls=False), now))
     record, secret = await c.apikeys.create(name, now, b.workspace, b.user, settings=settings)
     return answer({**_key(request, record), "key": secret}, status=201)
 
@@ -166,6 +156,18 @@ async def _get(request: web.Request) -> KeyRecord:
 
 async def get_key(request: web.Request) -> web.Response:
     return answer(_key(request, await _get(request)))
+
+
+async def patch_key(request: web.Request) -> web.Response:
+    record = await _get(request)
+    b = await body(request, KeyPatch)
+    c = ctx(request)
+    fields = _fields(b.given(nulls=True), c.clock.now_ms())
+    try:
+        record = await c.apikeys.update(record.key_id, fields)
+    except UnknownKey as e:
+        raise ApiError(409, str(e)) from None
+    return answer(_key(request, record))
 
 
 async def revoke_key(request: web.Request) -> web.Response:
@@ -208,6 +210,7 @@ _KEY = schema_object(
     budget_micro={"type": ["integer", "null"]},
     budget_period={"type": ["string", "null"]},
     session_budget_micro={"type": ["integer", "null"]},
+    max_in_flight={"type": ["integer", "null"]},
 )
 _WITH_SECRET = {**_KEY, "required": [*_KEY["required"], "key"]}
 
@@ -231,6 +234,17 @@ ROUTES = [
         schema_object(("keys",), keys={"type": "array", "items": _KEY}),
     ),
     Route("GET", "/keys/{key_id}", get_key, "Show one key.", "keys", _KEY),
+    Route(
+        "PATCH",
+        "/keys/{key_id}",
+        patch_key,
+        "Change a key's settings: only the fields given change, null clears one; the "
+        "same rules as at creation. Every proxy applies it within a second. A revoked key "
+        "is 409.",
+        "keys",
+        _KEY,
+        body=KeyPatch,
+    ),
     Route(
         "POST",
         "/keys/{key_id}/rotate",

@@ -10,6 +10,7 @@ from datetime import date
 from typing import Any
 
 from aiohttp import web
+from tollway.config.schema import Organization
 from tollway.limits import reports
 from tollway.proxy.admin.auth import caller
 from tollway.proxy.admin.context import (
@@ -29,7 +30,7 @@ from tollway.proxy.admin.openapi import Param, Route
 # --- organizations ---------------------------------------------------------------------------
 
 
-def _org_summary(name: str, o: Any) -> dict[str, Any]:
+def _org_summary(name: str, o: Organization) -> dict[str, Any]:
     return {
         "org": name,
         "billing_mode": o.billing.mode,

@@ -1,6 +1,6 @@
 """Admin routes for spend (on top of `tollway.limits.spend.Spend`): month-to-date spend, monthly
-statements, spend caps and extra usage (run-time overrides), users' status, and
-limit-increase requests (list, file, approve, deny).
+statements, extra usage (run-time overrides), users' status, and limit-increase requests
+(list, file, approve, deny). Spend caps: `tollway.proxy.admin.caps`.
 
 Overrides apply to the very next request and win over the YAML until deleted (``DELETE``
 drops the override: the YAML applies again). A cap is USD (string or number, at most 6
@@ -14,10 +14,12 @@ from typing import Any
 
 from aiohttp import web
 from pydantic import Field
-from tollway.config.schema import Cap
+from tollway.config.schema import Cap, Organization
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.rkeys import Fields, Scope
 from tollway.limits.spend import UNLIMITED, Spend
 from tollway.limits.statement import statement_csv
+from tollway.proxy.admin import caps as admin_caps
 from tollway.proxy.admin.context import (
     BOOL,
     INT,
@@ -39,6 +41,10 @@ def _spend(c: AdminContext) -> Spend:
     return Spend(c.store, c.clock, lambda: c.cfg)
 
 
+def _increases(c: AdminContext) -> LimitIncreases:
+    return LimitIncreases(_spend(c))
+
+
 def _month(request: web.Request) -> str | None:
     return request.match_info.get("month") or query(request, "month")
 
@@ -55,44 +61,6 @@ async def statement(request: web.Request) -> web.Response:
     if fmt == "csv":
         return web.Response(text=statement_csv(st), content_type="text/csv")
     return answer(st.to_dict())
-
-
-async def caps(request: web.Request) -> web.Response:
-    name, _ = org(request)
-    return answer({"org": name, "caps": await _spend(ctx(request)).caps(name)})
-
-
-class CapSet(Body):
-    """A monthly cap on extra usage: USD, or "unlimited" (or null, as in the YAML)."""
-
-    amount: Cap
-
-
-def _cap(amount: int | None) -> int | str:
-    return UNLIMITED if amount is None else amount
-
-
-_CAP_LEVELS = {"organization": "org", "workspaces": "workspace", "tiers": "tier", "users": "user"}
-
-
-def cap_handlers(level: str) -> tuple[Any, Any]:
-    """(set, clear) handlers of the caps of one level: org, workspace, tier or user; the
-    name is the path parameter named after the level."""
-
-    async def set_cap(request: web.Request) -> web.Response:
-        name, _ = org(request)
-        b = await body(request, CapSet)
-        spend = _spend(ctx(request))
-        await spend.set_cap(name, level, request.match_info.get(level), _cap(b.amount))
-        return answer({"org": name, "caps": await spend.caps(name)})
-
-    async def clear_cap(request: web.Request) -> web.Response:
-        name, _ = org(request)
-        spend = _spend(ctx(request))
-        removed = await spend.clear_cap(name, level, request.match_info.get(level))
-        return answer({"org": name, "removed": removed, "caps": await spend.caps(name)})
-
-    return set_cap, clear_cap
 
 
 class ExtraUsageSet(Body):
@@ -137,7 +105,7 @@ async def user_status(request: web.Request) -> web.Response:
 
 async def pending(request: web.Request) -> web.Response:
     name, _ = org(request)
-    found = await _spend(ctx(request)).pending(name)
+    found = await _increases(ctx(request)).pending(name)
     return answer({"org": name, "pending": [p.to_dict() for p in found]})
 
 
@@ -151,7 +119,7 @@ class LimitRequestFile(Body):
 async def file_request(request: web.Request) -> web.Response:
     name, _ = org(request)
     b = await body(request, LimitRequestFile)
-    filed = await _spend(ctx(request)).file_request(name, b.user, b.reason)
+    filed = await _increases(ctx(request)).file(name, b.user, b.reason)
     return answer(filed.to_dict(), status=201)
 
 
@@ -172,22 +140,25 @@ async def approve(request: web.Request) -> web.Response:
     name, _ = org(request)
     b = await body(request, Approval)
     user = request.match_info["user"]
-    cap = _cap(b.cap) if "cap" in b.model_fields_set else None
-    decided = await _spend(ctx(request)).approve(name, user, cap, b.tier, b.note)
+    cap = (UNLIMITED if b.cap is None else b.cap) if "cap" in b.model_fields_set else None
+    decided = await _increases(ctx(request)).approve(name, user, cap, b.tier, b.note)
     return answer(decided.to_dict())
 
 
 async def deny(request: web.Request) -> web.Response:
     name, _ = org(request)
     b = await body(request, Denial)
-    decided = await _spend(ctx(request)).deny(name, request.match_info["user"], b.note)
+    decided = await _increases(ctx(request)).deny(name, request.match_info["user"], b.note)
     return answer(decided.to_dict())
 
 
-async def caps_section(c: AdminContext, name: str, o: Any) -> dict[str, Any]:
+async def caps_section(c: AdminContext, name: str, o: Organization) -> dict[str, Any]:
     """The caps part of the live-limits answer: caps in force and this month's spend."""
     spend = _spend(c)
-    return {"caps": await spend.caps(name), "month_to_date": await spend.month_to_date(name)}
+    return {
+        "caps": await admin_caps.in_force(c, name),
+        "month_to_date": await spend.month_to_date(name),
+    }
 
 
 # --- the route table -------------------------------------------------------------------------
@@ -207,16 +178,6 @@ _MTD = schema_object(
     users=_LINES,
     keys=_LINES,
 )
-_CAP = schema_object(("cap", "source"), cap=_NULLABLE_INT, source=STR)
-_CAPS = schema_object(
-    ("organization", "workspaces", "tiers", "users"),
-    organization=_CAP,
-    **{
-        n: {"type": "object", "additionalProperties": _CAP}
-        for n in ("workspaces", "tiers", "users")
-    },
-)
-_CAPS_ANSWER = schema_object(("org", "caps"), org=STR, caps=_CAPS, removed=BOOL)
 _EXTRA = schema_object(
     ("org", "configured", "users"),
     org=STR,
@@ -273,32 +234,6 @@ ROUTES = [
         query=(_FORMAT,),
         csv=True,
     ),
-    Route("GET", "/orgs/{org}/caps", caps, "Spend caps in force now.", "spend", _CAPS_ANSWER),
-]
-for _segment, _level in _CAP_LEVELS.items():
-    _path = f"/orgs/{{org}}/caps/{_segment}" + ("" if _level == "org" else f"/{{{_level}}}")
-    _set, _clear = cap_handlers(_level)
-    _what = "the organization's cap" if _level == "org" else f"a {_level}'s cap"
-    ROUTES += [
-        Route(
-            "PUT",
-            _path,
-            _set,
-            f"Override {_what} (USD or unlimited), from the next request on.",
-            "spend",
-            _CAPS_ANSWER,
-            body=CapSet,
-        ),
-        Route(
-            "DELETE",
-            _path,
-            _clear,
-            f"Drop the override of {_what}: the config applies again.",
-            "spend",
-            _CAPS_ANSWER,
-        ),
-    ]
-ROUTES += [
     Route(
         "GET",
         "/orgs/{org}/extra-usage",

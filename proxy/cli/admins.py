@@ -8,9 +8,11 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from tollway.config.schema import Config
 from tollway.limits.admins import ROLES, Credential, Credentials
 from tollway.limits.clock import SystemClock
 from tollway.limits.errors import UnknownCredential
+from tollway.limits.store import Store
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import print_rows
 
@@ -50,7 +52,7 @@ def _row(c: Credential) -> dict[str, Any]:
 
 
 def create(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             print(f"tollway: unknown organization {args.org!r}", file=sys.stderr)
             return EXIT_USAGE
@@ -70,7 +72,7 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         rows = [_row(c) for c in await Credentials(store).list(args.org)]
         if args.format == "json":
             print(json.dumps(rows))
@@ -82,7 +84,7 @@ def list_(args: Any) -> int:
 
 
 def revoke(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         try:
             record = await Credentials(store).revoke(args.cred_id)
         except UnknownCredential:

@@ -19,6 +19,7 @@ from tollway.limits.embedded import data_dir_for
 from tollway.limits.errors import LimitsError, StoreUnavailable
 from tollway.limits.history import History
 from tollway.limits.ledgerdb import open_ledger
+from tollway.limits.store import Store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.runtime.locate import config_path, ledger_url, store_url
 
@@ -38,7 +39,7 @@ def load_setup(path_arg: str | None, *, secrets: bool = False) -> tuple[Path, Co
         raise SystemExit(_fail(str(e), EXIT_USAGE)) from None
 
 
-def with_store(args: Any, fn: Callable[[Any, Any], Coroutine[Any, Any, int]]) -> int:
+def with_store(args: Any, fn: Callable[[Config, Store], Coroutine[Any, Any, int]]) -> int:
     """Run `fn(cfg, store)` against this setup's store; map store errors to exit codes."""
     path, cfg = load_setup(args.config)
     handle = store_url(cfg, path)

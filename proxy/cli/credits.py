@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
 
+from tollway.config.schema import Config, Organization
 from tollway.limits.clock import SystemClock
 from tollway.limits.credits import Balance, Credits, Event, Lot
 from tollway.limits.durations import parse_period
-from tollway.limits.lots import EVENT_FIELDS, reload_dict, when
+from tollway.limits.lots import EVENT_FIELDS, auto_reload_dict, when
 from tollway.limits.money import format_usd, parse_usd
+from tollway.limits.store import Store
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
@@ -83,10 +86,10 @@ def _amount(text: str, what: str = "amount") -> int:
     return micro
 
 
-def _run(args: Any, action: Any) -> int:
+def _run(args: Any, action: Callable[[Credits, Organization], Coroutine[Any, Any, int]]) -> int:
     """Check the organization, then run `action(credits, org_cfg)` against the store."""
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         org_cfg = cfg.organizations.get(args.org)
         if org_cfg is None:
             known = ", ".join(sorted(cfg.organizations)) or "none"
@@ -127,7 +130,7 @@ def buy(args: Any) -> int:
     except ValueError as e:
         return _fail(str(e), EXIT_REFUSED)
 
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         lot = await credits.buy(args.org, amount)
         return _added(args, lot, await credits.balance(args.org))
 
@@ -144,7 +147,7 @@ def grant(args: Any) -> int:
     except ValueError as e:
         return _fail(f"--expires-in: {e}", EXIT_USAGE)
 
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         period = expires_in or timedelta(days=org_cfg.billing.promo_expiry_days)
         lot = await credits.grant(args.org, amount, period, args.identity)
         return _added(args, lot, await credits.balance(args.org))
@@ -153,18 +156,18 @@ def grant(args: Any) -> int:
 
 
 def show(args: Any) -> int:
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         balance = await credits.balance(args.org)
         lots = await credits.lots(args.org)
         events = await credits.history(args.org, max(args.events, 0))
-        settings = await credits.reload_settings(args.org, org_cfg.billing.auto_reload)
-        reload = reload_dict(settings, org_cfg.billing.payment.provider)
+        settings = await credits.auto_reload_settings(args.org, org_cfg.billing.auto_reload)
+        shown = auto_reload_dict(settings, org_cfg.billing.payment.provider)
         if args.format == "json":
             out = {
                 "org": args.org,
                 "mode": org_cfg.billing.mode,
                 "balance": balance.to_dict(),
-                "auto_reload": reload,
+                "auto_reload": shown,
                 "lots": [lot.to_dict() for lot in lots],
                 "events": [e.to_dict() for e in events],
             }
@@ -175,13 +178,13 @@ def show(args: Any) -> int:
         print(f"lots:        {format_usd(balance.lots_total)} USD")
         print(f"debt:        {format_usd(balance.debt)} USD")
         print(f"held:        {format_usd(balance.held)} USD (requests in flight)")
-        if reload["enabled"]:
+        if shown["enabled"]:
             print(
-                f"auto-reload: below {reload['threshold']} USD, up to {reload['target']} USD "
-                f"({reload['source']}; payment: {reload['payment_provider']})"
+                f"auto-reload: below {shown['threshold']} USD, up to {shown['target']} USD "
+                f"({shown['source']}; payment: {shown['payment_provider']})"
             )
         else:
-            print(f"auto-reload: off (payment: {reload['payment_provider']})")
+            print(f"auto-reload: off (payment: {shown['payment_provider']})")
         print()
         if lots:
             cols = ("id", "kind", "amount", "remaining", "expires", "expired", "source")
@@ -197,7 +200,7 @@ def show(args: Any) -> int:
 
 
 def history(args: Any) -> int:
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         events = await credits.history(args.org, max(args.limit, 0))
         if args.format == "json":
             print(json.dumps([e.to_dict() for e in events]))
@@ -222,25 +225,25 @@ def auto_reload(args: Any) -> int:
     except ValueError as e:
         return _fail(str(e), EXIT_REFUSED)
 
-    async def action(credits: Credits, org_cfg: Any) -> int:
+    async def action(credits: Credits, org_cfg: Organization) -> int:
         if args.clear:
-            await credits.clear_reload(args.org)
+            await credits.clear_auto_reload(args.org)
         elif args.off:
-            await credits.disable_reload(args.org)
+            await credits.disable_auto_reload(args.org)
         else:
-            await credits.set_reload(args.org, threshold, target)
-        settings = await credits.reload_settings(args.org, org_cfg.billing.auto_reload)
-        reload = reload_dict(settings, org_cfg.billing.payment.provider)
+            await credits.set_auto_reload(args.org, threshold, target)
+        settings = await credits.auto_reload_settings(args.org, org_cfg.billing.auto_reload)
+        shown = auto_reload_dict(settings, org_cfg.billing.payment.provider)
         if args.format == "json":
-            print(json.dumps({"org": args.org, "auto_reload": reload}))
-        elif reload["enabled"]:
+            print(json.dumps({"org": args.org, "auto_reload": shown}))
+        elif shown["enabled"]:
             print(
-                f"auto-reload of {args.org}: below {reload['threshold']} USD, up to "
-                f"{reload['target']} USD ({reload['source']})"
+                f"auto-reload of {args.org}: below {shown['threshold']} USD, up to "
+                f"{shown['target']} USD ({shown['source']})"
             )
         else:
             print(f"auto-reload of {args.org}: off")
-        if reload["enabled"] and reload["payment_provider"] == "none":
+        if shown["enabled"] and shown["payment_provider"] == "none":
             print(
                 "note: no payment method is registered (billing.payment.provider: none), "
                 "so nothing will be bought",

@@ -25,6 +25,7 @@ from tollway.limits.developers import (
 )
 from tollway.limits.meter import periods
 from tollway.limits.money import format_usd
+from tollway.limits.store import Store
 from tollway.proxy.cli.common import EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import format_table
@@ -56,7 +57,7 @@ def register(sub: Any) -> None:
 
 
 def developers(args: Any) -> int:
-    async def go(cfg: Config, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
         today = periods(SystemClock().now_ms(), ZoneInfo(cfg.server.timezone))[1]

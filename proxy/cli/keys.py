@@ -1,4 +1,8 @@
-"""`tollway keys create | list | show | revoke | rotate`.
+"""`tollway keys create | list | show | set | revoke | rotate`.
+
+`create` and `set` take the same setting options, checked by the same code as the admin
+API (`tollway.limits.keysettings`); `set` changes only the options given, and a word
+clears one (``--rpm none``, ``--expires-in never``, ``--models all``, ``--tags ''``).
 
 Durations (``--expires-in``, ``--overlap``) are ``<N>s|m|h|d|w`` (SPEC §7 DUR). Model
 patterns (``--models 'gpt-4o*,claude-*'``) use ``*`` and ``?``; a key with a list may call
@@ -12,6 +16,7 @@ import sys
 from typing import Any
 
 from tollway.config.overlay import with_users
+from tollway.config.schema import Config
 from tollway.limits.apikeys import (
     DEFAULT_OVERLAP_MS,
     LIMITS,
@@ -19,15 +24,13 @@ from tollway.limits.apikeys import (
     KeyRecord,
     KeySettings,
     iso,
-    parse_limit,
-    parse_list,
 )
 from tollway.limits.clock import SystemClock
 from tollway.limits.durations import parse_ms
 from tollway.limits.errors import UnknownKey
-from tollway.limits.money import parse_usd
-from tollway.limits.plans import KeyLimits
-from tollway.limits.seats import MAX_AMOUNT
+from tollway.limits.keysettings import CLEAR_WORDS, SETTINGS, SettingError, record_fields
+from tollway.limits.money import format_usd
+from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.limits.windows import PERIODS
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
@@ -54,6 +57,71 @@ def _add_common(p: Any) -> None:
     p.add_argument("--config", help="config file (default: $TOLLWAY_CONFIG, ./tollway.yaml)")
 
 
+def _add_settings(p: Any, editing: bool) -> None:
+    """The options of a key's settings, the same for `create` and `set`
+    (`tollway.limits.keysettings`); `set` can clear one with a word (CLEAR_WORDS)."""
+
+    def clear(setting: str) -> str:
+        return f"; '{CLEAR_WORDS[setting]}' removes it" if editing else ""
+
+    p.add_argument("--name", help="a label for the key, shown in lists and reports")
+    p.add_argument(
+        "--expires-in",
+        metavar="DUR",
+        help="the key stops working after this long from now, e.g. 30d" + clear("expires_in"),
+    )
+    p.add_argument(
+        "--models",
+        metavar="PATTERN,...",
+        help="the only models the key may call, e.g. 'gpt-4o*,claude-*' (default: all)"
+        + clear("models"),
+    )
+    p.add_argument(
+        "--tags", metavar="TAG,...", help="labels for your own bookkeeping ('' removes them)"
+    )
+    for limit in LIMITS:
+        flag = "--" + limit.replace("_", "-")
+        p.add_argument(
+            flag, dest=limit, metavar="N", help=f"the key's own {limit} (per minute)" + clear(limit)
+        )
+    p.add_argument(
+        "--budget", metavar="USD", help="the key's spend budget per period" + clear("budget")
+    )
+    p.add_argument(
+        "--budget-period",
+        choices=PERIODS,
+        help="calendar day, week (Monday first) or month of server.timezone (default month)",
+    )
+    p.add_argument(
+        "--session-budget",
+        metavar="USD",
+        help="what one session id may spend with the key" + clear("session_budget"),
+    )
+    p.add_argument(
+        "--max-in-flight",
+        metavar="N",
+        help="at most N of the key's requests out at once" + clear("max_in_flight"),
+    )
+
+
+def _given(args: Any) -> dict[str, Any]:
+    """The settings given on the command line (a clearing word as None)."""
+    given = {}
+    for setting in SETTINGS:
+        value = getattr(args, setting, None)
+        if value is not None:
+            given[setting] = None if value == CLEAR_WORDS.get(setting) else value
+    return given
+
+
+def _fields(args: Any, now_ms: int) -> dict[str, str]:
+    """The key record's fields for the options given; ValueError naming the option."""
+    try:
+        return record_fields(_given(args), now_ms)
+    except SettingError as e:
+        raise ValueError(f"--{e.setting.replace('_', '-')}: {e.problem}") from None
+
+
 def register(sub: Any) -> None:
     keys = sub.add_parser("keys", help="create, list, rotate and revoke API keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -62,27 +130,7 @@ def register(sub: Any) -> None:
     p.add_argument("--org", required=True, help="organization (from the config)")
     p.add_argument("--workspace", help="workspace of the organization")
     p.add_argument("--user", help="user of the organization")
-    p.add_argument("--name", default="", help="a label for the key, shown in lists and reports")
-    p.add_argument("--expires-in", metavar="DUR", help="the key stops working after, e.g. 30d")
-    p.add_argument(
-        "--models",
-        metavar="PATTERN,...",
-        help="the only models the key may call, e.g. 'gpt-4o*,claude-*' (default: all)",
-    )
-    p.add_argument("--tags", metavar="TAG,...", help="labels for your own bookkeeping")
-    for limit in LIMITS:
-        flag = "--" + limit.replace("_", "-")
-        p.add_argument(flag, dest=limit, metavar="N", help=f"the key's own {limit} (per minute)")
-    p.add_argument("--budget", metavar="USD", help="the key's spend budget per period")
-    p.add_argument(
-        "--budget-period",
-        choices=PERIODS,
-        default="month",
-        help="calendar day, week (Monday first) or month of server.timezone (default month)",
-    )
-    p.add_argument(
-        "--session-budget", metavar="USD", help="what one session id may spend with the key"
-    )
+    _add_settings(p, editing=False)
     _add_common(p)
     p.set_defaults(func=create)
 
@@ -95,6 +143,14 @@ def register(sub: Any) -> None:
     p.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_..., as listed)")
     _add_common(p)
     p.set_defaults(func=show)
+
+    p = ksub.add_parser(
+        "set", help="change a key's settings (only those given), on every proxy within 1 s"
+    )
+    p.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_..., as listed)")
+    _add_settings(p, editing=True)
+    _add_common(p)
+    p.set_defaults(func=set_)
 
     p = ksub.add_parser("revoke", help="revoke a key, on every proxy, at once")
     p.add_argument("key_id", metavar="KEY_ID", help="the key's id (key_..., as listed)")
@@ -124,41 +180,15 @@ def key_dict(r: KeyRecord) -> dict[str, Any]:
 
 def _row(r: KeyRecord) -> dict[str, Any]:
     d = key_dict(r)
-    limits = ",".join(f"{k}={v}" for k, v in d["limits"].items() if v is not None)
+    parts = [f"{k}={v}" for k, v in d["limits"].items() if v is not None]
+    if r.limits is not None and r.limits.budget is not None:
+        parts.append(f"budget={format_usd(r.limits.budget)}/{r.limits.budget_period}")
+    if r.limits is not None and r.limits.session_budget is not None:
+        parts.append(f"session_budget={format_usd(r.limits.session_budget)}")
+    if r.limits is not None and r.limits.max_in_flight is not None:
+        parts.append(f"max_in_flight={r.limits.max_in_flight}")
+    limits = ",".join(parts)
     return {**d, "models": ",".join(r.models) or "*", "tags": ",".join(r.tags), "limits": limits}
-
-
-def _settings(args: Any, now_ms: int) -> KeySettings:
-    """The key's settings from the options; ValueError naming the bad option."""
-    try:
-        expires = now_ms + parse_ms(args.expires_in) if args.expires_in else None
-    except ValueError as e:
-        raise ValueError(f"--expires-in: {e}") from None
-    try:
-        models = parse_list(args.models, "--models")
-        tags = parse_list(args.tags, "--tags")
-    except ValueError as e:
-        raise ValueError(str(e)) from None
-    if args.models is not None and not models:
-        raise ValueError("--models: give at least one pattern (omit it to allow every model)")
-    found: dict[str, Any] = {
-        n: parse_limit(n, getattr(args, n)) for n in LIMITS if getattr(args, n) is not None
-    }
-    if args.budget is not None:
-        try:
-            found["budget"] = parse_usd(args.budget)
-            if found["budget"] > MAX_AMOUNT:
-                raise ValueError(f"at most {MAX_AMOUNT // 1_000_000} USD")
-        except ValueError as e:
-            raise ValueError(f"--budget: {e}") from None
-        found["budget_period"] = args.budget_period
-    if args.session_budget is not None:
-        try:
-            found["session_budget"] = parse_usd(args.session_budget)
-        except ValueError as e:
-            raise ValueError(f"--session-budget: {e}") from None
-    limits = KeyLimits(**found) if found else None
-    return KeySettings(args.name, expires, models, tags, limits)
 
 
 def _print_secret(record: KeyRecord, secret: str, fmt: str) -> None:
@@ -171,7 +201,7 @@ def _print_secret(record: KeyRecord, secret: str, fmt: str) -> None:
 
 
 def create(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
         entries = await RuntimeUsers(store).entries(args.org)
@@ -184,7 +214,7 @@ def create(args: Any) -> int:
             return _fail(f"unknown user {args.user!r} in {args.org}", EXIT_USAGE)
         now = SystemClock().now_ms()
         try:
-            settings = _settings(args, now)
+            settings = KeySettings.from_fields(_fields(args, now))
         except ValueError as e:
             return _fail(str(e), EXIT_USAGE)
         record, secret = await ApiKeys(store).create(
@@ -197,7 +227,7 @@ def create(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
@@ -212,23 +242,47 @@ def list_(args: Any) -> int:
 
 
 def show(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         try:
             record = await ApiKeys(store).get(args.key_id)
         except UnknownKey:
             return _fail(f"no key {args.key_id!r}", EXIT_REFUSED)
-        if args.format == "json":
-            print(json.dumps(key_dict(record)))
-        else:
-            for name, value in _row(record).items():
-                print(f"{name + ':':<22}{'' if value is None else value}")
+        _show(record, args.format)
+        return 0
+
+    return with_store(args, go)
+
+
+def _show(record: KeyRecord, fmt: str) -> None:
+    if fmt == "json":
+        print(json.dumps(key_dict(record)))
+    else:
+        for name, value in _row(record).items():
+            print(f"{name + ':':<22}{'' if value is None else value}")
+
+
+def set_(args: Any) -> int:
+    if not _given(args):
+        return _fail("give at least one setting to change (see keys set --help)", EXIT_USAGE)
+    try:
+        fields = _fields(args, SystemClock().now_ms())
+    except ValueError as e:
+        return _fail(str(e), EXIT_USAGE)
+
+    async def go(cfg: Config, store: Store) -> int:
+        try:
+            record = await ApiKeys(store).update(args.key_id, fields)
+        except UnknownKey as e:
+            message = str(e) if "revoked" in str(e) else f"no key {args.key_id!r}"
+            return _fail(message, EXIT_REFUSED)
+        _show(record, args.format)
         return 0
 
     return with_store(args, go)
 
 
 def revoke(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         try:
             record = await ApiKeys(store).revoke(args.key_id)
         except UnknownKey:
@@ -248,7 +302,7 @@ def rotate(args: Any) -> int:
     except ValueError as e:
         return _fail(f"--overlap: {e}", EXIT_USAGE)
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         try:
             record, secret = await ApiKeys(store).rotate(
                 args.key_id, SystemClock().now_ms(), overlap

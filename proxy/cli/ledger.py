@@ -12,10 +12,12 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tollway.config.schema import Config
 from tollway.limits import export
 from tollway.limits.history import history_of
 from tollway.limits.money import format_usd
 from tollway.limits.reconcile import reconcile
+from tollway.limits.store import Store
 from tollway.proxy.cli.output import fail as _fail
 
 CONFIG_HELP = "config file (default: $TOLLWAY_CONFIG, then ./tollway.yaml)"
@@ -41,7 +43,7 @@ def register(sub: Any) -> None:
     e.set_defaults(func=cmd_export)
 
 
-def _orgs(cfg: Any, org: str | None) -> list[str] | None:
+def _orgs(cfg: Config, org: str | None) -> list[str] | None:
     if org is None:
         return sorted(cfg.organizations)
     return [org] if org in cfg.organizations else None
@@ -50,7 +52,7 @@ def _orgs(cfg: Any, org: str | None) -> list[str] | None:
 def cmd_reconcile(args: Any) -> int:
     from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         orgs = _orgs(cfg, args.org)
         if orgs is None:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
@@ -77,7 +79,7 @@ def month_bounds(month: str, timezone: str) -> tuple[int, int]:
 def cmd_export(args: Any) -> int:
     from tollway.proxy.cli.common import EXIT_USAGE, with_store
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         orgs = _orgs(cfg, args.org)
         if orgs is None:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)

@@ -13,6 +13,7 @@ from typing import Any
 from tollway.config import ConfigError, load_config
 from tollway.config.reload import ConfigHolder
 from tollway.proxy.cli import admins as cli_admins
+from tollway.proxy.cli import caps as cli_caps
 from tollway.proxy.cli import credits as cli_credits
 from tollway.proxy.cli import developers as cli_developers
 from tollway.proxy.cli import keys as cli_keys
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_ops.register(sub)
     cli_developers.register(sub)
     cli_spend.register(sub)
+    cli_caps.register(sub)
     cli_users.register(sub)
     cli_ledger.register(sub)
     return parser

@@ -16,6 +16,7 @@ from tollway.limits import reports, sizing
 from tollway.limits.clock import SystemClock
 from tollway.limits.developers import observed_peak
 from tollway.limits.meter import periods
+from tollway.limits.store import Store
 from tollway.proxy.cli.common import EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import format_table
@@ -28,7 +29,7 @@ def _within(value: Decimal, low: Decimal | int, high: Decimal | int) -> str:
 
 
 def observed(args: Any) -> int:
-    async def go(cfg: Config, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
         today = periods(SystemClock().now_ms(), ZoneInfo(cfg.server.timezone))[1]

@@ -15,11 +15,13 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tollway.config.schema import Config
 from tollway.limits import reports, sizing
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import SystemClock
 from tollway.limits.meter import periods
 from tollway.limits.money import format_usd
+from tollway.limits.store import Store
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.observed import observed
 from tollway.proxy.cli.output import fail as _fail
@@ -137,7 +139,7 @@ def register(sub: Any) -> None:
 
 
 def usage(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
@@ -243,7 +245,7 @@ def session_text(s: reports.SessionReport) -> str:
 
 
 def session(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org is not None and args.org not in cfg.organizations:
             return _fail(f"unknown organization {args.org!r}", EXIT_USAGE)
         orgs = [args.org] if args.org else list(cfg.organizations)
@@ -261,7 +263,7 @@ def session(args: Any) -> int:
 
 
 def sessions(args: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)

@@ -1,5 +1,6 @@
-"""`tollway spend | caps | extra-usage | requests | statement`: month-to-date spend, spend
-caps and extra usage at run time, limit-increase requests and month-end statements.
+"""`tollway spend | extra-usage | requests | statement`: month-to-date spend, extra usage
+at run time, limit-increase requests and month-end statements (`tollway caps`:
+`tollway.proxy.cli.caps`).
 
 Amounts are USD on the command line, parsed exactly (`tollway.limits.money.parse_usd`, at most 6
 decimals, never a float), or ``unlimited``; output gives USD text and, in JSON, the exact
@@ -20,10 +21,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from tollway.config.overlay import with_users
+from tollway.config.schema import Config
 from tollway.limits.clock import SystemClock
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.money import format_usd, parse_usd
 from tollway.limits.spend import UNLIMITED, Spend, SpendError, UnknownName
 from tollway.limits.statement import statement_csv
+from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
 from tollway.proxy.cli.common import EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
@@ -40,14 +44,6 @@ def _common(p: Any, formats: tuple[str, ...] | None = ("table", "json")) -> None
         p.add_argument("--format", choices=formats, default="table", help="output format")
 
 
-def _level(p: Any, required: bool = True) -> None:
-    g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--org-wide", action="store_true", help="the organization's cap")
-    g.add_argument("--workspace", metavar="W", help="a workspace's cap")
-    g.add_argument("--tier", metavar="T", help="the cap of each user of a seat tier")
-    g.add_argument("--user", metavar="U", help="a user's own cap (overrides the tier's)")
-
-
 def register(sub: Any) -> None:
     p = sub.add_parser("spend", help="month-to-date spend: included and extra usage")
     p.add_argument("--month", metavar="YYYY-MM", help="default: the current month")
@@ -59,26 +55,6 @@ def register(sub: Any) -> None:
     )
     _common(p)
     p.set_defaults(func=spend_cmd)
-
-    caps = sub.add_parser("caps", help="monthly spend caps on extra usage: show, set, clear")
-    csub = caps.add_subparsers(dest="caps_command", required=True, metavar="ACTION")
-    p = csub.add_parser(
-        "show", help="every cap in force and where it comes from, or those of one level"
-    )
-    _level(p, required=False)
-    _common(p)
-    p.set_defaults(func=caps_show)
-    p = csub.add_parser("set", help="override a cap at run time (the next request obeys)")
-    _level(p)
-    amount = p.add_mutually_exclusive_group(required=True)
-    amount.add_argument("--amount", metavar="USD", help="the monthly cap, up to 6 decimals")
-    amount.add_argument("--unlimited", action="store_true", help="no cap at this level")
-    _common(p, None)
-    p.set_defaults(func=caps_set)
-    p = csub.add_parser("clear", help="drop a run-time cap: the config's applies again")
-    _level(p)
-    _common(p, None)
-    p.set_defaults(func=caps_clear)
 
     p = sub.add_parser("extra-usage", help="allow or stop usage past the seats' included usage")
     p.add_argument(
@@ -127,11 +103,6 @@ def _usd(micro: int | None) -> str:
     return UNLIMITED if micro is None else format_usd(micro)
 
 
-def _money(micro: int | None) -> dict[str, Any]:
-    """{"usd": exact text, "micro": integer}; None stays unlimited."""
-    return {"usd": _usd(micro), "micro": micro}
-
-
 def _cap_arg(text: str) -> int | str:
     if text.strip().lower() == UNLIMITED:
         return UNLIMITED
@@ -145,7 +116,7 @@ def _run(args: Any, action: Action) -> int:
     """Check the organization, then run `action(spend)` against the store. An unknown
     name is a usage error (2); any other refusal exits 1 (see `with_store`)."""
 
-    async def go(cfg: Any, store: Any) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         if args.org not in cfg.organizations:
             known = ", ".join(sorted(cfg.organizations)) or "none"
             return _fail(f"unknown organization {args.org!r} (known: {known})", EXIT_USAGE)
@@ -161,15 +132,6 @@ def _run(args: Any, action: Action) -> int:
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2))
-
-
-def _where(args: Any) -> tuple[str, str | None]:
-    if args.org_wide:
-        return "org", None
-    for level in ("workspace", "tier", "user"):
-        if getattr(args, level):
-            return level, getattr(args, level)
-    raise AssertionError("argparse requires one level")
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -215,61 +177,6 @@ def _line_usd(line: dict[str, int]) -> dict[str, str]:
     return {k: format_usd(v) for k, v in line.items()}
 
 
-def caps_show(args: Any) -> int:
-    async def action(spend: Spend) -> int:
-        caps = await spend.caps(args.org)
-        rows = [{"level": "organization", "name": "-", **caps["organization"]}]
-        for level, key in (("workspace", "workspaces"), ("tier", "tiers"), ("user", "users")):
-            rows += [{"level": level, "name": n, **c} for n, c in caps[key].items()]
-        rows = _only_level(args, rows)
-        if args.format == "json":
-            _print_json([{**r, "cap": _money(r["cap"])} for r in rows])
-            return 0
-        print_rows([{**r, "cap": _usd(r["cap"])} for r in rows], ("level", "name", "cap", "source"))
-        return 0
-
-    return _run(args, action)
-
-
-def _only_level(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of the level `caps show` was asked for (all rows without one). A workspace,
-    tier or user the organization does not have is an `UnknownName` (exit 2)."""
-    if not (args.org_wide or args.workspace or args.tier or args.user):
-        return rows
-    level, name = _where(args)
-    if level == "org":
-        return [r for r in rows if r["level"] == "organization"]
-    picked = [r for r in rows if r["level"] == level and r["name"] == name]
-    if not picked:
-        raise UnknownName(f"unknown {level} {name!r} in {args.org!r}")
-    return picked
-
-
-def caps_set(args: Any) -> int:
-    async def action(spend: Spend) -> int:
-        level, name = _where(args)
-        amount = UNLIMITED if args.unlimited else _cap_arg(args.amount)
-        await spend.set_cap(args.org, level, name, amount)
-        where = "organization" if name is None else f"{level} {name}"
-        shown = UNLIMITED if amount == UNLIMITED else format_usd(int(amount))
-        print(f"{args.org}: monthly cap of {where} set to {shown} (run-time override)")
-        return 0
-
-    return _run(args, action)
-
-
-def caps_clear(args: Any) -> int:
-    async def action(spend: Spend) -> int:
-        level, name = _where(args)
-        removed = await spend.clear_cap(args.org, level, name)
-        where = "organization" if name is None else f"{level} {name}"
-        state = "cleared: the config applies" if removed else "had no run-time override"
-        print(f"{args.org}: cap of {where} {state}")
-        return 0
-
-    return _run(args, action)
-
-
 def extra_usage(args: Any) -> int:
     async def action(spend: Spend) -> int:
         who = f"user {args.user}" if args.user else "the organization"
@@ -293,7 +200,7 @@ def _request_json(r: Any) -> dict[str, Any]:
 
 def requests_list(args: Any) -> int:
     async def action(spend: Spend) -> int:
-        pending = await spend.pending(args.org)
+        pending = await LimitIncreases(spend).pending(args.org)
         if args.format == "json":
             _print_json([p.to_dict() for p in pending])
             return 0
@@ -329,11 +236,12 @@ def _decided(args: Any, r: Any) -> int:
 
 def requests_approve(args: Any) -> int:
     async def action(spend: Spend) -> int:
+        increases = LimitIncreases(spend)
         if args.tier:
-            r = await spend.approve(args.org, args.user, new_tier=args.tier, note=args.note)
+            r = await increases.approve(args.org, args.user, new_tier=args.tier, note=args.note)
         else:
             cap = _cap_arg(args.cap)
-            r = await spend.approve(args.org, args.user, new_cap=cap, note=args.note)
+            r = await increases.approve(args.org, args.user, new_cap=cap, note=args.note)
         return _decided(args, r)
 
     return _run(args, action)
@@ -341,7 +249,8 @@ def requests_approve(args: Any) -> int:
 
 def requests_deny(args: Any) -> int:
     async def action(spend: Spend) -> int:
-        return _decided(args, await spend.deny(args.org, args.user, args.note))
+        denied = await LimitIncreases(spend).deny(args.org, args.user, args.note)
+        return _decided(args, denied)
 
     return _run(args, action)
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tollway.config.overlay import with_users
+from tollway.config.schema import Config, Organization
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import SystemClock
 from tollway.limits.money import parse_usd
 from tollway.limits.seats import UNLIMITED
 from tollway.limits.spend import Spend
+from tollway.limits.store import Store
 from tollway.limits.users import CLEAR, LIMIT_NAMES, RuntimeUsers, UserError, describe
 from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
@@ -81,7 +84,9 @@ def _cap(text: str) -> int | str:
         raise UserError(f"--monthly-cap: {e}") from None
 
 
-async def _rows(cfg: Any, store: Any, org: str, only: str | None = None) -> list[dict[str, Any]]:
+async def _rows(
+    cfg: Config, store: Store, org: str, only: str | None = None
+) -> list[dict[str, Any]]:
     entries = await RuntimeUsers(store).entries(org, fresh=True)
     live = with_users(cfg, {org: entries})
     caps = (await Spend(store, SystemClock(), lambda: live).caps(org))["users"]
@@ -107,8 +112,10 @@ def _show(rows: list[dict[str, Any]], fmt: str) -> None:
     print_rows(table, COLUMNS)
 
 
-def _run(args: Any, action: Any) -> int:
-    async def go(cfg: Any, store: Any) -> int:
+def _run(
+    args: Any, action: Callable[[Config, Store, Organization], Coroutine[Any, Any, int]]
+) -> int:
+    async def go(cfg: Config, store: Store) -> int:
         org_cfg = cfg.organizations.get(args.org)
         if org_cfg is None:
             known = ", ".join(sorted(cfg.organizations)) or "none"
@@ -123,7 +130,7 @@ def _run(args: Any, action: Any) -> int:
 
 
 def add(args: Any) -> int:
-    async def action(cfg: Any, store: Any, org_cfg: Any) -> int:
+    async def action(cfg: Config, store: Store, org_cfg: Organization) -> int:
         await RuntimeUsers(store).add(org_cfg, args.org, args.user, args.seat, args.workspace)
         _show(await _rows(cfg, store, args.org, args.user), args.format)
         return 0
@@ -132,7 +139,7 @@ def add(args: Any) -> int:
 
 
 def set_(args: Any) -> int:
-    async def action(cfg: Any, store: Any, org_cfg: Any) -> int:
+    async def action(cfg: Config, store: Store, org_cfg: Organization) -> int:
         cap = None if args.monthly_cap is None else _cap(args.monthly_cap)
         limits = {n: getattr(args, n) for n in LIMIT_NAMES if getattr(args, n) is not None}
         users = RuntimeUsers(store)
@@ -151,7 +158,7 @@ def set_(args: Any) -> int:
 
 
 def remove(args: Any) -> int:
-    async def action(cfg: Any, store: Any, org_cfg: Any) -> int:
+    async def action(cfg: Config, store: Store, org_cfg: Organization) -> int:
         gone = await RuntimeUsers(store).remove(org_cfg, args.org, args.user)
         revoked = await ApiKeys(store).revoke_user(args.org, args.user) if gone else []
         if args.format == "json":
@@ -169,7 +176,7 @@ def remove(args: Any) -> int:
 
 
 def list_(args: Any) -> int:
-    async def action(cfg: Any, store: Any, org_cfg: Any) -> int:
+    async def action(cfg: Config, store: Store, org_cfg: Organization) -> int:
         rows = await _rows(cfg, store, args.org)
         if args.format == "json":
             print(json.dumps(rows))

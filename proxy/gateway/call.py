@@ -12,8 +12,8 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
+from tollway.config.pricing import PriceInForce
 from tollway.limits.plans import Principal
 from tollway.proxy.gateway.providers import Problem
 
@@ -49,7 +49,9 @@ class Call:
     principal: Principal | None = None
     secret: str | None = None  # the client's key, to forget it when found revoked
     model: str | None = None
-    price: Any = None  # the price book entry in force at admission (`PriceBook.find`)
+    price: PriceInForce | None = (
+        None  # the price book entry in force at admission (`PriceBook.find`)
+    )
     est: int = 0  # estimated input tokens, reserved at admission
     strip: bool = False  # the usage chunk was asked on the client's behalf: hide it
     session: str | None = None

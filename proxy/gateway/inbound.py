@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 from tollway.config.schema import Config
-from tollway.limits.money import parse_usd
+from tollway.limits.keysettings import usd_amount
 from tollway.proxy.gateway.call import Reject
 from tollway.proxy.gateway.providers import Problem
 
@@ -61,11 +61,12 @@ BUDGET_HEADER = "x-tollway-session-budget"  # USD a client allows its session (n
 
 
 def session_budget(headers: Any) -> int | None:
-    """The session budget a client sent (micro-USD); a malformed one is a 400."""
+    """The session budget a client sent (micro-USD), bounded as a key's session budget
+    (`keysettings.usd_amount`); a malformed or out-of-bounds one is a 400."""
     value = headers.get(BUDGET_HEADER)
     if value is None:
         return None
     try:
-        return parse_usd(value.strip())
+        return usd_amount(value, positive=True)
     except ValueError as e:
         raise Reject(Problem(400, "bad_request", f"{BUDGET_HEADER}: {e}")) from None

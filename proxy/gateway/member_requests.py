@@ -26,7 +26,7 @@ from tollway.config.reload import ConfigSource
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.limit_requests import LimitRequest, RequestPending
+from tollway.limits.increases import LimitIncreases, LimitRequest, RequestPending
 from tollway.limits.outcomes import Decision, Refusal
 from tollway.limits.plans import Principal
 from tollway.limits.spend import Spend, SpendError, UserStatus
@@ -43,7 +43,7 @@ HINT = f" To ask for a higher limit, POST {PATH} with this key (or ask your Toll
 ADMIN_HINT = " Ask your Tollway administrator to raise it."
 CREDIT_HINT = " Ask your Tollway administrator to add credit."
 MAX_BODY = 64 * 1024
-SPEND = web.AppKey("spend", Spend)
+INCREASES = web.AppKey("increases", LimitIncreases)
 
 
 def refusal_hint(decision: Decision, principal: Principal) -> str:
@@ -91,11 +91,12 @@ def month_json(s: UserStatus, resets_at_ms: int) -> dict[str, Any]:
 
 
 class Endpoint:
-    """The two views, bound to the app's config holder, keys and `Spend`."""
+    """The two views, bound to the app's config holder, keys and `LimitIncreases`."""
 
-    def __init__(self, holder: ConfigSource, spend: Spend, apikeys: ApiKeys) -> None:
+    def __init__(self, holder: ConfigSource, increases: LimitIncreases, apikeys: ApiKeys) -> None:
         self.holder = holder
-        self.spend = spend
+        self.increases = increases
+        self.spend = increases.spend
         self.apikeys = apikeys
 
     # --- helpers -------------------------------------------------------------------------
@@ -163,7 +164,7 @@ class Endpoint:
         p = await self._principal(request)
         reason = await self._reason(request)
         try:
-            filed = await self.spend.file_request(p.org, p.user or "", reason, key_id=p.key_id)
+            filed = await self.increases.file(p.org, p.user or "", reason, key_id=p.key_id)
         except RequestPending as e:
             message = (
                 f"You already have a pending limit-increase request ({e.request.id}, filed "
@@ -178,7 +179,7 @@ class Endpoint:
     async def _latest(self, request: web.Request) -> web.Response:
         p = await self._principal(request)
         user = p.user or ""
-        latest = await self.spend.latest_request(p.org, user)
+        latest = await self.increases.latest(p.org, user)
         if latest is None:
             raise Reject(Problem(404, "not_found", "You have not filed a limit-increase request."))
         body = request_json(latest)
@@ -197,10 +198,10 @@ def _dumps(value: Any) -> str:
 def setup(
     app: web.Application, holder: ConfigSource, store: Store, clock: Clock, apikeys: ApiKeys
 ) -> None:
-    """Wire the endpoint into the proxy app (and `app[SPEND]`). The daily digest of
+    """Wire the endpoint into the proxy app (and `app[INCREASES]`). The daily digest of
     pending requests is process wiring: `tollway.proxy.runtime.app` starts it."""
-    spend = Spend(store, clock, lambda: holder.current)
-    app[SPEND] = spend
-    endpoint = Endpoint(holder, spend, apikeys)
+    increases = LimitIncreases(Spend(store, clock, lambda: holder.current))
+    app[INCREASES] = increases
+    endpoint = Endpoint(holder, increases, apikeys)
     app.router.add_post(PATH, endpoint.file)
     app.router.add_get(PATH, endpoint.latest)

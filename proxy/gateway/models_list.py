@@ -22,12 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from tollway.config.schema import Config
+from tollway.limits.keyrecord import KeyRecord
 from tollway.proxy.gateway.providers import ANTHROPIC
 
 Usable = Callable[[str], bool]
 
 
-def usable(cfg: Any, record: Any, now_ms: int) -> Usable:
+def usable(cfg: Config, record: KeyRecord | None, now_ms: int) -> Usable:
     """Whether a model id is usable by the key of `record` (None: a key without a
     record at hand, only the price book applies) under `cfg` at `now_ms`."""
 

@@ -73,7 +73,9 @@ class Handler(Protocol):
     ) -> tuple[web.StreamResponse | None, Relayed]: ...
 
 
-async def model_list(h: Handler, request: web.Request, call: Call, cfg: Any) -> web.StreamResponse:
+async def model_list(
+    h: Handler, request: web.Request, call: Call, cfg: Config
+) -> web.StreamResponse:
     """GET /v1/models: the upstream's list with only the models this key may use."""
     ours = {providers.request_id_header(call.provider): call.rid}
     upstream = await h._open(request, call, cfg, b"")
@@ -99,7 +101,7 @@ async def model_list(h: Handler, request: web.Request, call: Call, cfg: Any) -> 
 
 
 async def count_tokens(
-    h: Handler, request: web.Request, call: Call, cfg: Any, body: bytes
+    h: Handler, request: web.Request, call: Call, cfg: Config, body: bytes
 ) -> web.StreamResponse:
     """POST /v1/messages/count_tokens: admitted against the RPM buckets (no tokens, no
     money) like any request, forwarded, then its admission is given back but for its

@@ -130,24 +130,29 @@ def rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# Each header group and the bucket limits it reports (the binding one of them).
+HeaderGroups = tuple[tuple[str, tuple[str, ...]], ...]
+_ANTHROPIC_GROUPS: HeaderGroups = (
+    ("requests", ("rpm",)),
+    ("tokens", ("tpm",)),
+    ("input-tokens", ("input_tpm",)),
+    ("output-tokens", ("output_tpm",)),
+)
+_OPENAI_GROUPS: HeaderGroups = (("requests", ("rpm",)), ("tokens", ("tpm", "input_tpm")))
+
+
 def ratelimit_headers(provider: str, decision: Decision, now_ms: int) -> dict[str, str]:
     """Tollway's own rate-limit headers for a metered response, in the caller's format."""
     headers: dict[str, str] = {}
     if provider == ANTHROPIC:
-        groups = (
-            ("requests", ("rpm",)),
-            ("tokens", ("tpm",)),
-            ("input-tokens", ("input_tpm",)),
-            ("output-tokens", ("output_tpm",)),
-        )
-        for name, limits in groups:
+        for name, limits in _ANTHROPIC_GROUPS:
             b = _binding(decision.buckets, limits)
             if b is not None:
                 headers[f"anthropic-ratelimit-{name}-limit"] = _limit_value(b)
                 headers[f"anthropic-ratelimit-{name}-remaining"] = str(b.remaining)
                 headers[f"anthropic-ratelimit-{name}-reset"] = rfc3339(now_ms + b.reset_ms)
         return headers
-    for name, limits in (("requests", ("rpm",)), ("tokens", ("tpm", "input_tpm"))):
+    for name, limits in _OPENAI_GROUPS:
         b = _binding(decision.buckets, limits)
         if b is not None:
             headers[f"x-ratelimit-limit-{name}"] = _limit_value(b)

@@ -32,7 +32,8 @@ from tollway.proxy.wire.taps import TapResult
 
 log = logging.getLogger("tollway.request")
 
-OnSettled = Callable[[Principal, Settlement], None]
+# A settled request (what it was charged, on which model, for whom) and its settlement.
+OnSettled = Callable[[Charge, Settlement], None]
 
 
 def with_output(result: TapResult, est: int, output: int) -> Usage:
@@ -201,7 +202,7 @@ class Settler:
         )
         for callback in self.on_settled:
             try:
-                callback(charge.principal, settlement)
+                callback(charge, settlement)
             except Exception:  # the settlement stands; a callback's failure is its own
                 log.exception("settlement callback failed", extra={"rid": charge.rid})
         return settlement

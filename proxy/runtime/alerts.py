@@ -24,10 +24,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+from tollway.config.reload import ConfigSource
+from tollway.config.settings import Alerts as AlertSettings
 from tollway.limits.alerts import Alert, Alerts
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.meter import Settlement, periods
+from tollway.limits.meter import Charge, Settlement, periods
 from tollway.limits.plans import Principal
 from tollway.limits.store import Store
 from tollway.limits.windows import windows
@@ -39,7 +41,7 @@ log = logging.getLogger("tollway.alerts")
 class AlertSender:
     def __init__(
         self,
-        holder: Any,
+        holder: ConfigSource,
         store: Store,
         clock: Clock,
         session: aiohttp.ClientSession,
@@ -55,15 +57,15 @@ class AlertSender:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.sent: list[dict[str, Any]] = []  # delivered bodies, newest last (bounded)
 
-    def on_settled(self, principal: Principal, settlement: Settlement) -> None:
+    def on_settled(self, charge: Charge, settlement: Settlement) -> None:
         cfg = self.holder.current
         if cfg.notifications.alerts is None or settlement.duplicate:
             return
-        task = asyncio.ensure_future(self._check(principal, settlement))
+        task = asyncio.ensure_future(self._check(charge.principal, settlement, charge.model))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _check(self, principal: Principal, settlement: Settlement) -> None:
+    async def _check(self, principal: Principal, settlement: Settlement, model: str | None) -> None:
         cfg = self.holder.current
         settings = cfg.notifications.alerts
         org_cfg = cfg.organizations.get(principal.org)
@@ -82,6 +84,7 @@ class AlertSender:
                 settings.thresholds,
                 settings.low_balance if prepaid else None,
                 settlement.available,
+                model,
             )
         except StoreUnavailable as e:
             log.warning("alerts: store unavailable", extra={"error": str(e)})
@@ -92,7 +95,7 @@ class AlertSender:
         for alert in found:
             await self.deliver(alert, settings)
 
-    async def deliver(self, alert: Alert, settings: Any) -> bool:
+    async def deliver(self, alert: Alert, settings: AlertSettings) -> bool:
         """POST one alert, retried with back-off; True once delivered."""
         ident = f"{alert.org}:{alert.period}:{alert.kind}:{alert.subject}:{alert.threshold}"
         doc = {"type": "threshold", **alert.to_dict(), "id": ident}

@@ -29,7 +29,7 @@ from tollway.limits.users import RuntimeUsers
 from tollway.proxy.admin.app import create_admin_app
 from tollway.proxy.admin.context import ADMIN, PAYMENTS
 from tollway.proxy.console.app import setup as setup_console
-from tollway.proxy.gateway import member_requests as limit_requests
+from tollway.proxy.gateway import member_requests
 from tollway.proxy.gateway.handler import ProxyHandler
 from tollway.proxy.gateway.routes import ROUTES
 from tollway.proxy.gateway.settling import Settler
@@ -56,7 +56,7 @@ COUNTER = web.AppKey("counter", TokenCounter)
 DATA_DIR = web.AppKey("data_dir", Path)
 JOURNAL = web.AppKey("journal", Journal)
 REPLAYER = web.AppKey("replayer", Replayer)
-RELOADER = web.AppKey("reloader", AutoReloader)
+AUTO_RELOADER = web.AppKey("auto_reloader", AutoReloader)
 ALERTS = web.AppKey("alerts", AlertSender)
 SHIPPING = web.AppKey("shipping", ShippingTask)
 ACTIVE = web.AppKey("active", set)  # tasks of proxied requests being served
@@ -126,10 +126,10 @@ def create_app(
     admin = create_admin_app(holder, store, app[CLOCK], app[APIKEYS], users=app[USERS])
     app.add_subapp("/admin", admin)
     setup_console(app, admin[ADMIN])
-    limit_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
+    member_requests.setup(app, holder, store, app[CLOCK], app[APIKEYS])
     if cfg.notifications.limit_requests_webhook is not None:
-        spend = app[limit_requests.SPEND]
-        app.cleanup_ctx.append(digest.lifecycle(holder, spend, app[CLOCK]))
+        increases = app[member_requests.INCREASES]
+        app.cleanup_ctx.append(digest.lifecycle(holder, increases, app[CLOCK]))
     # Last: any other /v1 path is answered (404 in the provider's format), never forwarded.
     app.router.add_route("*", "/v1/{tail:.*}", _proxy_view)
     return app
@@ -183,13 +183,13 @@ async def _alerts(app: web.Application) -> AsyncIterator[None]:
 async def _auto_reload(app: web.Application) -> AsyncIterator[None]:
     """Auto-reload purchases, started by settlements; stopped before the store closes."""
     client = app[HANDLER].client
-    reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], client)
-    app[RELOADER] = reloader
-    app[PAYMENTS] = reloader.provider  # the console's purchases pay through the same seam
-    app[SETTLER].on_settled.append(reloader.on_settled)
-    reloader.start_reconciling()  # purchases a dead process left unfinished
+    auto_reloader = AutoReloader(app[HOLDER], app[STORE], app[CLOCK], app[METRICS], client)
+    app[AUTO_RELOADER] = auto_reloader
+    app[PAYMENTS] = auto_reloader.provider  # the console's purchases pay through the same seam
+    app[SETTLER].on_settled.append(auto_reloader.on_settled)
+    auto_reloader.start_reconciling()  # purchases a dead process left unfinished
     yield
-    await reloader.stop()
+    await auto_reloader.stop()
 
 
 async def _revocations(app: web.Application) -> AsyncIterator[None]:

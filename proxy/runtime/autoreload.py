@@ -3,10 +3,10 @@ threshold, in the background, through the organization's payment provider.
 
 The workflow itself (the lock, the amount, the ``reload_started`` record written before
 the payment, retries, the lot, reconciliation after a crash) is
-`tollway.limits.autoreload.ReloadWorkflow`. This module keeps what is HTTP and process:
+`tollway.limits.autoreload.AutoReloadWorkflow`. This module keeps what is HTTP and process:
 
 - `AutoReloader.on_settled`, a `Settler.on_settled` callback: when a settlement
-  reports ``reload > 0`` (settle.lua compares the balance with the threshold in force), one
+  reports ``auto_reload > 0`` (settle.lua compares the balance with the threshold in force), one
   purchase for that organization starts in the background, never two in one process;
 - the payment provider: ``billing.payment.provider`` ``none`` means no payment method is
   registered: nothing is bought, ever (counted as ``skipped``); ``webhook`` is
@@ -27,12 +27,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from tollway.limits.autoreload import ReloadWorkflow
+from tollway.config.reload import ConfigSource
+from tollway.config.schema import Organization
+from tollway.limits.autoreload import AutoReloadWorkflow
 from tollway.limits.clock import Clock
 from tollway.limits.errors import StoreUnavailable
-from tollway.limits.meter import Settlement
+from tollway.limits.meter import Charge, Settlement
 from tollway.limits.payments import NoPaymentProvider, PaymentProvider
-from tollway.limits.plans import Principal
 from tollway.limits.store import Store
 from tollway.proxy.metrics import Metrics
 from tollway.proxy.runtime.payment_webhook import WebhookPaymentProvider
@@ -43,7 +44,7 @@ log = logging.getLogger("tollway.autoreload")
 class AutoReloader:
     def __init__(
         self,
-        holder: Any,
+        holder: ConfigSource,
         store: Store,
         clock: Clock,
         metrics: Metrics,
@@ -60,7 +61,7 @@ class AutoReloader:
         self.clock = clock
         self.metrics = metrics
         self.session = session
-        self.workflow = ReloadWorkflow(
+        self.workflow = AutoReloadWorkflow(
             store,
             clock,
             max_attempts=max_attempts,
@@ -75,7 +76,7 @@ class AutoReloader:
         self.tasks: set[asyncio.Task[Any]] = set()
         self._reconciler: asyncio.Task[Any] | None = None
 
-    # The workflow's knobs, settable on the reloader (tests shorten the back-off).
+    # The workflow's knobs, settable on the auto-reloader (tests shorten the back-off).
     @property
     def max_attempts(self) -> int:
         return self.workflow.max_attempts
@@ -96,10 +97,11 @@ class AutoReloader:
         return self.workflow.lock_ttl_ms()
 
     # --- the callback ---------------------------------------------------------------------
-    def on_settled(self, principal: Principal, settlement: Settlement) -> None:
-        """Start a reload when the settlement asks for one (never blocks the request)."""
-        if settlement.reload <= 0 or settlement.duplicate:
+    def on_settled(self, charge: Charge, settlement: Settlement) -> None:
+        """Start an auto-reload when the settlement asks for one (never blocks the request)."""
+        if settlement.auto_reload <= 0 or settlement.duplicate:
             return
+        principal = charge.principal
         org_cfg = self.holder.current.organizations.get(principal.org)
         if org_cfg is not None and isinstance(self.provider(org_cfg), NoPaymentProvider):
             # Counted here, once per settlement that asked, whatever is in flight.
@@ -108,7 +110,7 @@ class AutoReloader:
         self.start(principal.org)
 
     def start(self, org: str) -> asyncio.Task[Any] | None:
-        """Start a reload of `org` unless one is running in this process already."""
+        """Start an auto-reload of `org` unless one is running in this process already."""
         if org in self._busy or self._stopped:
             return None
         self._busy.add(org)
@@ -119,7 +121,7 @@ class AutoReloader:
 
     async def _run(self, org: str) -> str:
         try:
-            return await self.reload(org)
+            return await self.purchase(org)
         except StoreUnavailable as e:
             log.error("auto-reload: store unavailable", extra={"org": org, "error": str(e)})
             return "error"
@@ -129,8 +131,8 @@ class AutoReloader:
         finally:
             self._busy.discard(org)
 
-    # --- one reload -------------------------------------------------------------------------
-    def provider(self, org_cfg: Any) -> PaymentProvider:
+    # --- one purchase -----------------------------------------------------------------------
+    def provider(self, org_cfg: Organization) -> PaymentProvider:
         """The organization's payment provider (`NoPaymentProvider`: none registered)."""
         payment = org_cfg.billing.payment
         if payment.provider != "webhook" or payment.webhook_url is None:
@@ -140,8 +142,8 @@ class AutoReloader:
             payment.webhook_url, secret, self.session, self.workflow.payment_timeout
         )
 
-    async def reload(self, org: str) -> str:
-        """Run one reload of `org` to its end; returns what happened: paid, failed,
+    async def purchase(self, org: str) -> str:
+        """Run one auto-reload purchase of `org` to its end; returns what happened: paid, failed,
         skipped (no payment method), busy (another one holds the lock), not_needed."""
         org_cfg = self.holder.current.organizations.get(org)
         if org_cfg is None or org_cfg.billing.mode != "prepaid":
@@ -150,7 +152,7 @@ class AutoReloader:
         if isinstance(provider, NoPaymentProvider):
             self.metrics.auto_reloads.labels(org, "skipped").inc()
             return "skipped"
-        return await self.workflow.reload(org, org_cfg.billing.auto_reload, provider)
+        return await self.workflow.purchase(org, org_cfg.billing.auto_reload, provider)
 
     # --- reconciliation ---------------------------------------------------------------------
     async def reconcile(self) -> int:
@@ -180,7 +182,7 @@ class AutoReloader:
 
     # --- lifecycle --------------------------------------------------------------------------
     async def stop(self, timeout: float = 5.0) -> None:
-        """Start no more reloads; let running ones finish (up to `timeout` seconds), then
+        """Start no more auto-reloads; let running ones finish (up to `timeout` seconds), then
         cancel the rest (their lock expires on its own; reconciliation finishes them)."""
         self._stopped = True
         if self._reconciler is not None:

@@ -11,7 +11,7 @@ pending requests gets one JSON POST::
 (``text`` is a human summary, so Slack-style incoming webhooks show it as is; money in
 the list is integer micro-USD, caps None when unlimited.) An organization with nothing
 pending gets no post. Every replica runs the task; a per-organization, per-day claim in
-the store (`LimitRequests.claim_digest`) makes exactly one of them post. A post that
+the store (`RequestStore.claim_digest`) makes exactly one of them post. A post that
 fails (network error or non-2xx) gives its claim back and is retried at the next check
 (every `POLL_SECONDS`). The task starts with the app only when the webhook is configured;
 a later config without it makes it idle (adding one later needs a restart).
@@ -29,10 +29,11 @@ from zoneinfo import ZoneInfo
 
 import aiohttp
 from aiohttp import web
+from tollway.config.reload import ConfigSource
 from tollway.limits.clock import Clock
 from tollway.limits.errors import LimitsError
+from tollway.limits.increases import LimitIncreases, PendingRequest
 from tollway.limits.money import format_usd
-from tollway.limits.spend import PendingRequest, Spend
 from tollway.proxy.gateway.providers import rfc3339
 
 log = logging.getLogger("tollway.digest")
@@ -93,9 +94,15 @@ def build_digest(org: str, pending: Sequence[PendingRequest], day: str) -> dict[
 class Digest:
     """Posts the day's digests; `run_once` is one check (the task calls it periodically)."""
 
-    def __init__(self, holder: Any, spend: Spend, clock: Clock, client: aiohttp.ClientSession):
+    def __init__(
+        self,
+        holder: ConfigSource,
+        increases: LimitIncreases,
+        clock: Clock,
+        client: aiohttp.ClientSession,
+    ):
         self.holder = holder
-        self.spend = spend
+        self.increases = increases
         self.clock = clock
         self.client = client
 
@@ -110,14 +117,14 @@ class Digest:
             return []
         posted = []
         for org in sorted(cfg.organizations):
-            pending = await self.spend.pending(org)
+            pending = await self.increases.pending(org)
             payload = build_digest(org, pending, day)
-            if payload is None or not await self.spend.requests.claim_digest(org, day):
+            if payload is None or not await self.increases.requests.claim_digest(org, day):
                 continue
             if await self._post(url, payload):
                 posted.append(org)
             else:
-                await self.spend.requests.release_digest(org, day)
+                await self.increases.requests.release_digest(org, day)
         return posted
 
     async def _post(self, url: str, payload: dict[str, Any]) -> bool:
@@ -143,12 +150,17 @@ class Digest:
             await asyncio.sleep(poll_seconds)
 
 
-def lifecycle(holder: Any, spend: Spend, clock: Clock, poll_seconds: float = POLL_SECONDS):
+def lifecycle(
+    holder: ConfigSource,
+    increases: LimitIncreases,
+    clock: Clock,
+    poll_seconds: float = POLL_SECONDS,
+):
     """A cleanup context running the digest task for the app's lifetime."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as client:
-            digest = Digest(holder, spend, clock, client)
+            digest = Digest(holder, increases, clock, client)
             task = asyncio.create_task(digest.run(poll_seconds), name="tollway-digest")
             yield
             task.cancel()

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from tollway.config.schema import Config
 from tollway.limits.embedded import EmbeddedValkey, data_dir_for
 from tollway.limits.rkeys import Keys
 from tollway.limits.store import Store
@@ -38,7 +38,7 @@ class StoreHandle:
     url: str
     embedded: EmbeddedValkey | None
 
-    def open(self, cfg: Any) -> Store:
+    def open(self, cfg: Config) -> Store:
         return Store.from_url(self.url, Keys(cfg.store.key_prefix), cfg.store.timeout_seconds)
 
     def stop(self) -> None:
@@ -46,14 +46,14 @@ class StoreHandle:
             self.embedded.stop()
 
 
-def ledger_url(cfg: Any) -> str | None:
+def ledger_url(cfg: Config) -> str | None:
     """The ledger database: ``$TOLLWAY_LEDGER_URL`` when set (a PostgreSQL URL may hold a
     password, which belongs in a secret), else ``ledger.url``; None: SQLite in the data
     directory."""
     return os.environ.get("TOLLWAY_LEDGER_URL") or cfg.ledger.url
 
 
-def store_url(cfg: Any, path: Path) -> StoreHandle:
+def store_url(cfg: Config, path: Path) -> StoreHandle:
     """The store URL of this setup, starting the embedded Valkey when it is the store."""
     url = os.environ.get("REDIS_URL") or cfg.store.redis_url
     if url:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Mapping
-from typing import Any
 
 from aiohttp import web
+from tollway.config.schema import Config
 from tollway.proxy.metrics import CONTENT_TYPE, Metrics
 
 METRICS_OF = web.AppKey("metrics_of", Metrics)
-TOKEN_ENV = web.AppKey("metrics_token_env", object)  # (variable name or None, environment)
+# (the token's variable name or None, the environment to read it from or None: os.environ)
+TOKEN_ENV: web.AppKey[tuple[str | None, Mapping[str, str] | None]] = web.AppKey("metrics_token_env")
 
 
 def create_metrics_app(
@@ -39,7 +40,7 @@ def create_metrics_app(
 
 def _token(app: web.Application) -> tuple[bool, str | None]:
     """(a token is required, its value now)."""
-    name, env = app[TOKEN_ENV]  # type: ignore[misc]
+    name, env = app[TOKEN_ENV]
     if not name:
         return False, None
     value = (env if env is not None else os.environ).get(name, "")
@@ -65,7 +66,7 @@ async def _metrics_view(request: web.Request) -> web.Response:
 
 
 async def start_metrics_site(
-    metrics: Metrics, cfg: Any, host: str, port: int, *, reuse_port: bool = False
+    metrics: Metrics, cfg: Config, host: str, port: int, *, reuse_port: bool = False
 ) -> web.AppRunner | None:
     """Start the metrics listener on host:port (None when `port` is 0). With several
     workers each binds the port (``reuse_port``): a scrape reaches one of them and sees

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 from tollway.config.reload import ConfigHolder, watch
+from tollway.config.schema import Config
 from tollway.proxy.runtime.app import METRICS, create_app
 from tollway.proxy.runtime.locate import StoreHandle, version
 from tollway.proxy.runtime.metrics_server import start_metrics_site
@@ -80,7 +81,7 @@ def _redact(url: str) -> str:
 
 
 def startup_line(
-    cfg: Any,
+    cfg: Config,
     handle: StoreHandle,
     host: str,
     port: int,

@@ -13,8 +13,8 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
+from tollway.config.schema import Config
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.shipper import Shipper, ShipperLock
 from tollway.proxy.metrics import Metrics
@@ -25,7 +25,7 @@ STOP_SECONDS = 5.0  # the last shipping pass at shutdown
 
 
 class ShippingTask:
-    def __init__(self, shipper: Shipper, config: Callable[[], Any], metrics: Metrics) -> None:
+    def __init__(self, shipper: Shipper, config: Callable[[], Config], metrics: Metrics) -> None:
         self.shipper = shipper
         self.config = config
         self.metrics = metrics

@@ -34,8 +34,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from tollway.config.reload import ConfigHolder
 from tollway.proxy.runtime.locate import StoreHandle, store_url
 
 log = logging.getLogger("tollway.workers")
@@ -85,7 +85,7 @@ def _stop_with_parent(parent: int) -> None:
 def _worker(
     index: int,
     parent: int,
-    holder: Any,
+    holder: ConfigHolder,
     url: str,
     host: str,
     port: int,
@@ -135,7 +135,7 @@ def _worker(
 
 def _spawn(
     slot: _Slot,
-    holder: Any,
+    holder: ConfigHolder,
     url: str,
     host: str,
     port: int,
@@ -166,7 +166,7 @@ def _describe(status: int) -> str:
 class _Parent:
     def __init__(
         self,
-        holder: Any,
+        holder: ConfigHolder,
         url: str,
         host: str,
         port: int,
@@ -265,7 +265,7 @@ class _Parent:
 
 
 def run_workers(
-    holder: Any,
+    holder: ConfigHolder,
     config_path: str | Path | None,
     host: str,
     port: int,

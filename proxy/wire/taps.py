@@ -91,10 +91,17 @@ class UsageTap(Protocol):
 
 
 class _StreamParser(Protocol):
-    usage: Usage | None
-    failed: bool
-    model: str | None
-    complete: bool
+    """What `SseTap` reads of a provider's stream parser (read-only: a parser may compute
+    them)."""
+
+    @property
+    def usage(self) -> Usage | None: ...
+    @property
+    def failed(self) -> bool: ...
+    @property
+    def model(self) -> str | None: ...
+    @property
+    def complete(self) -> bool: ...
 
     def on_event(self, event: bytes) -> bytes: ...
 
@@ -208,6 +215,7 @@ def make_tap(provider: str, route: str, streaming: bool, strip_usage_chunk: bool
     the proxy injected ``stream_options.include_usage`` into the request (honoured on
     OpenAI chat/completions and completions streams only).
     """
+    fmt: ModuleType
     if provider == "openai":
         fmt = usage_openai
     elif provider == "anthropic":

@@ -18,6 +18,7 @@ from tollway.limits.admins import Credentials
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.clock import ManualClock
 from tollway.limits.history import History
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.ledgerdb import SqliteLedger
 from tollway.limits.rkeys import Keys
 from tollway.limits.spend import Spend
@@ -58,6 +59,7 @@ BODIES: dict[str, dict[str, Any]] = {
         "models": ["gpt-4o*"],
         "tags": ["team-a"],
     },
+    "patch_keys_key_id": {"rpm": 5, "budget": "2.50", "budget_period": "day", "models": None},
     "post_keys_key_id_rotate": {"overlap": "1h"},
     "post_orgs_org_users": {"user": "erin", "seat": "standard", "workspace": "cc"},
     "patch_orgs_org_users_user": {"seat": "premium", "rpm": 5, "monthly_cap": "10"},
@@ -68,6 +70,7 @@ BODIES: dict[str, dict[str, Any]] = {
     "put_orgs_org_caps_workspaces_workspace": {"amount": 20.5},
     "put_orgs_org_caps_tiers_tier": {"amount": "unlimited"},
     "put_orgs_org_caps_users_user": {"amount": None},
+    "put_orgs_org_caps_models": {"amount": "5"},
     "put_orgs_org_extra_usage": {"enabled": True},
     "put_orgs_org_extra_usage_users_user": {"enabled": False},
     "post_orgs_org_limit_requests": {"user": "carol", "reason": "deadline"},
@@ -77,6 +80,11 @@ BODIES: dict[str, dict[str, Any]] = {
 }
 # Path values that differ by operation (one pending request is decided once).
 PATH_VALUES = {"post_orgs_org_limit_requests_user_deny": {"user": "bob"}}
+# Required query parameters, by operation.
+QUERY = {
+    "put_orgs_org_caps_models": {"model": "gpt-4o*", "period": "day"},
+    "delete_orgs_org_caps_models": {"model": "gpt-4o*", "period": "day"},
+}
 
 
 @pytest.fixture
@@ -140,7 +148,7 @@ def _values(stack) -> dict[str, str]:
     stack.wait_settled()
     spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
     for user in ("alice", "bob"):
-        stack.run(spend.file_request("acme", user, "more please"))
+        stack.run(LimitIncreases(spend).file("acme", user, "more please"))
     credential, _ = stack.run(Credentials(stack.store).create("acme", "admin", 0, "ops"))
     return {
         "org": "acme",
@@ -162,7 +170,7 @@ def test_every_documented_route_answers(admin):
         if "requestBody" in op:
             kw["json"] = BODIES[op["operationId"]]
         url = _fill(path, values | PATH_VALUES.get(op["operationId"], {}))
-        r = call(admin, method, url, **kw)
+        r = call(admin, method, url, params=QUERY.get(op["operationId"]), **kw)
         success = [int(s) for s in op["responses"] if s.startswith("2")]
         assert r.status_code in success, (method, path, r.status_code, r.text)
         assert r.headers["content-type"].startswith("application/json")
@@ -372,25 +380,30 @@ def _service_key_request(stack, secret: str) -> int:
     return 200
 
 
+def monthly(cap: dict[str, Any]) -> dict[str, Any]:
+    """The monthly cap of a caps entry (its daily and weekly ones are beside it)."""
+    return {"cap": cap["cap"], "source": cap["source"]}
+
+
 def test_cap_overrides_apply_to_the_next_request(admin):
     secret = admin.key("acme", name="service")  # no seat: all its spend is extra
     call(admin, "POST", "/admin/orgs/acme/credits/purchases", json={"amount": "10"})
     assert _service_key_request(admin, secret) == 200
     r = call(admin, "PUT", "/admin/orgs/acme/caps/organization", json={"amount": "0"})
-    assert r.json()["caps"]["organization"] == {"cap": 0, "source": "override"}
+    assert monthly(r.json()["caps"]["organization"]) == {"cap": 0, "source": "override"}
     before = admin.snapshot()
     assert _service_key_request(admin, secret) == 429
     assert admin.snapshot() == before
     r = call(admin, "DELETE", "/admin/orgs/acme/caps/organization")
     assert r.json()["removed"] is True
-    assert r.json()["caps"]["organization"] == {"cap": 100_000_000, "source": "config"}
+    assert monthly(r.json()["caps"]["organization"]) == {"cap": 100_000_000, "source": "config"}
     assert _service_key_request(admin, secret) == 200
     mtd = call(admin, "GET", "/admin/orgs/acme/spend").json()
     assert mtd["month"] == "2026-01" and mtd["organization"]["spend"] > 0
     assert mtd["organization"]["extra"] == mtd["organization"]["spend"]
     limits = call(admin, "GET", "/admin/orgs/acme/limits").json()
     assert limits["month_to_date"]["organization"] == mtd["organization"]
-    assert limits["caps"]["workspaces"]["cc"] == {"cap": 50_000_000, "source": "config"}
+    assert monthly(limits["caps"]["workspaces"]["cc"]) == {"cap": 50_000_000, "source": "config"}
 
 
 def test_statement_json_and_csv(admin):

@@ -14,10 +14,11 @@ import openai
 import pytest
 from aiohttp import web
 from tollway.limits.apikeys import KeySettings
+from tollway.limits.caps import Caps
 from tollway.limits.credits import Credits
 from tollway.limits.plans import KeyLimits
 from tollway.limits.spend import Spend
-from tollway.proxy.runtime.app import ALERTS
+from tollway.proxy.runtime.app import ALERTS, USERS
 
 import tests.support.stack as stack_module
 
@@ -175,3 +176,61 @@ def test_a_key_s_daily_budget_alerts_per_day(stack):
     assert ("budget", 50, "d2026-01-02") in [
         (a["kind"], a["threshold"], a["period"]) for a in receiver.got
     ]
+
+
+def alerts_of(receiver: Receiver) -> list[tuple[str, int, str]]:
+    return sorted((a["subject"], a["threshold"], a["period"]) for a in receiver.got)
+
+
+def test_a_model_cap_set_at_run_time_alerts_each_threshold_once(stack):
+    receiver = Receiver()
+    start(stack, receiver)
+    key = stack.key("acme")
+    client = stack.openai(key)
+    chat(client)
+    settle_alerts(stack)
+    cost = int(stack.redis.hget(stack.keys.month("acme", "2026-01"), "spend:org"))
+    caps = Caps(stack.store, lambda: stack.holder.current)
+    stack.run(caps.set("acme", "model", "gpt-4o*", 4 * cost))
+    stack.run(stack.app[USERS].entries("acme", fresh=True))  # as every replica, within 1 s
+    subject = "model 'gpt-4o*' monthly spend cap"
+    chat(client)  # counted from the cap on: 1 of 4
+    chat(client)  # 2 of 4: 50 %
+    settle_alerts(stack)
+    assert alerts_of(receiver) == [(subject, 50, "2026-01")]
+    chat(client)
+    chat(client)  # 4 of 4: 80 and 100 %
+    settle_alerts(stack)
+    assert alerts_of(receiver) == [(subject, t, "2026-01") for t in (50, 80, 100)]
+    stack.run(caps.set("acme", "model", "gpt-4o*", 100 * cost))
+    for _ in range(3):
+        chat(client)
+    stack.anthropic(key).messages.create(  # another model: not under the cap
+        model="claude-haiku-4-5", max_tokens=20, messages=HELLO
+    )
+    settle_alerts(stack)
+    assert alerts_of(receiver) == [(subject, t, "2026-01") for t in (50, 80, 100)]
+    assert {a["limit"] for a in receiver.got} == {4 * cost}
+
+
+def test_a_daily_cap_alerts_once_per_threshold_and_day(stack):
+    receiver = Receiver()
+    start(stack, receiver)
+    client = stack.openai(stack.key("acme"))
+    chat(client)
+    settle_alerts(stack)
+    cost = int(stack.redis.hget(stack.keys.month("acme", "2026-01"), "spend:org"))
+    caps = Caps(stack.store, lambda: stack.holder.current)
+    stack.run(caps.set("acme", "org", None, 3 * cost, "day"))  # 1 of 3 spent today
+    chat(client)  # 2 of 3: 50 %
+    settle_alerts(stack)
+    chat(client)  # 3 of 3: 80 and 100 %
+    settle_alerts(stack)
+    subject = "organization daily spend cap"
+    assert alerts_of(receiver) == [(subject, t, "d2026-01-01") for t in (50, 80, 100)]
+    stack.clock.advance(seconds=86_400)  # a new day: the thresholds start over
+    chat(client)
+    chat(client)
+    settle_alerts(stack)
+    assert (subject, 50, "d2026-01-02") in alerts_of(receiver)
+    assert len([a for a in receiver.got if a["period"] == "d2026-01-02"]) == 1

@@ -14,7 +14,7 @@ import pytest
 from tollway.limits.credits import Credits
 from tollway.limits.money import parse_usd
 from tollway.limits.payments import NoPaymentProvider
-from tollway.proxy.runtime.app import RELOADER
+from tollway.proxy.runtime.app import AUTO_RELOADER
 from tollway.proxy.runtime.autoreload import AutoReloader
 from tollway.proxy.runtime.payment_webhook import WebhookPaymentProvider
 
@@ -49,9 +49,9 @@ def pay_stack(stack_factory, monkeypatch):
     payments = FakePayments()
     runner, url = stack.run(payments.start())
     stack.reconfigure(orgs(url))
-    reloader = stack.app[RELOADER]
-    reloader.base_delay = 0.01  # back-off 10, 20, 40 ms... instead of seconds
-    reloader.max_attempts = 3
+    auto_reloader = stack.app[AUTO_RELOADER]
+    auto_reloader.base_delay = 0.01  # back-off 10, 20, 40 ms... instead of seconds
+    auto_reloader.max_attempts = 3
     yield stack, payments, url
     stack.run(runner.cleanup())
 
@@ -75,15 +75,15 @@ def counted(stack, result: str) -> float:
     return value or 0.0
 
 
-def wait_reloads(stack) -> None:
+def wait_auto_reloads(stack) -> None:
     """Wait for every reload the proxy started (they run in the background)."""
 
     async def drain() -> None:
-        reloader = stack.app[RELOADER]
+        auto_reloader = stack.app[AUTO_RELOADER]
         for _ in range(1000):
-            if not reloader.tasks:
+            if not auto_reloader.tasks:
                 return
-            await asyncio.gather(*reloader.tasks, return_exceptions=True)
+            await asyncio.gather(*auto_reloader.tasks, return_exceptions=True)
         raise AssertionError("reloads keep starting")
 
     stack.run(drain())
@@ -118,7 +118,7 @@ def test_a_burst_of_settlements_makes_exactly_one_purchase(pay_stack):
     stack.run(credits(stack).buy("acme", USD("1.50")))
     stack.fake.behavior.output_tokens = 10_000  # 0.150015 USD per request
     burst(stack, stack.key(), 20)
-    wait_reloads(stack)
+    wait_auto_reloads(stack)
 
     assert len(payments.calls) == 1
     call = payments.calls[0]
@@ -140,7 +140,7 @@ def test_two_replicas_never_have_two_reloads_in_flight(pay_stack):
     stack, payments, _ = pay_stack
     payments.delay = 0.2
     stack.run(credits(stack).buy("acme", USD("0.50")))  # below the threshold of 1
-    mine = stack.app[RELOADER]
+    mine = stack.app[AUTO_RELOADER]
 
     async def both() -> list[Any]:
         other = AutoReloader(
@@ -154,10 +154,10 @@ def test_two_replicas_never_have_two_reloads_in_flight(pay_stack):
     assert sorted(results) == ["busy", "paid"]  # the other replica found the Redis lock
     assert len(payments.calls) == 1 and payments.max_in_flight == 1
     assert balance(stack).available == USD("5")
-    assert stack.redis.get(stack.keys.reload_lock("acme")) is None  # released
+    assert stack.redis.get(stack.keys.auto_reload_lock("acme")) is None  # released
     # Settlements computed before the purchase may still ask for one: the balance is read
     # again under the lock, and nothing more is bought.
-    assert stack.run(mine.reload("acme")) == "not_needed"
+    assert stack.run(mine.purchase("acme")) == "not_needed"
     assert len(payments.calls) == 1
 
 
@@ -167,11 +167,11 @@ def test_no_payment_method_means_no_purchase_ever(stack_factory):
     stack.run(credits(stack).buy("acme", USD("1.05")))
     stack.fake.behavior.output_tokens = 10_000
     burst(stack, stack.key(), 3)  # 1.05 - 0.45: below the threshold of 1
-    wait_reloads(stack)
+    wait_auto_reloads(stack)
     assert counted(stack, "skipped") == 3 and counted(stack, "paid") == 0
     assert events(stack, "reload") == [] and events(stack, "reload_failed") == []
     assert balance(stack).available == USD("1.05") - 3 * 150_015
-    assert isinstance(stack.app[RELOADER].provider(stack.holder.current.organizations["acme"]),
+    assert isinstance(stack.app[AUTO_RELOADER].provider(stack.holder.current.organizations["acme"]),
                       NoPaymentProvider)  # fmt: skip
     assert_ledger_replays(stack)
 
@@ -182,7 +182,7 @@ def test_a_failing_webhook_is_retried_and_creates_no_credit(pay_stack):
     payments.mode = "500"
     stack.run(credits(stack).buy("acme", USD("0.50")))
     lots_before = stack.run(credits(stack).lots("acme"))
-    assert stack.run(stack.app[RELOADER].reload("acme")) == "failed"
+    assert stack.run(stack.app[AUTO_RELOADER].purchase("acme")) == "failed"
 
     assert len(payments.calls) == 3  # max_attempts
     keys = {c["json"]["idempotency_key"] for c in payments.calls}
@@ -203,7 +203,7 @@ def test_a_payment_that_succeeds_on_retry_credits_once(pay_stack):
     stack, payments, _ = pay_stack
     payments.fail_first = 2
     stack.run(credits(stack).buy("acme", USD("0.25")))
-    assert stack.run(stack.app[RELOADER].reload("acme")) == "paid"
+    assert stack.run(stack.app[AUTO_RELOADER].purchase("acme")) == "paid"
     assert len(payments.calls) == 3
     assert len({c["json"]["idempotency_key"] for c in payments.calls}) == 1
     assert len(events(stack, "reload_failed")) == 2
@@ -222,18 +222,18 @@ def test_run_time_settings_apply_to_the_next_settlement(pay_stack):
     stack.fake.behavior.output_tokens = 10_000
     key = stack.key()
     burst(stack, key, 1)
-    wait_reloads(stack)
+    wait_auto_reloads(stack)
     assert payments.calls == []
-    stack.run(credits(stack).set_reload("acme", USD("3"), USD("10")))
+    stack.run(credits(stack).set_auto_reload("acme", USD("3"), USD("10")))
     burst(stack, key, 1)
-    wait_reloads(stack)
+    wait_auto_reloads(stack)
     assert len(payments.calls) == 1
     assert balance(stack).available == USD("10")
-    stack.run(credits(stack).disable_reload("acme"))
-    stack.run(credits(stack).set_reload("acme", USD("20"), USD("30")))
-    stack.run(credits(stack).disable_reload("acme"))
+    stack.run(credits(stack).disable_auto_reload("acme"))
+    stack.run(credits(stack).set_auto_reload("acme", USD("20"), USD("30")))
+    stack.run(credits(stack).disable_auto_reload("acme"))
     burst(stack, key, 1)
-    wait_reloads(stack)
+    wait_auto_reloads(stack)
     assert len(payments.calls) == 1  # off wins over the config and earlier overrides
     assert_ledger_replays(stack)
 
@@ -298,7 +298,7 @@ async def test_webhook_timeout_and_connection_refused_are_failures(unused_tcp_po
 
 # --- written down before paying, finished after a crash ---------------------------------------
 def pending(stack) -> list[dict[str, Any]]:
-    return stack.run(stack.app[RELOADER].workflow.pending("acme"))
+    return stack.run(stack.app[AUTO_RELOADER].workflow.pending("acme"))
 
 
 def test_reload_started_is_recorded_before_the_payment_provider_is_called(pay_stack):
@@ -308,11 +308,11 @@ def test_reload_started_is_recorded_before_the_payment_provider_is_called(pay_st
     seen: dict[str, Any] = {}
 
     async def run() -> str:
-        task = stack.app[RELOADER].start("acme")
+        task = stack.app[AUTO_RELOADER].start("acme")
         while not payments.in_flight:  # the provider has been called
             await asyncio.sleep(0.01)
         seen["started"] = await ledger_events(stack.reader, "acme", "reload_started")
-        seen["pending"] = await stack.app[RELOADER].workflow.pending("acme")
+        seen["pending"] = await stack.app[AUTO_RELOADER].workflow.pending("acme")
         return await task
 
     assert stack.run(run()) == "paid"
@@ -341,20 +341,20 @@ class DiesAfterPaying:
 def test_a_payment_made_before_the_process_died_is_credited_by_reconciliation(pay_stack):
     stack, payments, _ = pay_stack
     stack.run(credits(stack).buy("acme", USD("0.50")))
-    reloader = stack.app[RELOADER]
+    auto_reloader = stack.app[AUTO_RELOADER]
     org_cfg = stack.holder.current.organizations["acme"]
-    dying = DiesAfterPaying(reloader.provider(org_cfg))
+    dying = DiesAfterPaying(auto_reloader.provider(org_cfg))
     with pytest.raises((asyncio.CancelledError, concurrent.futures.CancelledError)):
-        stack.run(reloader.workflow.reload("acme", org_cfg.billing.auto_reload, dying))
+        stack.run(auto_reloader.workflow.purchase("acme", org_cfg.billing.auto_reload, dying))
     assert len(payments.paid) == 1  # the customer paid...
     assert balance(stack).available == USD("0.50")  # ...and has no credit yet
     [entry] = pending(stack)
 
     # Too early: the purchase might still be running in another process.
-    assert stack.run(reloader.reconcile()) == 0
-    stack.clock.advance(ms=reloader.lock_ttl_ms())
-    stack.redis.delete(stack.keys.reload_lock("acme"))  # a dead process's lock expires
-    assert stack.run(reloader.reconcile()) == 1
+    assert stack.run(auto_reloader.reconcile()) == 0
+    stack.clock.advance(ms=auto_reloader.lock_ttl_ms())
+    stack.redis.delete(stack.keys.auto_reload_lock("acme"))  # a dead process's lock expires
+    assert stack.run(auto_reloader.reconcile()) == 1
     assert len(payments.calls) == 2 and len(payments.paid) == 1  # asked again, paid once
     assert payments.calls[1]["json"]["idempotency_key"] == entry["key"]
     [lot] = [lot for lot in stack.run(credits(stack).lots("acme")) if lot.source == "reload"]
@@ -365,20 +365,20 @@ def test_a_payment_made_before_the_process_died_is_credited_by_reconciliation(pa
     )
     assert balance(stack).available == USD("5")
     assert pending(stack) == [] and counted(stack, "reconciled") == 1
-    assert stack.run(reloader.reconcile()) == 0  # nothing twice
+    assert stack.run(auto_reloader.reconcile()) == 0  # nothing twice
     assert_ledger_replays(stack)
 
 
 def test_reconciliation_of_a_lot_already_added_only_clears_the_entry(pay_stack):
     stack, payments, _ = pay_stack
     stack.run(credits(stack).buy("acme", USD("0.50")))
-    reloader = stack.app[RELOADER]
-    assert stack.run(reloader.reload("acme")) == "paid"
+    auto_reloader = stack.app[AUTO_RELOADER]
+    assert stack.run(auto_reloader.purchase("acme")) == "paid"
     [lot] = [lot for lot in stack.run(credits(stack).lots("acme")) if lot.source == "reload"]
     # A process that died after adding the lot, before removing its entry:
     key = payments.calls[0]["json"]["idempotency_key"]
     entry = {"key": key, "amount": lot.amount, "lot": lot.id, "started": 0}
-    stack.redis.hset(stack.keys.reload_pending("acme"), key, json.dumps(entry))
-    assert stack.run(reloader.reconcile()) == 0
+    stack.redis.hset(stack.keys.auto_reload_pending("acme"), key, json.dumps(entry))
+    assert stack.run(auto_reloader.reconcile()) == 0
     assert pending(stack) == [] and len(payments.calls) == 1
     assert balance(stack).available == USD("5")

@@ -10,6 +10,7 @@ import re
 
 import requests
 from playwright.sync_api import expect
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.spend import Spend
 from tollway.proxy.admin.app import routes
 
@@ -33,7 +34,7 @@ def beta_things(w) -> dict[str, str]:
     )
     stack.wait_settled()
     spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
-    stack.run(spend.file_request("beta", "zoe", "more please"))
+    stack.run(LimitIncreases(spend).file("beta", "zoe", "more please"))
     return {
         "org": "beta",
         "key_id": record.key_id,
@@ -161,7 +162,7 @@ def test_a_screenshot_of_every_page_at_laptop_and_phone_width(browser, console_w
     chat(stack, bob)
     stack.wait_settled()
     spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
-    stack.run(spend.file_request("acme", "alice", "a release on Friday"))
+    stack.run(LimitIncreases(spend).file("acme", "alice", "a release on Friday"))
     errors: list[str] = []
     for size, viewport in (("laptop", LAPTOP), ("phone", PHONE)):
         page = sign_in(browser, stack, w.secrets["acme/owner"], viewport)

@@ -144,6 +144,7 @@ def test_rate_limit_error_with_retry_after(stack_factory):
     client = stack.openai(stack.key())
     for _ in range(2):
         client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+    stack.wait_settled()  # the second answer is settled after the client has it
     before = stack.snapshot()
     with pytest.raises(openai.RateLimitError) as e:
         client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)

@@ -1,4 +1,4 @@
-"""Limit-increase requests: filed by a blocked user (through `Spend` and through the
+"""Limit-increase requests: filed by a blocked user (through `LimitIncreases` and through the
 client-facing endpoint with the user's own key), listed, approved or denied by an admin,
 and the daily digest of pending requests posted to a webhook."""
 
@@ -11,8 +11,14 @@ import aiohttp.web
 import openai
 import orjson
 import pytest
-from tollway.limits.limit_requests import LimitRequest, NoPendingRequest, RequestPending
-from tollway.limits.spend import UNLIMITED, PendingRequest, Spend, SpendError, UserStatus
+from tollway.limits.increases import (
+    LimitIncreases,
+    LimitRequest,
+    NoPendingRequest,
+    PendingRequest,
+    RequestPending,
+)
+from tollway.limits.spend import UNLIMITED, Spend, SpendError, UserStatus
 from tollway.proxy.gateway.member_requests import PATH
 from tollway.proxy.runtime.digest import Digest, build_digest
 
@@ -41,7 +47,7 @@ def world(store, clock):
 
 async def test_one_pending_request_per_user(world, clock):
     w = world
-    first = await w.spend.file_request("acme", "alice", "  deadline on Friday ", key_id="k1")
+    first = await w.increases.file("acme", "alice", "  deadline on Friday ", key_id="k1")
     assert (first.status, first.reason, first.asked_ms, first.key_id) == (
         "pending",
         "deadline on Friday",
@@ -51,17 +57,17 @@ async def test_one_pending_request_per_user(world, clock):
     before = await w.store.client.hgetall(w.store.keys.limit_requests("acme"))
     clock.advance(seconds=60)
     with pytest.raises(RequestPending, match="already has a pending") as e:
-        await w.spend.file_request("acme", "alice", "again")
+        await w.increases.file("acme", "alice", "again")
     assert e.value.request == first
     assert await w.store.client.hgetall(w.store.keys.limit_requests("acme")) == before
     # Another user is independent.
-    await w.spend.file_request("acme", "bob")
-    pending = await w.spend.pending("acme")
+    await w.increases.file("acme", "bob")
+    pending = await w.increases.pending("acme")
     assert [(p.request.user, p.status.seat, p.status.cap) for p in pending] == [
         ("alice", "standard", C),
         ("bob", "standard", C),
     ]
-    assert await w.spend.latest_request("acme", "alice") == first
+    assert await w.increases.latest("acme", "alice") == first
 
 
 async def test_approving_a_raised_cap_lets_the_very_next_request_through(world):
@@ -69,19 +75,19 @@ async def test_approving_a_raised_cap_lets_the_very_next_request_through(world):
     alice = await w.principal("alice")
     n, d = await spend_until_refused(w, alice)
     assert (n, d.detail) == (3, "seat tier 'standard'")
-    await w.spend.file_request("acme", "alice", "more please")
-    (p,) = await w.spend.pending("acme")
+    await w.increases.file("acme", "alice", "more please")
+    (p,) = await w.increases.pending("acme")
     assert (p.status.spend, p.status.extra, p.status.cap) == (3 * C, C, C)
-    approved = await w.spend.approve("acme", "alice", new_cap=3 * C, note="ok")
+    approved = await w.increases.approve("acme", "alice", new_cap=3 * C, note="ok")
     assert (approved.status, approved.decision, approved.note) == ("approved", {"cap": 3 * C}, "ok")
     assert (await w.request(alice)).admitted
     assert (await w.request(alice)).admitted
     assert (await w.request(alice)).detail == "user 'alice'"
-    assert await w.spend.pending("acme") == []
+    assert await w.increases.pending("acme") == []
     # Decided: a second decision is refused, and a new request can be filed.
     with pytest.raises(NoPendingRequest, match="its latest request is approved"):
-        await w.spend.deny("acme", "alice")
-    await w.spend.file_request("acme", "alice", "even more")
+        await w.increases.deny("acme", "alice")
+    await w.increases.file("acme", "alice", "even more")
 
 
 async def test_approving_a_higher_tier_gives_its_included_usage_and_cap(world):
@@ -89,9 +95,9 @@ async def test_approving_a_higher_tier_gives_its_included_usage_and_cap(world):
     bob = await w.principal("bob")
     n, _ = await spend_until_refused(w, bob)
     assert n == 3
-    await w.spend.file_request("acme", "bob")
+    await w.increases.file("acme", "bob")
     await w.spend.set_cap("acme", "tier", "premium", 6 * C)  # the tier's cap in force now
-    approved = await w.spend.approve("acme", "bob", new_tier="premium")
+    approved = await w.increases.approve("acme", "bob", new_tier="premium")
     assert approved.decision == {"tier": "premium", "included": 5 * C, "cap": 6 * C}
     status = await w.spend.user_status("acme", "bob")
     assert (status.seat, status.included, status.cap) == ("premium", 5 * C, 6 * C)
@@ -103,34 +109,35 @@ async def test_approving_a_higher_tier_gives_its_included_usage_and_cap(world):
 
 async def test_a_tier_with_an_unlimited_cap_and_the_approval_rules(world):
     w = world
-    await w.spend.file_request("acme", "alice")
+    await w.increases.file("acme", "alice")
     with pytest.raises(SpendError, match="exactly one of"):
-        await w.spend.approve("acme", "alice")
+        await w.increases.approve("acme", "alice")
     with pytest.raises(SpendError, match="exactly one of"):
-        await w.spend.approve("acme", "alice", new_cap=C, new_tier="max")
+        await w.increases.approve("acme", "alice", new_cap=C, new_tier="max")
     with pytest.raises(SpendError, match="unknown seat tier 'gold'"):
-        await w.spend.approve("acme", "alice", new_tier="gold")
+        await w.increases.approve("acme", "alice", new_tier="gold")
     with pytest.raises(SpendError, match="a cap must be between"):
-        await w.spend.approve("acme", "alice", new_cap=-5)
-    assert len(await w.spend.pending("acme")) == 1  # refusals changed nothing
-    approved = await w.spend.approve("acme", "alice", new_tier="max")
+        await w.increases.approve("acme", "alice", new_cap=-5)
+    assert len(await w.increases.pending("acme")) == 1  # refusals changed nothing
+    approved = await w.increases.approve("acme", "alice", new_tier="max")
     assert approved.decision == {"tier": "max", "included": 10 * C, "cap": UNLIMITED}
     assert (await w.spend.user_status("acme", "alice")).cap is None
     # A user without a seat can be given a higher cap, not a tier.
-    await w.spend.file_request("acme", "sam")
+    await w.increases.file("acme", "sam")
     with pytest.raises(SpendError, match="has no seat"):
-        await w.spend.approve("acme", "sam", new_tier="max")
-    assert (await w.spend.approve("acme", "sam", new_cap=UNLIMITED)).decision == {"cap": UNLIMITED}
+        await w.increases.approve("acme", "sam", new_tier="max")
+    approved = await w.increases.approve("acme", "sam", new_cap=UNLIMITED)
+    assert approved.decision == {"cap": UNLIMITED}
 
 
 async def test_deny_keeps_the_limits_and_records_the_note(world, clock):
     w = world
     alice = await w.principal("alice")
     await spend_until_refused(w, alice)
-    await w.spend.file_request("acme", "alice", "please")
+    await w.increases.file("acme", "alice", "please")
     overrides = await w.spend.overrides("acme")
     clock.advance(seconds=5)
-    denied = await w.spend.deny("acme", "alice", "budget is frozen")
+    denied = await w.increases.deny("acme", "alice", "budget is frozen")
     assert (denied.status, denied.note, denied.decided_ms) == (
         "denied",
         "budget is frozen",
@@ -139,21 +146,21 @@ async def test_deny_keeps_the_limits_and_records_the_note(world, clock):
     assert await w.spend.overrides("acme") == overrides
     assert not (await w.request(alice)).admitted
     with pytest.raises(NoPendingRequest, match="no pending limit-increase request"):
-        await w.spend.approve("acme", "bob", new_cap=C)
+        await w.increases.approve("acme", "bob", new_cap=C)
 
 
 async def test_two_admins_deciding_at_once_decide_once(world):
     w = world
-    await w.spend.file_request("acme", "alice")
+    await w.increases.file("acme", "alice")
     results = await asyncio.gather(
-        w.spend.approve("acme", "alice", new_cap=9 * C),
-        w.spend.deny("acme", "alice", "no"),
+        w.increases.approve("acme", "alice", new_cap=9 * C),
+        w.increases.deny("acme", "alice", "no"),
         return_exceptions=True,
     )
     decided = [r for r in results if not isinstance(r, Exception)]
     refused = [r for r in results if isinstance(r, NoPendingRequest)]
     assert (len(decided), len(refused)) == (1, 1)
-    latest = await w.spend.latest_request("acme", "alice")
+    latest = await w.increases.latest("acme", "alice")
     assert latest == decided[0]
     cap = (await w.spend.overrides("acme")).get("cap:user=alice")
     assert cap == (str(9 * C) if latest.status == "approved" else None)
@@ -162,11 +169,11 @@ async def test_two_admins_deciding_at_once_decide_once(world):
 async def test_bad_requests_are_refused(world):
     w = world
     with pytest.raises(SpendError, match="unknown user 'zoe'"):
-        await w.spend.file_request("acme", "zoe")
+        await w.increases.file("acme", "zoe")
     with pytest.raises(SpendError, match="at most 1000 characters"):
-        await w.spend.file_request("acme", "alice", "x" * 1001)
+        await w.increases.file("acme", "alice", "x" * 1001)
     with pytest.raises(SpendError, match="unknown organization"):
-        await w.spend.pending("nope")
+        await w.increases.pending("nope")
     assert await w.store.client.hgetall(w.store.keys.limit_requests("acme")) == {}
 
 
@@ -247,10 +254,10 @@ def test_a_blocked_user_files_a_request_and_an_approval_lets_the_next_request_th
         "extra_usage_enabled": True,
         "resets_at": "2026-02-01T00:00:00Z",
     }
-    spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
-    (pending,) = stack.run(spend.pending("acme"))
+    increases = LimitIncreases(Spend(stack.store, stack.clock, lambda: stack.holder.current))
+    (pending,) = stack.run(increases.pending("acme"))
     assert (pending.request.id, pending.request.key_id) == (body["id"], record.key_id)
-    stack.run(spend.approve("acme", "alice", new_tier="premium"))
+    stack.run(increases.approve("acme", "alice", new_tier="premium"))
     chat(stack, key)  # the very next request
     status, mine = http(stack, "GET", key)
     assert mine["status"] == "approved"
@@ -356,24 +363,24 @@ async def test_the_digest_is_posted_once_a_day_from_the_configured_hour(store, c
     url, received, runner = await start_hook([500])
     w = World(store, clock, ORGS, HOOK_YAML.format(url=url))
     async with aiohttp.ClientSession() as client:
-        digest = Digest(w.holder, w.spend, clock, client)
+        digest = Digest(w.holder, w.increases, clock, client)
         assert await digest.run_once() == []  # nothing pending
-        await w.spend.file_request("acme", "alice", "more")
+        await w.increases.file("acme", "alice", "more")
         assert await digest.run_once() == []  # 00:00, before 09:00
         clock.set(JAN_1_9AM_UTC)
         assert await digest.run_once() == []  # the webhook answered 500: not posted...
         assert await digest.run_once() == ["acme"]  # ... so it is tried again
         assert [p["pending"] for p in received] == [1, 1]
-        await w.spend.file_request("acme", "bob")
+        await w.increases.file("acme", "bob")
         assert await digest.run_once() == []  # once a day
         clock.advance(seconds=86_400)
         assert await digest.run_once() == ["acme"]
         assert [r["user"] for r in received[-1]["requests"]] == ["alice", "bob"]
         # Another replica, same store and day: nothing more is posted.
-        other = Digest(w.holder, w.spend, clock, client)
+        other = Digest(w.holder, w.increases, clock, client)
         assert await other.run_once() == []
-        await w.spend.deny("acme", "alice")
-        await w.spend.deny("acme", "bob")
+        await w.increases.deny("acme", "alice")
+        await w.increases.deny("acme", "bob")
         clock.advance(seconds=86_400)
         assert await digest.run_once() == []  # nothing pending: no post
     await runner.cleanup()
@@ -384,9 +391,9 @@ async def test_the_digest_hour_is_in_the_configured_time_zone(store, clock):
     url, received, runner = await start_hook([])
     extra = "server: {timezone: Asia/Tokyo}\n" + HOOK_YAML.format(url=url)
     w = World(store, clock, ORGS, extra)
-    await w.spend.file_request("acme", "alice")
+    await w.increases.file("acme", "alice")
     async with aiohttp.ClientSession() as client:
-        digest = Digest(w.holder, w.spend, clock, client)
+        digest = Digest(w.holder, w.increases, clock, client)
         clock.set(JAN_1_9AM_UTC - 1)  # 17:59 in Tokyo, past 09:00 there
         assert await digest.run_once() == ["acme"]
         assert received[0]["date"] == "2026-01-01"
@@ -411,12 +418,12 @@ async def test_approving_a_cap_for_a_user_stopped_at_the_included_usage_enables_
     alice = await w.principal("alice")
     n, d = await spend_until_refused(w, alice)
     assert (n, d.reason) == (2, "included")
-    await w.spend.file_request("acme", "alice")
-    await w.spend.approve("acme", "alice", new_cap=2 * C)
+    await w.increases.file("acme", "alice")
+    await w.increases.approve("acme", "alice", new_cap=2 * C)
     assert (await w.spend.user_status("acme", "alice")).extra_usage
     n, d = await spend_until_refused(w, alice)
     assert (n, d.detail) == (2, "user 'alice'")
     # Moved to a tier in the meantime: the statement shows the seat in force.
-    await w.spend.file_request("acme", "alice")
-    await w.spend.approve("acme", "alice", new_tier="max")
+    await w.increases.file("acme", "alice")
+    await w.increases.approve("acme", "alice", new_tier="max")
     assert [line.seat for line in (await w.spend.statement("acme")).lines] == ["max"]

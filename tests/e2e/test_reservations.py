@@ -227,8 +227,10 @@ def test_max_in_flight_bounds_the_requests_out_at_once(stack_factory):
 
         try:
             tasks = [asyncio.ensure_future(one()) for _ in range(6)]
-            for _ in range(500):  # bounded: four refusals come back at once
-                if sum(t.done() for t in tasks) == 4:
+            for _ in range(2000):  # bounded: four refusals come back at once, and the two
+                # admitted reach the upstream (which may come after the refusals: the six
+                # admissions share one round trip, then only two of them are forwarded)
+                if sum(t.done() for t in tasks) == 4 and len(stack.fake.requests) == 2:
                     break
                 await asyncio.sleep(0.01)
             assert sum(t.done() for t in tasks) == 4 and len(stack.fake.requests) == 2

@@ -223,9 +223,9 @@ async def test_credit_operations_and_reports_on_the_cluster(cluster_url: str, tm
         for org in orgs:
             await credits.buy(org, 5_000_000)
             await credits.grant(org, 1_000_000, timedelta(days=30), identity="id-" + org)
-            await credits.set_reload(org, 1_000_000, 5_000_000)
-            await credits.disable_reload(org)
-            await credits.clear_reload(org)
+            await credits.set_auto_reload(org, 1_000_000, 5_000_000)
+            await credits.disable_auto_reload(org)
+            await credits.clear_auto_reload(org)
             assert (await credits.balance(org)).available == 6_000_000
             assert len(await credits.lots(org)) == len(await credits.history(org)) == 2
             assert await credits.recompute_from_ledger(org) == 6_000_000

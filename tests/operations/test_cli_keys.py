@@ -140,3 +140,103 @@ def test_usage_by_key_shows_the_names(stack, capsys):
     code, out, _ = run(capsys, "usage", "--org", "acme", "--by", "key", *DAY, "--format", "csv")
     assert out.splitlines()[0].startswith("key,name,requests")
     assert f"{named['id']},laptop," in out
+
+
+def _create(capsys, *argv: str) -> dict:
+    code, out, err = run(capsys, "keys", "create", "--org", "acme", *argv, "--format", "json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_set_changes_only_the_options_given_and_a_word_clears_one(stack, capsys):
+    key = _create(capsys, "--name", "ci", "--rpm", "2", "--models", "gpt-4o*", "--tags", "ml")
+    chat(stack, key["key"])
+    chat(stack, key["key"])
+    with pytest.raises(openai.RateLimitError):
+        chat(stack, key["key"])
+    code, out, err = run(
+        capsys,
+        *("keys", "set", key["id"], "--rpm", "none", "--tpm", "50000", "--budget", "2.5"),
+        *("--budget-period", "week", "--max-in-flight", "3", "--format", "json"),
+    )
+    assert code == 0, err
+    edited = json.loads(out)
+    assert edited["limits"] == {"rpm": None, "tpm": "50000", "input_tpm": None, "output_tpm": None}
+    assert (edited["budget_micro"], edited["budget_period"]) == (2_500_000, "week")
+    assert edited["max_in_flight"] == 3
+    assert (edited["name"], edited["models"], edited["tags"]) == ("ci", ["gpt-4o*"], ["ml"])
+    time.sleep(MAX_AGE + 0.1)  # the proxy re-reads a key record within MAX_AGE
+    for _ in range(3):
+        chat(stack, key["key"])  # rpm cleared
+    code, out, _ = run(capsys, "keys", "set", key["id"], "--models", "all", "--tags", "")
+    assert code == 0
+    assert "budget=2.50/week" in out and "max_in_flight=3" in out and "tpm=50000" in out
+    shown = json.loads(run(capsys, "keys", "show", key["id"], "--format", "json")[1])
+    assert shown["models"] == [] and shown["tags"] == []
+    time.sleep(MAX_AGE + 0.1)
+    stack.anthropic(key["key"]).messages.create(
+        model="claude-haiku-4-5", max_tokens=20, messages=HELLO
+    )
+    code, out, _ = run(
+        capsys,
+        "keys",
+        "set",
+        key["id"],
+        "--budget",
+        "none",
+        "--max-in-flight",
+        "none",
+        "--expires-in",
+        "1d",
+        "--format",
+        "json",
+    )
+    edited = json.loads(out)
+    assert edited["budget_micro"] is None and edited["max_in_flight"] is None
+    assert edited["expires_ms"] is not None
+    code, out, _ = run(
+        capsys, "keys", "set", key["id"], "--expires-in", "never", "--format", "json"
+    )
+    assert json.loads(out)["expires_ms"] is None
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--budget", "1000000000.000001", "--budget: at most 1000000000 USD"),
+        ("--budget", "1.0000001", "--budget: more than 6 decimal places"),
+        ("--session-budget", "0", "--session-budget: must be more than 0 USD"),
+        ("--session-budget", "2000000000", "--session-budget: at most 1000000000 USD"),
+        ("--session-budget", "-1", "--session-budget:"),
+        ("--max-in-flight", "0", "--max-in-flight: expected a whole number >= 1"),
+        ("--max-in-flight", "1.5", "--max-in-flight: expected a whole number >= 1"),
+        ("--rpm", "1.2345", "--rpm: expected a number with at most 3 decimals"),
+        ("--tpm", "-3", "--tpm: expected a whole number >= 0"),
+        ("--expires-in", "30x", "--expires-in: not a duration"),
+        ("--models", " , ", "--models: give at least one pattern"),
+        ("--tags", "a b", "--tags: 'a b' is not a valid entry"),
+        ("--name", "x" * 201, "--name: at most 200 characters"),
+    ],
+)
+def test_set_and_create_refuse_the_same_values_with_the_same_message(
+    stack, capsys, option, value, message
+):
+    key = _create(capsys, "--name", "svc")
+    before = stack.snapshot("acme")
+    code, _, err = run(capsys, "keys", "set", key["id"], option, value)
+    assert code == 2 and message in err, err
+    assert stack.snapshot("acme") == before
+    code, _, created_err = run(capsys, "keys", "create", "--org", "acme", option, value)
+    assert code == 2 and created_err == err
+    assert stack.snapshot("acme") == before
+
+
+def test_set_an_unknown_or_revoked_key_or_nothing_is_refused(stack, capsys):
+    code, _, err = run(capsys, "keys", "set", "key_nope", "--rpm", "3")
+    assert code == 1 and "no key 'key_nope'" in err
+    key = _create(capsys)
+    code, _, err = run(capsys, "keys", "set", key["id"])
+    assert code == 2 and "give at least one setting" in err
+    assert run(capsys, "keys", "revoke", key["id"])[0] == 0
+    code, _, err = run(capsys, "keys", "set", key["id"], "--rpm", "3")
+    assert code == 1 and "revoked" in err

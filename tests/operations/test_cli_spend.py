@@ -12,6 +12,7 @@ import json
 import openai
 import pytest
 from tollway.limits.clock import SystemClock
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.spend import Spend
 from tollway.proxy.cli import main as cli
 from tollway.proxy.gateway import providers
@@ -127,13 +128,14 @@ def test_caps_set_clear_and_show_apply_to_the_next_request(setup):
     assert rows[("tier", "standard")] == {
         "level": "tier",
         "name": "standard",
+        "period": "month",
         "cap": {"usd": "unlimited", "micro": None},
         "source": "override",
     }
     assert rows[("organization", "-")]["cap"] == {"usd": "1.00", "micro": 1_000_000}
     assert rows[("user", "bob")]["source"] == "seat tier 'standard'"
     table = run.ok("caps", "show", "--org", "acme").splitlines()
-    assert table[0].split() == ["LEVEL", "NAME", "CAP", "SOURCE"]
+    assert table[0].split() == ["LEVEL", "NAME", "PERIOD", "CAP", "SOURCE"]
     run.ok("caps", "set", "--org", "acme", "--org-wide", "--amount", "0")
     stack.wait_settled()
     with pytest.raises(openai.RateLimitError, match="organization monthly"):
@@ -141,7 +143,7 @@ def test_caps_set_clear_and_show_apply_to_the_next_request(setup):
     run.ok("caps", "clear", "--org", "acme", "--org-wide")
     run.ok("caps", "clear", "--org", "acme", "--tier", "standard")
     out = run.ok("caps", "clear", "--org", "acme", "--workspace", "eng")
-    assert out == "acme: cap of workspace eng had no run-time override\n"
+    assert out == "acme: monthly cap of workspace eng had no run-time override\n"
 
 
 @pytest.mark.parametrize(
@@ -195,9 +197,9 @@ def test_requests_list_approve_and_deny(setup):
         "acme: no pending limit-increase request\n"
     )
     spend = Spend(stack.store, stack.clock, lambda: stack.holder.current)
-    stack.run(spend.file_request("acme", "alice", "demo tomorrow"))
+    stack.run(LimitIncreases(spend).file("acme", "alice", "demo tomorrow"))
     stack.clock.advance(seconds=60)
-    stack.run(spend.file_request("acme", "bob"))
+    stack.run(LimitIncreases(spend).file("acme", "bob"))
     lines = run.ok("requests", "list", "--org", "acme").splitlines()
     assert lines[0].split() == ["USER", "SEAT", "SPEND", "EXTRA", "CAP", "ASKED", "REASON"]
     assert lines[1].split() == [
@@ -226,7 +228,7 @@ def test_requests_list_approve_and_deny(setup):
     assert code == 1 and "its latest request is denied" in err
     code, _, err = run("requests", "approve", "--org", "acme", "--user", "bob", "--tier", "gold")
     assert code == 2 and "unknown seat tier 'gold'" in err
-    stack.run(spend.file_request("acme", "bob"))
+    stack.run(LimitIncreases(spend).file("acme", "bob"))
     out = run.ok("requests", "approve", "--org", "acme", "--user", "bob", "--tier", "premium")
     assert out == "acme: request of bob approved (tier premium, cap unlimited)\n"
 

@@ -15,7 +15,7 @@ async def test_concurrent_calls_share_one_write_and_run_in_order(store: Store) -
     order: the lock's compare-and-act sees every prior one."""
     batcher = store.batcher
     assert batcher is not None
-    lock = store.keys.reload_lock("acme")
+    lock = store.keys.auto_reload_lock("acme")
     await store.client.set(lock, "t1")
     script = store.scripts["reload_lock"]
     await store.client.script_load(script.source)
@@ -34,7 +34,7 @@ async def test_concurrent_calls_share_one_write_and_run_in_order(store: Store) -
 async def test_an_error_reply_fails_its_own_call_only(store: Store) -> None:
     batcher = store.batcher
     assert batcher is not None
-    lock = store.keys.reload_lock("acme")
+    lock = store.keys.auto_reload_lock("acme")
     await store.client.set(lock, "t1")
     script = store.scripts["reload_lock"]
     replies = await asyncio.gather(
@@ -51,7 +51,7 @@ async def test_an_error_reply_fails_its_own_call_only(store: Store) -> None:
 async def test_a_lost_script_cache_is_reloaded(store: Store) -> None:
     batcher = store.batcher
     assert batcher is not None
-    lock = store.keys.reload_lock("acme")
+    lock = store.keys.auto_reload_lock("acme")
     await store.client.set(lock, "t1")
     await store.client.script_flush()
     script = store.scripts["reload_lock"]

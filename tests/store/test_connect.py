@@ -58,7 +58,8 @@ async def test_sentinel_url_reads_service_db_and_passwords():
         assert pool.service_name == "mymaster"
         assert pool.connection_kwargs["db"] == 3
         assert pool.connection_kwargs["password"] == "data"
-        assert client.sentinel.sentinels[0].connection_pool.connection_kwargs["password"] == "sp"
+        (first, *_) = client.sentinel_client.sentinels
+        assert first.connection_pool.connection_kwargs["password"] == "sp"
     finally:
         await client.aclose()
 

@@ -260,35 +260,35 @@ async def test_settle_reports_reload_by_config_and_overrides(credits, meter, cfg
     beta = cfg.organizations["beta"].billing.auto_reload
     await credits.buy("beta", USD("6"))
     s = await spend(meter, "r1", USD("0.5"), "beta")  # 5.5 left: not below 5
-    assert s.reload == 0
+    assert s.auto_reload == 0
     s = await spend(meter, "r2", USD("1"), "beta")  # 4.5 left: buy 20 - 4.5
-    assert s.reload == USD("15.5")
-    assert (await credits.reload_settings("beta", beta)).source == "config"
-    await credits.set_reload("beta", USD("1"), USD("3"))
-    assert (await credits.reload_settings("beta", beta)).source == "override"
-    assert (await spend(meter, "r3", USD("0.5"), "beta")).reload == 0  # 4 left, threshold 1
-    await credits.set_reload("beta", USD("10"), USD("50"))
-    assert (await spend(meter, "r4", USD("0.5"), "beta")).reload == USD("46.5")
-    await credits.disable_reload("beta")
-    assert await credits.reload_settings("beta", beta) is None
-    assert (await spend(meter, "r5", USD("0.5"), "beta")).reload == 0
-    await credits.clear_reload("beta")
-    settings = await credits.reload_settings("beta", beta)
+    assert s.auto_reload == USD("15.5")
+    assert (await credits.auto_reload_settings("beta", beta)).source == "config"
+    await credits.set_auto_reload("beta", USD("1"), USD("3"))
+    assert (await credits.auto_reload_settings("beta", beta)).source == "override"
+    assert (await spend(meter, "r3", USD("0.5"), "beta")).auto_reload == 0  # 4 left, threshold 1
+    await credits.set_auto_reload("beta", USD("10"), USD("50"))
+    assert (await spend(meter, "r4", USD("0.5"), "beta")).auto_reload == USD("46.5")
+    await credits.disable_auto_reload("beta")
+    assert await credits.auto_reload_settings("beta", beta) is None
+    assert (await spend(meter, "r5", USD("0.5"), "beta")).auto_reload == 0
+    await credits.clear_auto_reload("beta")
+    settings = await credits.auto_reload_settings("beta", beta)
     assert (settings.threshold, settings.target, settings.source) == (USD("5"), USD("20"), "config")
-    assert (await spend(meter, "r6", USD("0.5"), "beta")).reload == USD("17.5")  # 2.5 left
+    assert (await spend(meter, "r6", USD("0.5"), "beta")).auto_reload == USD("17.5")  # 2.5 left
     # An organization with no auto-reload in its config gets one by override alone.
     await credits.buy("acme", USD("1"))
-    assert (await spend(meter, "r7", USD("0.5"))).reload == 0
-    await credits.set_reload("acme", USD("1"), USD("2"))
-    assert (await spend(meter, "r8", USD("0.1"))).reload == USD("1.6")
+    assert (await spend(meter, "r7", USD("0.5"))).auto_reload == 0
+    await credits.set_auto_reload("acme", USD("1"), USD("2"))
+    assert (await spend(meter, "r8", USD("0.1"))).auto_reload == USD("1.6")
 
 
 async def test_bad_reload_settings_are_refused(credits, store):
     for threshold, target in [(USD("5"), USD("5")), (USD("5"), USD("4")), (-1, USD("4"))]:
         with pytest.raises(CreditError):
-            await credits.set_reload("acme", threshold, target)
+            await credits.set_auto_reload("acme", threshold, target)
     with pytest.raises(CreditError, match="unknown organization"):
-        await credits.disable_reload("nope")
+        await credits.disable_auto_reload("nope")
     assert await snapshot(store) == {}
 
 

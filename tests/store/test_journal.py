@@ -7,16 +7,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from tollway.config import parse_config_text
+from tollway.limits.apikeys import ApiKeys, KeySettings
 from tollway.limits.clock import ManualClock
 from tollway.limits.errors import StoreUnavailable
 from tollway.limits.journal import Journal, Stopped, from_line, to_line
 from tollway.limits.meter import Charge, Meter
-from tollway.limits.plans import Principal
+from tollway.limits.plans import TOKEN_UNIT, KeyLimits, Principal
 from tollway.limits.replay import Replayer
+from tollway.limits.rkeys import Scope
 from tollway.limits.store import Store
 from tollway.limits.usage import Usage
 
@@ -205,3 +208,46 @@ async def test_a_replay_repeated_after_a_crash_charges_once(tmp_path: Path, stor
     assert all(r.duplicate for r in results)
     assert await client.xlen(store.keys.ledger("acme")) == ledger
     assert {k: await client.dump(k) for k in keys if ":ledger" not in k} == state
+
+
+async def test_a_replayed_settlement_debits_the_key_s_own_buckets_as_a_live_one(
+    tmp_path: Path, store: Store
+) -> None:
+    """A key with its own TPM limits: the request admitted live and settled from the
+    journal (the store was away at its end) leaves the key's buckets exactly where a live
+    settlement leaves them: debited by the real tokens, not by the estimate."""
+    cfg = parse_config_text(ORGS)
+    clock = ManualClock()
+    meter = Meter(store, clock, lambda: cfg)
+    limits = KeyLimits(rpm=Decimal(10), tpm=100_000, input_tpm=50_000, output_tpm=40_000)
+    apikeys = ApiKeys(store, clock)
+    live, _ = await apikeys.create("acme", 0, settings=KeySettings(limits=limits))
+    replayed, _ = await apikeys.create("acme", 0, settings=KeySettings(limits=limits))
+    usage = Usage(1_000, 2_000, 0, 0)
+    charges = {}
+    for record in (live, replayed):
+        rid = "req_" + record.key_id
+        d = await meter.admit(record.principal, rid, "gpt-4o-mini", 10, 2)
+        assert d.admitted and len(d.buckets) == 2 + 4  # the organization's two, the key's
+        charges[record.key_id] = Charge(
+            record.principal, rid, "gpt-4o-mini", usage, 1_500, True, now_ms=clock.now_ms()
+        )
+    await meter.settle(charges[live.key_id])
+    journal = Journal(tmp_path / "j")
+    assert await journal.append(charges[replayed.key_id])
+    assert from_line(to_line(charges[replayed.key_id])) == charges[replayed.key_id]
+    assert await journal.replay(meter.settle) == 1
+    levels = {}
+    for record in (live, replayed):
+        for limit in ("tpm", "input_tpm", "output_tpm"):
+            name = store.keys.bucket("acme", Scope.key(record.key_id), limit)
+            levels[record.key_id, limit] = int(await store.client.hget(name, "l"))
+    for limit, rate, tokens in (("tpm", 100_000, 3_000), ("input_tpm", 50_000, 1_000)):
+        assert levels[replayed.key_id, limit] == levels[live.key_id, limit]
+        assert levels[replayed.key_id, limit] == (rate - tokens) * TOKEN_UNIT
+    assert levels[replayed.key_id, "output_tpm"] == (40_000 - 2_000) * TOKEN_UNIT
+
+
+def test_a_journal_line_written_before_key_limits_were_kept_still_settles() -> None:
+    line = to_line(entry(1)).replace(b',"kl":{}', b"")
+    assert b'"kl"' not in line and from_line(line) == entry(1)

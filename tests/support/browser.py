@@ -108,6 +108,8 @@ def chromium(extracted: Path = EXTRACTED) -> tuple[Path, dict[str, str] | None]:
     libs = [
         binary.parent,
         *extracted.glob("usr/lib/*-linux-gnu"),
+        # libpulse finds libpulsecommon through ld.so.conf.d, which an extracted tree lacks
+        *extracted.glob("usr/lib/*-linux-gnu/pulseaudio"),
         *extracted.glob("lib/*-linux-gnu"),
     ]
     path = ":".join([*map(str, libs), os.environ.get("LD_LIBRARY_PATH", "")])

@@ -16,6 +16,7 @@ from typing import Any
 from tollway.config import parse_config_text
 from tollway.limits.apikeys import ApiKeys
 from tollway.limits.credits import Credits
+from tollway.limits.increases import LimitIncreases
 from tollway.limits.meter import Charge, Meter
 from tollway.limits.money import parse_usd
 from tollway.limits.plans import Principal
@@ -82,7 +83,8 @@ prices:
 
 
 class World:
-    """A meter and a `Spend` on one config that tests can swap (`reconfigure`)."""
+    """A meter, a `Spend` and its `LimitIncreases` on one config that tests can swap
+    (`reconfigure`)."""
 
     def __init__(self, store, clock, orgs: str, extra: str = "") -> None:
         self.store, self.clock = store, clock
@@ -90,6 +92,7 @@ class World:
         self.reconfigure(orgs, extra)
         self.meter = Meter(store, clock, lambda: self.holder.current)
         self.spend = Spend(store, clock, lambda: self.holder.current)
+        self.increases = LimitIncreases(self.spend)
         self.apikeys = ApiKeys(store)
         self.n = 0
 

@@ -70,7 +70,7 @@ page("billing", "Billing", ["owner", "admin", "billing"], async (root) => {
     ["Amount", (l) => usd(l.amount_micro), "num"], ["Remaining", (l) => usd(l.remaining_micro), "num"],
     ["Added", (l) => when(l.created_ms)], ["Expires", (l) => when(l.expires_ms)],
   ], lots.lots, "No credit yet.")));
-  root.append(card("History", table("Purchases, reloads, debits and expiries (latest 50)", [
+  root.append(card("History", table("Purchases, auto-reloads, debits and expiries (latest 50)", [
     ["Time", (e) => when(e.ts_ms)], ["Type", (e) => e.type],
     ["Amount", (e) => usd(e.amount_micro), "num"], ["Detail", eventDetail],
   ], history.events, "No events yet.")));
