@@ -118,27 +118,33 @@ local function hget(key, field)
   return v or nil
 end
 
--- An overrides field. The first call reads every overrides field the plan names (the
--- seat's, the extra usage switches, the caps' and budgets'), in one HMGET.
-local OVERRIDES = nil
+-- An overrides field (the seat's, the extra usage switches: read one by one, as a request
+-- inside its included usage needs only the first).
 local function override(field)
-  if OVERRIDES == nil then
-    local money = plan.money
-    local fields = {money.extra.off}
-    extend(fields, money.extra.overrides)
-    local seat = opt(money.seat)
-    if seat then
-      fields[#fields + 1] = seat.override
-    end
-    for _, c in ipairs(money.caps) do
-      extend(fields, c.overrides)
-    end
-    for _, c in ipairs(money.budgets or {}) do
-      extend(fields, c.overrides)
-    end
-    OVERRIDES = read_fields(K.overrides, fields)
+  return hget(K.overrides, field)
+end
+
+-- The overrides fields past the included usage (the extra usage switches, the caps': a
+-- cap has up to three, its own, its tier's, and per period), read in one HMGET into the
+-- per-run cache before they are checked.
+local function read_cap_overrides(money)
+  local fields = {money.extra.off}
+  extend(fields, money.extra.overrides)
+  for _, c in ipairs(money.caps) do
+    extend(fields, c.overrides)
   end
-  return OVERRIDES[field]
+  local cache = READ[K.overrides] or {}
+  READ[K.overrides] = cache
+  local missing = {}
+  for _, f in ipairs(fields) do
+    if cache[f] == nil then
+      missing[#missing + 1] = f
+    end
+  end
+  local values = read_fields(K.overrides, missing)
+  for _, f in ipairs(missing) do
+    cache[f] = values[f] or false
+  end
 end
 
 -- Whether extra usage is on for this user now (plans.ExtraPlan).
@@ -223,10 +229,12 @@ local function check_money(money, cost, hold)
     end
     -- Crossing it: the part past the included usage is extra usage.
     extra = cost - math.max(0, included - used)
+    read_cap_overrides(money)
     if not extra_usage_on(money.extra) then
       return 'included', int(included)
     end
   end
+  read_cap_overrides(money)  -- read already when the seat's usage was crossed
   for _, c in ipairs(money.caps) do
     local cap, label = cap_in_force(override, c)
     if cap >= 0 and committed(c.spent, c.period) >= cap then

@@ -144,22 +144,34 @@ local function debit_buckets(reserved)
   end
 end
 
--- The overrides this settlement reads, in one HMGET: the seat's included amount, the
--- caps' run-time amounts, auto-reload's.
-local function read_overrides()
+-- The overrides this settlement reads: the seat's included amount and auto-reload's in one
+-- HMGET; the caps' (`with_caps`, for overshoot) in a second one, only when extra usage
+-- was charged. Returns get(field).
+local function overrides()
   local fields = {}
   local seat = opt(plan.seat)
   if seat then
     fields[#fields + 1] = seat.override
   end
-  for _, c in ipairs(plan.caps) do
-    extend(fields, c.overrides)
-  end
   if plan.prepaid then
     local f = plan.reload_fields
     extend(fields, {f.off, f.threshold, f.target})
   end
-  return read_fields(K.overrides, fields)
+  local values = read_fields(K.overrides, fields)
+  local caps_read = false
+  return function(field, with_caps)
+    if with_caps and not caps_read then
+      caps_read = true
+      local more = {}
+      for _, c in ipairs(plan.caps) do
+        extend(more, c.overrides)
+      end
+      for f, v in pairs(read_fields(K.overrides, more)) do
+        values[f] = v
+      end
+    end
+    return values[field]
+  end
 end
 
 -- Add `amount` to `field` of hash `key`; `after` records the new value per key and field.
@@ -263,8 +275,11 @@ local function overshoot(extra, ov, after)
     return 0
   end
   local period = {month = K.month, day = K.pday, week = K.pweek}
+  local function cap_ov(field)
+    return ov(field, true)
+  end
   for _, c in ipairs(plan.caps) do
-    local cap = cap_in_force(ov, c)
+    local cap = cap_in_force(cap_ov, c)
     local h = period[c.period or 'month']
     if cap >= 0 then
       local spent = (after[h] or {})[c.spent]
@@ -339,10 +354,7 @@ local cost = 0
 if plan.ok then
   cost = plan.cost
 end
-local ov_values = read_overrides()
-local function ov(field)
-  return ov_values[field]
-end
+local ov = overrides()
 local included, extra, debits, after = charge(cost, ov)
 local over = overshoot(extra, ov, after)
 ledger_event(cost, included, extra, debits)
