@@ -229,7 +229,7 @@ def _unknown(what: str, name: str, known: Mapping[str, Any]) -> str:
 class Organization(FrozenModel):
     limits: Limits = Limits()
     model_limits: ModelMap[Limits] = Field(default_factory=empty_map)
-    """Per-model limits at organization level, by model name."""
+    """Per-model limits of the whole organization, by model name."""
     billing: Billing = Billing()
     spend_caps: SpendCaps = SpendCaps()
     extra_usage: ExtraUsage = ExtraUsage()

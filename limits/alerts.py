@@ -5,7 +5,7 @@ threshold; each announced once per threshold and period, by one replica.
 `Alerts.check` runs after a settlement (outside the request's answer): one pipelined read
 of the month's spend and the run-time overrides, then the caps that apply to the request
 exactly as admission sees them (`capplans.cap_plans` and `model_cap_plans`: daily, weekly
-and monthly caps at every level and the caps of the model's patterns; `plans.seat_plan`;
+and monthly caps at every scope and the caps of the model's patterns; `plans.seat_plan`;
 the first override present wins). For each threshold crossed it claims
 ``tw:{org}:alert:<period>:<what>:<t>`` with SET NX (kept ~40 days): only the process that
 wins the claim reports it, so every threshold is announced once per period whatever the

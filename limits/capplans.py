@@ -3,10 +3,10 @@ settle.lua receive. Pure functions of (config, principal, model): no Redis here.
 
 Every cap is on extra usage (spend past a seat's included amount; all spend for a key
 without a seated user) in one calendar period of ``server.timezone``: ``month``, ``day``
-or ``week`` (Monday first). Levels, each in every period:
+or ``week`` (Monday first). Scopes, each in every period:
 
 =============  ============================================  =============================
-level          YAML (month / day / week)                     run-time override field
+scope          YAML (month / day / week)                     run-time override field
 =============  ============================================  =============================
 organization   ``spend_caps.{monthly,daily,weekly}``         ``cap[.P]:org``
 workspace      ``workspaces.W.spend_caps.{...}``             ``cap[.P]:ws=W``
@@ -18,7 +18,7 @@ model          ``model_caps.PATTERN.{monthly,daily,weekly}``  ``cap[.P]:model=PA
 (``cap:`` for the month, ``cap.day:`` and ``cap.week:`` for the others: `Fields.cap`.)
 A run-time override wins over the YAML until it is cleared. A user's own cap, first
 present wins: the user's override, the user's YAML cap, the tier's override, the tier's
-YAML cap. Every level's entry is in the plan even when the YAML sets no cap there, so a
+YAML cap. Every scope's entry is in the plan even when the YAML sets no cap there, so a
 cap set at run time applies to the very next request on every replica.
 """
 

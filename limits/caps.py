@@ -1,9 +1,9 @@
 """Spend caps at run time: set and clear the overrides admit.lua obeys, and list every cap
-in force with where it comes from. The caps themselves (levels, periods, precedence) are
+in force with where it comes from. The caps themselves (scopes, periods, precedence) are
 `tollway.limits.capplans`; this module writes and reads the fields those plans name, so
 the two cannot drift apart.
 
-A cap is set on a level (``org``; ``workspace``, ``tier``, ``user`` by name; ``model`` by a
+A cap is set on a scope (``org``; ``workspace``, ``tier``, ``user`` by name; ``model`` by a
 model name or pattern such as ``claude-opus-*``) for a period (``month``, ``day``,
 ``week``: calendar periods of ``server.timezone``), as integer micro-USD or
 ``"unlimited"``. It applies to the very next request on every replica and wins over the
@@ -16,7 +16,7 @@ its models is counted from then on (spend earlier in the period was not counted 
 pattern). A pattern whose last run-time cap is cleared leaves the set.
 
 Errors: `SpendError` (a bad amount, period or pattern) and `UnknownName` (an organization,
-workspace, tier or user not configured, or a level that does not exist); nothing changed.
+workspace, tier or user not configured, or a scope that does not exist); nothing changed.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from tollway.limits.errors import SpendError, UnknownName
 from tollway.limits.rkeys import Fields, Scope
 from tollway.limits.store import Store
 
-LEVELS = ("org", "workspace", "tier", "user", "model")
+SCOPES = ("org", "workspace", "tier", "user", "model")  # where a cap is set
 MAX_PATTERN = 200  # characters of a model name or pattern
 
 
@@ -66,44 +66,44 @@ class Caps:
             raise UnknownName(f"unknown organization {org!r}")
         return org_cfg
 
-    def field(self, org: str, level: str, name: str | None, period: str = "month") -> str:
+    def field(self, org: str, scope: str, name: str | None, period: str = "month") -> str:
         """The override field of a cap (`UnknownName` for a name the organization lacks)."""
         org_cfg = self._org(org)
         check_period(period)
-        if level == "org":
+        if scope == "org":
             return Fields.cap(Scope.ORG, period)
-        if level == "model":
+        if scope == "model":
             return Fields.cap(Scope.model(check_pattern(name)), period)
         known = {"workspace": org_cfg.workspaces, "tier": org_cfg.seat_tiers, "user": org_cfg.users}
-        if level not in known:
-            raise UnknownName(f"unknown cap level {level!r} (one of: {', '.join(LEVELS)})")
-        if name not in known[level]:
-            names = ", ".join(sorted(known[level])) or "none defined"
-            raise UnknownName(f"unknown {level} {name!r} in {org!r} (known: {names})")
-        scope = {"workspace": Scope.ws, "tier": Scope.tier, "user": Scope.user}[level]
-        return Fields.cap(scope(str(name)), period)
+        if scope not in known:
+            raise UnknownName(f"unknown cap scope {scope!r} (one of: {', '.join(SCOPES)})")
+        if name not in known[scope]:
+            names = ", ".join(sorted(known[scope])) or "none defined"
+            raise UnknownName(f"unknown {scope} {name!r} in {org!r} (known: {names})")
+        named = {"workspace": Scope.ws, "tier": Scope.tier, "user": Scope.user}[scope]
+        return Fields.cap(named(str(name)), period)
 
     async def set(
-        self, org: str, level: str, name: str | None, amount: int | str, period: str = "month"
+        self, org: str, scope: str, name: str | None, amount: int | str, period: str = "month"
     ) -> None:
-        """Override the cap of `level` (`name`) for `period` with `amount` (micro-USD or
+        """Override the cap of `scope` (`name`) for `period` with `amount` (micro-USD or
         "unlimited"). A model name or pattern joins the run-time set in the same step."""
-        field, value = self.field(org, level, name, period), seats.override_amount(amount)
+        field, value = self.field(org, scope, name, period), seats.override_amount(amount)
         pipe = self.store.client.pipeline(transaction=True)
-        if level == "model":
+        if scope == "model":
             pipe.sadd(self.keys.model_caps(org), str(name))
         pipe.hset(self.keys.overrides(org), field, value)
         await self.store.call("caps_set", pipe.execute)
 
     async def clear(
-        self, org: str, level: str, name: str | None = None, period: str = "month"
+        self, org: str, scope: str, name: str | None = None, period: str = "month"
     ) -> bool:
         """Drop a cap override (the YAML applies again); False if there was none."""
-        field = self.field(org, level, name, period)
+        field = self.field(org, scope, name, period)
         key = self.keys.overrides(org)
         client = self.store.client
         removed = bool(await self.store.call("caps_clear", client.hdel, key, field))
-        if level == "model":
+        if scope == "model":
             await self._forget(org, str(name))
         return removed
 

@@ -11,7 +11,7 @@
      │    └── UnknownCredential an organization's admin credential, unknown or revoked
      ├── CreditError           a credit operation refused (bad amount, identity already used)
      ├── SpendError            a spend, cap or limit-increase operation refused
-     │    ├── UnknownName       an organization, user, tier, workspace or cap level unknown
+     │    ├── UnknownName       an organization, user, tier, workspace or cap scope unknown
      │    ├── RequestPending    the user already has a pending limit-increase request
      │    │                     (increases.py)
      │    └── NoPendingRequest  no pending request to decide (increases.py)
@@ -56,4 +56,4 @@ class SpendError(LimitsError):
 
 
 class UnknownName(SpendError):
-    """An organization, user, seat tier, workspace or cap level the config does not have."""
+    """An organization, user, seat tier, workspace or cap scope the config does not have."""

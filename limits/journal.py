@@ -107,7 +107,7 @@ def from_line(line: bytes) -> Charge:
 
 
 # Observer of journal events: (event, count). event: written | replayed | dropped |
-# pending (count = entries known to be waiting, a level, not an increment).
+# pending (count = entries known to be waiting, a gauge value, not an increment).
 Observer = Callable[[str, int], None]
 
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from tollway.config.schema import Organization
-from tollway.limits.plans import BucketSpec, LevelLimits, specs_of
+from tollway.limits.plans import BucketSpec, ScopeLimits, specs_of
 from tollway.limits.store import Store, load_script
 
 _source = functools.cache(lambda: load_script("levels"))
@@ -50,11 +50,11 @@ class BucketLevel:
 def all_specs(org_cfg: Organization) -> list[BucketSpec]:
     """Every bucket the organization's config defines: organization, per model, per
     workspace and per user, in that order (keys have no limits of their own)."""
-    levels: list[tuple[str, LevelLimits]] = [("org", org_cfg.limits)]
-    levels += [(f"model={m}", lim) for m, lim in sorted(org_cfg.model_limits.items())]
-    levels += [(f"ws={w}", ws.limits) for w, ws in sorted(org_cfg.workspaces.items())]
-    levels += [(f"user={u}", user.limits) for u, user in sorted(org_cfg.users.items())]
-    return specs_of(levels)
+    scopes: list[tuple[str, ScopeLimits]] = [("org", org_cfg.limits)]
+    scopes += [(f"model={m}", lim) for m, lim in sorted(org_cfg.model_limits.items())]
+    scopes += [(f"ws={w}", ws.limits) for w, ws in sorted(org_cfg.workspaces.items())]
+    scopes += [(f"user={u}", user.limits) for u, user in sorted(org_cfg.users.items())]
+    return specs_of(scopes)
 
 
 async def bucket_levels(

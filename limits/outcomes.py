@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 from tollway.limits.plans import BucketSpec, Principal
 from tollway.limits.usage import Usage
@@ -25,8 +26,10 @@ class Refusal(StrEnum):
     CREDIT = "credit"  # prepaid credit balance used up (settled + held)
 
 
-@dataclass(frozen=True, slots=True)
-class BucketState:
+class BucketState(NamedTuple):
+    """One bucket after an admission (one per bucket of the plan, on every request: a
+    tuple builds several times faster than a frozen dataclass)."""
+
     spec: BucketSpec
     remaining: int  # whole tokens or requests left
     reset_ms: int  # until the bucket is full again

@@ -32,8 +32,8 @@ class KeyLimits:
     max_in_flight: int | None = None  # requests of this key admitted and not yet settled
 
 
-# The limits of one level: a config level's `Limits` or a key's own `KeyLimits`.
-LevelLimits = Limits | KeyLimits
+# The limits of one scope: a config scope's `Limits` or a key's own `KeyLimits`.
+ScopeLimits = Limits | KeyLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +72,9 @@ class BucketSpec:
         if self.scope == Scope.ORG:
             where = f"organization '{org}'"
         else:
-            level, name = Scope.split(self.scope)
-            noun = {"ws": "workspace", "user": "user", "key": "key", "model": "model"}[level]
-            where = f"{noun} '{name}'" if level != "model" else f"model '{name}' in '{org}'"
+            kind, name = Scope.split(self.scope)
+            noun = {"ws": "workspace", "user": "user", "key": "key", "model": "model"}[kind]
+            where = f"{noun} '{name}'" if kind != "model" else f"model '{name}' in '{org}'"
         return f"{self.limit} of {where}"
 
 
@@ -85,35 +85,35 @@ def user_workspace(org_cfg: Organization, principal: Principal) -> str | None:
     return user.workspace if user is not None else None
 
 
-def limit_levels(
+def limit_scopes(
     org_cfg: Organization, principal: Principal, model: str | None
-) -> list[tuple[str, LevelLimits]]:
-    """(scope, Limits) of every level whose limits apply to this request, organization
-    level first."""
-    levels: list[tuple[str, LevelLimits]] = [(Scope.ORG, org_cfg.limits)]
+) -> list[tuple[str, ScopeLimits]]:
+    """(scope, Limits) of every scope whose limits apply to this request, the organization
+    first."""
+    found: list[tuple[str, ScopeLimits]] = [(Scope.ORG, org_cfg.limits)]
     if model and model in org_cfg.model_limits:
-        levels.append((Scope.model(model), org_cfg.model_limits[model]))
+        found.append((Scope.model(model), org_cfg.model_limits[model]))
     ws = user_workspace(org_cfg, principal)
     if ws and ws in org_cfg.workspaces:
-        levels.append((Scope.ws(ws), org_cfg.workspaces[ws].limits))
+        found.append((Scope.ws(ws), org_cfg.workspaces[ws].limits))
     if principal.user and principal.user in org_cfg.users:
-        levels.append((Scope.user(principal.user), org_cfg.users[principal.user].limits))
+        found.append((Scope.user(principal.user), org_cfg.users[principal.user].limits))
     if principal.key_limits is not None:
-        levels.append((Scope.key(principal.key_id), principal.key_limits))
-    return levels
+        found.append((Scope.key(principal.key_id), principal.key_limits))
+    return found
 
 
 def bucket_specs(
     org_cfg: Organization, principal: Principal, model: str | None
 ) -> list[BucketSpec]:
-    """Every bucket that applies to this request, organization level first."""
-    return specs_of(limit_levels(org_cfg, principal, model))
+    """Every bucket that applies to this request, the organization's first."""
+    return specs_of(limit_scopes(org_cfg, principal, model))
 
 
-def specs_of(levels: list[tuple[str, LevelLimits]]) -> list[BucketSpec]:
+def specs_of(scopes: list[tuple[str, ScopeLimits]]) -> list[BucketSpec]:
     """The buckets of (scope, Limits) pairs: one per limit that is set, in order."""
     specs = []
-    for scope, limits in levels:
+    for scope, limits in scopes:
         for name in KINDS:
             value = getattr(limits, name)
             if value is not None:

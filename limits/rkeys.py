@@ -8,9 +8,9 @@ land on one Redis Cluster slot and every script touching them runs on one node::
 Keys that must be found before the organization is known (the key-hash index, key-id index,
 promotional identities) are global and never touched by the metering scripts.
 
-Hash field names live here too (`Scope`, `Fields`): a scope names a level of an organization
-(``org``, ``ws=W``, ``user=U``, ``key=K``, ``tier=T``, ``model=M``) and a field is a rule
-applied to a scope (``spend:user=U`` in the month hash, ``cap:ws=W`` in the overrides).
+Hash field names live here too (`Scope`, `Fields`): a scope names where a limit or cap
+applies (``org``, ``ws=W``, ``user=U``, ``key=K``, ``tier=T``, ``model=M``) and a field is
+a rule applied to a scope (``spend:user=U`` in the month hash, ``cap:ws=W`` in the overrides).
 The scripts never build a field name: they receive them in their plans.
 """
 
@@ -160,7 +160,8 @@ class Keys:
 
 # --- hash field names ------------------------------------------------------------------------
 class Scope:
-    """A level of an organization, as it appears in field names and bucket keys."""
+    """Where a limit or cap applies (the organization, a workspace, tier, user, model or
+    key), as it appears in field names and bucket keys."""
 
     ORG = "org"
 
@@ -187,8 +188,8 @@ class Scope:
     @staticmethod
     def split(scope: str) -> tuple[str, str]:
         """``"user=alice"`` → ``("user", "alice")``; ``"org"`` → ``("org", "")``."""
-        level, _, name = scope.partition("=")
-        return level, name
+        kind, _, name = scope.partition("=")
+        return kind, name
 
 
 class Fields:

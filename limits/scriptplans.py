@@ -333,7 +333,7 @@ def flight_plans(
 ) -> list[FlightPlan]:
     """The max_in_flight ceilings that apply: organization, model, workspace, user, key."""
     out = []
-    for scope, limits in plans.limit_levels(org_cfg, principal, model):
+    for scope, limits in plans.limit_scopes(org_cfg, principal, model):
         ceiling = getattr(limits, "max_in_flight", None)
         if ceiling is not None:
             out.append(FlightPlan(Fields.in_flight(scope), ceiling))

@@ -26,7 +26,7 @@ YAML decide.
 Errors (all `tollway.limits.errors.LimitsError`; nothing is changed when one is raised)::
 
     SpendError               a bad amount or month; an override the rules refuse
-     └── UnknownName         an organization, user, tier, workspace or level not configured
+     └── UnknownName         an organization, user, tier, workspace or scope not configured
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class Spend:
 
     # --- month to date -------------------------------------------------------------------
     async def month_to_date(self, org: str, month: str | None = None) -> dict[str, Any]:
-        """Spend of `month` (default: this month) at every level::
+        """Spend of `month` (default: this month) at every scope::
 
             {"org", "month", "timezone", "period_start_ms", "period_end_ms",
              "organization": {"spend", "included", "extra"},
@@ -122,9 +122,9 @@ class Spend:
         groups: dict[str, dict[str, dict[str, int]]] = {"ws": {}, "user": {}, "key": {}}
         for f in h:
             kind, scope = Fields.split(f)
-            level, name = Scope.split(scope)
-            if kind in ("spend", "extra") and level in groups:
-                groups[level][name] = self._line(h, scope)
+            where, name = Scope.split(scope)
+            if kind in ("spend", "extra") and where in groups:
+                groups[where][name] = self._line(h, scope)
         return {
             "org": org,
             "month": month,
@@ -156,18 +156,18 @@ class Spend:
 
     # --- caps (`tollway.limits.caps`) -----------------------------------------------------
     async def set_cap(
-        self, org: str, level: str, name: str | None, amount: int | str, period: str = "month"
+        self, org: str, scope: str, name: str | None, amount: int | str, period: str = "month"
     ) -> None:
-        """Override a cap on extra usage: `level` org (name None), workspace, tier, user or
+        """Override a cap on extra usage: `scope` org (name None), workspace, tier, user or
         model (a name or pattern); `period` month, day or week; `amount` micro-USD or
         "unlimited". Applies to the very next request."""
-        await self.cap_overrides.set(org, level, name, amount, period)
+        await self.cap_overrides.set(org, scope, name, amount, period)
 
     async def clear_cap(
-        self, org: str, level: str, name: str | None = None, period: str = "month"
+        self, org: str, scope: str, name: str | None = None, period: str = "month"
     ) -> bool:
         """Drop a cap override (the YAML applies again); False if there was none."""
-        return await self.cap_overrides.clear(org, level, name, period)
+        return await self.cap_overrides.clear(org, scope, name, period)
 
     async def caps(self, org: str) -> dict[str, Any]:
         """Every cap of the organization in force now (`Caps.in_force`): ``{"organization":

@@ -62,7 +62,7 @@ class Metrics:
         )
         self.bucket_remaining = Gauge(
             "tollway_bucket_remaining",
-            "What is left in an organization-level bucket after the last admission "
+            "What is left in a bucket of the organization scope after the last admission "
             "(requests or tokens).",
             ["org", "limit"],
             registry=r,

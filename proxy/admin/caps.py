@@ -56,43 +56,43 @@ class CapSet(Body):
     amount: Cap
 
 
-def _target(request: web.Request, level: str) -> tuple[str | None, str]:
-    """(the level's name, the period) of a cap route."""
+def _target(request: web.Request, scope: str) -> tuple[str | None, str]:
+    """(the scope's name, the period) of a cap route."""
     period = choice(request, "period", PERIODS, "month")
-    if level == "model":
+    if scope == "model":
         pattern = query(request, "model")
         if not pattern:
             raise ApiError(400, "model: a model name or pattern is required")
         return pattern, period
-    return request.match_info.get(level), period
+    return request.match_info.get(scope), period
 
 
-async def _seen(c: AdminContext, name: str, level: str) -> None:
+async def _seen(c: AdminContext, name: str, scope: str) -> None:
     """A model pattern's change is seen by this process at once (the others within 1 s)."""
-    if level == "model" and c.users is not None:
+    if scope == "model" and c.users is not None:
         await c.users.entries(name, fresh=True)
 
 
-def cap_handlers(level: str) -> tuple[Any, Any]:
-    """(set, clear) handlers of the caps of one level: org, workspace, tier, user (the
-    name is the path parameter named after the level) or model (the query's ``model``)."""
+def cap_handlers(scope: str) -> tuple[Any, Any]:
+    """(set, clear) handlers of the caps of one scope: org, workspace, tier, user (the
+    name is the path parameter named after the scope) or model (the query's ``model``)."""
 
     async def set_cap(request: web.Request) -> web.Response:
         name, _ = org(request)
         b = await body(request, CapSet)
         c = ctx(request)
-        which, period = _target(request, level)
+        which, period = _target(request, scope)
         amount = UNLIMITED if b.amount is None else b.amount
-        await _caps(c).set(name, level, which, amount, period)
-        await _seen(c, name, level)
+        await _caps(c).set(name, scope, which, amount, period)
+        await _seen(c, name, scope)
         return answer({"org": name, "caps": await in_force(c, name)})
 
     async def clear_cap(request: web.Request) -> web.Response:
         name, _ = org(request)
         c = ctx(request)
-        which, period = _target(request, level)
-        removed = await _caps(c).clear(name, level, which, period)
-        await _seen(c, name, level)
+        which, period = _target(request, scope)
+        removed = await _caps(c).clear(name, scope, which, period)
+        await _seen(c, name, scope)
         return answer({"org": name, "removed": removed, "caps": await in_force(c, name)})
 
     return set_cap, clear_cap
@@ -122,7 +122,7 @@ _MODEL = Param(
     "models it matches, across the organization.",
     required=True,
 )
-_LEVELS = {
+_SCOPES = {
     "organization": "org",
     "workspaces": "workspace",
     "tiers": "tier",
@@ -135,21 +135,21 @@ ROUTES = [
         "GET",
         "/orgs/{org}/caps",
         caps,
-        "Spend caps in force now: monthly, daily and weekly, at every level and per model.",
+        "Spend caps in force now: monthly, daily and weekly, at every scope and per model.",
         "spend",
         _CAPS_ANSWER,
     )
 ]
-for _segment, _level in _LEVELS.items():
+for _segment, _scope in _SCOPES.items():
     _path = f"/orgs/{{org}}/caps/{_segment}"
-    if _level not in ("org", "model"):
-        _path += f"/{{{_level}}}"
-    _query = (_PERIOD, _MODEL) if _level == "model" else (_PERIOD,)
-    _set, _clear = cap_handlers(_level)
+    if _scope not in ("org", "model"):
+        _path += f"/{{{_scope}}}"
+    _query = (_PERIOD, _MODEL) if _scope == "model" else (_PERIOD,)
+    _set, _clear = cap_handlers(_scope)
     _what = {
         "org": "the organization's cap",
         "model": "the organization's cap on a model name or pattern",
-    }.get(_level, f"a {_level}'s cap")
+    }.get(_scope, f"a {_scope}'s cap")
     ROUTES += [
         Route(
             "PUT",

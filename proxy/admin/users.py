@@ -53,6 +53,22 @@ class UserSet(Body):
     monthly_cap: Number | None = Field(
         None, description="USD, `unlimited`, or `default` (the tier's or the YAML's cap)."
     )
+    daily_cap: Number | None = Field(None, description="The same, per calendar day.")
+    weekly_cap: Number | None = Field(None, description="The same, per calendar week.")
+
+
+# The user's own caps in a body → their period.
+CAP_PERIODS = {"monthly_cap": "month", "daily_cap": "day", "weekly_cap": "week"}
+
+
+def _caps_of(cap: dict[str, Any]) -> dict[str, Any]:
+    """A user's caps in force, as users answers give them (monthly with its source)."""
+    return {
+        "monthly_cap": cap["cap"],
+        "cap_source": cap["source"],
+        "daily_cap": cap["daily"]["cap"],
+        "weekly_cap": cap["weekly"]["cap"],
+    }
 
 
 def _users(c: AdminContext) -> RuntimeUsers:
@@ -70,7 +86,7 @@ async def _answer(request: web.Request, name: str, user: str, status: int = 200)
     declared = user in c.holder.base.organizations[name].users
     found = describe(c.cfg.organizations[name], declared, user, entries.get(user))
     cap = (await _spend(c).caps(name))["users"][user]
-    return answer({**found, "monthly_cap": cap["cap"], "cap_source": cap["source"]}, status)
+    return answer({**found, **_caps_of(cap)}, status)
 
 
 async def list_users(request: web.Request) -> web.Response:
@@ -82,8 +98,7 @@ async def list_users(request: web.Request) -> web.Response:
     out = [
         {
             **describe(c.cfg.organizations[name], u in yaml_users, u, entries.get(u)),
-            "monthly_cap": caps[u]["cap"],
-            "cap_source": caps[u]["source"],
+            **_caps_of(caps[u]),
         }
         for u in sorted(c.cfg.organizations[name].users)
     ]
@@ -101,13 +116,13 @@ async def add_user(request: web.Request) -> web.Response:
     return await _answer(request, name, b.user, 201)
 
 
-def _cap(value: Number) -> int | str:
+def _cap(value: Number, field: str = "monthly_cap") -> int | str:
     if value in (UNLIMITED, CLEAR):
         return str(value)
     try:
         return parse_usd(value)
     except ValueError as e:
-        raise ApiError(400, f"monthly_cap: {e}") from None
+        raise ApiError(400, f"{field}: {e}") from None
 
 
 async def set_user(request: web.Request) -> web.Response:
@@ -115,7 +130,11 @@ async def set_user(request: web.Request) -> web.Response:
     user = request.match_info["user"]
     b = await body(request, UserSet)
     c = ctx(request)
-    cap = None if b.monthly_cap is None else _cap(b.monthly_cap)
+    caps = {
+        period: _cap(getattr(b, field), field)
+        for field, period in CAP_PERIODS.items()
+        if getattr(b, field) is not None
+    }
     limits = {n: str(getattr(b, n)) for n in LIMIT_NAMES if getattr(b, n) is not None}
     try:
         await _users(c).set(
@@ -123,10 +142,11 @@ async def set_user(request: web.Request) -> web.Response:
         )
     except UserError as e:
         raise ApiError(404 if "unknown user" in str(e) else 400, str(e)) from None
-    if cap == CLEAR:
-        await _spend(c).clear_cap(name, "user", user)
-    elif cap is not None:
-        await _spend(c).set_cap(name, "user", user, cap)
+    for period, cap in caps.items():
+        if cap == CLEAR:
+            await _spend(c).clear_cap(name, "user", user, period)
+        else:
+            await _spend(c).set_cap(name, "user", user, cap, period)
     return await _answer(request, name, user)
 
 
@@ -156,6 +176,8 @@ _USER = schema_object(
     runtime={"type": "object"},
     monthly_cap={"type": ["integer", "null"]},
     cap_source=STR,
+    daily_cap={"type": ["integer", "null"]},
+    weekly_cap={"type": ["integer", "null"]},
 )
 
 ROUTES: list[Any] = [
@@ -181,7 +203,7 @@ ROUTES: list[Any] = [
         "PATCH",
         "/orgs/{org}/users/{user}",
         set_user,
-        "Change a user's seat, workspace, limits or monthly cap; `default` falls back to the YAML.",
+        "Change a user's seat, workspace, limits or caps; `default` falls back to the YAML.",
         "users",
         _USER,
         body=UserSet,

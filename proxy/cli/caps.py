@@ -1,7 +1,7 @@
 """`tollway caps show | set | clear`: spend caps on extra usage at run time, on top of
 `tollway.limits.caps.Caps`.
 
-A level is one of ``--org-wide``, ``--workspace W``, ``--tier T``, ``--user U`` or
+A scope is one of ``--org-wide``, ``--workspace W``, ``--tier T``, ``--user U`` or
 ``--model PATTERN`` (the organization's cap on the models a name or pattern matches);
 ``--period day|week|month`` (default month) picks the calendar period of
 ``server.timezone``. Amounts are USD, parsed exactly (at most 6 decimals), or
@@ -32,11 +32,11 @@ from tollway.proxy.cli.output import print_rows
 
 CONFIG_HELP = "config file (default: $TOLLWAY_CONFIG, then ./tollway.yaml)"
 Action = Callable[[Caps], Coroutine[Any, Any, int]]
-# caps.in_force's groups → the level a row names
+# caps.in_force's groups → the scope a row names
 GROUPS = (("workspaces", "workspace"), ("tiers", "tier"), ("users", "user"), ("models", "model"))
 
 
-def _level(p: Any, required: bool = True) -> None:
+def _scope(p: Any, required: bool = True) -> None:
     g = p.add_mutually_exclusive_group(required=required)
     g.add_argument("--org-wide", action="store_true", help="the organization's cap")
     g.add_argument("--workspace", metavar="W", help="a workspace's cap")
@@ -53,7 +53,7 @@ def _common(p: Any, show: bool = False) -> None:
     p.add_argument("--org", required=True, help="organization (from the config)")
     p.add_argument("--config", help=CONFIG_HELP)
     if show:
-        p.add_argument("--format", choices=("table", "json"), default="table")
+        p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     else:
         p.add_argument(
             "--period",
@@ -69,20 +69,20 @@ def register(sub: Any) -> None:
     )
     csub = caps.add_subparsers(dest="caps_command", required=True, metavar="ACTION")
     p = csub.add_parser(
-        "show", help="every cap in force and where it comes from, or those of one level"
+        "show", help="every cap in force and where it comes from, or those of one scope"
     )
-    _level(p, required=False)
+    _scope(p, required=False)
     _common(p, show=True)
     p.set_defaults(func=caps_show)
     p = csub.add_parser("set", help="override a cap at run time (the next request obeys)")
-    _level(p)
+    _scope(p)
     amount = p.add_mutually_exclusive_group(required=True)
     amount.add_argument("--amount", metavar="USD", help="the cap, up to 6 decimals")
-    amount.add_argument("--unlimited", action="store_true", help="no cap at this level")
+    amount.add_argument("--unlimited", action="store_true", help="no cap at this scope")
     _common(p)
     p.set_defaults(func=caps_set)
     p = csub.add_parser("clear", help="drop a run-time cap: the config's applies again")
-    _level(p)
+    _scope(p)
     _common(p)
     p.set_defaults(func=caps_clear)
 
@@ -110,10 +110,10 @@ def _run(args: Any, action: Action) -> int:
 def _where(args: Any) -> tuple[str, str | None]:
     if args.org_wide:
         return "org", None
-    for level in ("workspace", "tier", "user", "model"):
-        if getattr(args, level):
-            return level, getattr(args, level)
-    raise AssertionError("argparse requires one level")
+    for scope in ("workspace", "tier", "user", "model"):
+        if getattr(args, scope):
+            return scope, getattr(args, scope)
+    raise AssertionError("argparse requires one scope")
 
 
 def _usd(micro: int | None) -> str:
@@ -130,21 +130,22 @@ def _amount(text: str) -> int | str:
 
 
 def _rows(caps: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per level and period: the monthly cap always, a daily or weekly one when
+    """One row per scope and period: the monthly cap always, a daily or weekly one when
     it is a cap or a run-time override."""
 
-    def of(level: str, name: str, c: dict[str, Any]) -> list[dict[str, Any]]:
-        out = [{"level": level, "name": name, "period": "month", **_pair(c)}]
+    def of(scope: str, name: str, c: dict[str, Any]) -> list[dict[str, Any]]:
+        # "level": the rows' key since `caps show` first printed them (scripts read it).
+        out = [{"level": scope, "name": name, "period": "month", **_pair(c)}]
         for period in ("day", "week"):
             entry = c[ADJECTIVE[period]]
             if entry["cap"] is not None or entry["source"] == "override":
-                out.append({"level": level, "name": name, "period": period, **entry})
+                out.append({"level": scope, "name": name, "period": period, **entry})
         return out
 
     rows = of("organization", "-", caps["organization"])
-    for group, level in GROUPS:
+    for group, scope in GROUPS:
         for name, c in caps[group].items():
-            rows += of(level, name, c)
+            rows += of(scope, name, c)
     return rows
 
 
@@ -153,16 +154,16 @@ def _pair(c: dict[str, Any]) -> dict[str, Any]:
 
 
 def _only_level(args: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of the level `caps show` was asked for (all rows without one). A workspace,
+    """The rows of the scope `caps show` was asked for (all rows without one). A workspace,
     tier, user or model cap the organization does not have is an `UnknownName` (exit 2)."""
     if not (args.org_wide or args.workspace or args.tier or args.user or args.model):
         return rows
-    level, name = _where(args)
-    if level == "org":
+    scope, name = _where(args)
+    if scope == "org":
         return [r for r in rows if r["level"] == "organization"]
-    picked = [r for r in rows if r["level"] == level and r["name"] == name]
+    picked = [r for r in rows if r["level"] == scope and r["name"] == name]
     if not picked:
-        raise UnknownName(f"unknown {level} {name!r} in {args.org!r}")
+        raise UnknownName(f"unknown {scope} {name!r} in {args.org!r}")
     return picked
 
 
@@ -180,18 +181,18 @@ def caps_show(args: Any) -> int:
     return _run(args, action)
 
 
-def _what(args: Any, level: str, name: str | None) -> str:
-    where = "organization" if level == "org" else f"{level} {name}"
+def _what(args: Any, scope: str, name: str | None) -> str:
+    where = "organization" if scope == "org" else f"{scope} {name}"
     return f"{ADJECTIVE[args.period]} cap of {where}"
 
 
 def caps_set(args: Any) -> int:
     async def action(caps: Caps) -> int:
-        level, name = _where(args)
+        scope, name = _where(args)
         amount = UNLIMITED if args.unlimited else _amount(args.amount)
-        await caps.set(args.org, level, name, amount, args.period)
+        await caps.set(args.org, scope, name, amount, args.period)
         shown = UNLIMITED if amount == UNLIMITED else format_usd(int(amount))
-        print(f"{args.org}: {_what(args, level, name)} set to {shown} (run-time override)")
+        print(f"{args.org}: {_what(args, scope, name)} set to {shown} (run-time override)")
         return 0
 
     return _run(args, action)
@@ -199,10 +200,10 @@ def caps_set(args: Any) -> int:
 
 def caps_clear(args: Any) -> int:
     async def action(caps: Caps) -> int:
-        level, name = _where(args)
-        removed = await caps.clear(args.org, level, name, args.period)
+        scope, name = _where(args)
+        removed = await caps.clear(args.org, scope, name, args.period)
         state = "cleared: the config applies" if removed else "had no run-time override"
-        print(f"{args.org}: {_what(args, level, name)} {state}")
+        print(f"{args.org}: {_what(args, scope, name)} {state}")
         return 0
 
     return _run(args, action)

@@ -16,6 +16,7 @@ from typing import Any
 from tollway.config.overlay import with_users
 from tollway.config.schema import Config, Organization
 from tollway.limits.apikeys import ApiKeys
+from tollway.limits.capplans import ADJECTIVE
 from tollway.limits.clock import SystemClock
 from tollway.limits.money import parse_usd
 from tollway.limits.seats import UNLIMITED
@@ -26,6 +27,8 @@ from tollway.proxy.cli.common import EXIT_REFUSED, EXIT_USAGE, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
+# `users set` flags of the user's own caps → their period
+CAP_PERIODS = {"monthly_cap": "month", "daily_cap": "day", "weekly_cap": "week"}
 COLUMNS = ("user", "seat", "workspace", "rpm", "tpm", "monthly_cap", "source")
 
 
@@ -52,17 +55,20 @@ def register(sub: Any) -> None:
     _common(p)
     p.set_defaults(func=add)
 
-    p = usub.add_parser("set", help="change a user's seat, workspace, limits or monthly cap")
+    p = usub.add_parser("set", help="change a user's seat, workspace, limits or caps")
     p.add_argument("--seat", metavar="TIER", help="a seat tier, or 'default'")
     p.add_argument("--workspace", metavar="W", help="a workspace, or 'default'")
     for name in LIMIT_NAMES:
         flag = "--" + name.replace("_", "-")
         p.add_argument(flag, dest=name, metavar="N", help=f"{name} per minute, or 'default'")
-    p.add_argument(
-        "--monthly-cap",
-        metavar="USD",
-        help="the user's own cap on extra usage: USD, 'unlimited', or 'default'",
-    )
+    for field, period in CAP_PERIODS.items():
+        p.add_argument(
+            "--" + field.replace("_", "-"),
+            dest=field,
+            metavar="USD",
+            help=f"the user's own {ADJECTIVE[period]} cap on extra usage: USD, 'unlimited', "
+            "or 'default'",
+        )
     _common(p)
     p.set_defaults(func=set_)
 
@@ -75,13 +81,13 @@ def register(sub: Any) -> None:
     p.set_defaults(func=list_)
 
 
-def _cap(text: str) -> int | str:
+def _cap(text: str, field: str = "monthly_cap") -> int | str:
     if text in (UNLIMITED, CLEAR):
         return text
     try:
         return parse_usd(text)
     except ValueError as e:
-        raise UserError(f"--monthly-cap: {e}") from None
+        raise UserError(f"--{field.replace('_', '-')}: {e}") from None
 
 
 async def _rows(
@@ -96,7 +102,16 @@ async def _rows(
         if only is not None and user != only:
             continue
         d = describe(live.organizations[org], user in declared, user, entries.get(user))
-        out.append({**d, "monthly_cap": caps[user]["cap"], "cap_source": caps[user]["source"]})
+        c = caps[user]
+        out.append(
+            {
+                **d,
+                "monthly_cap": c["cap"],
+                "cap_source": c["source"],
+                "daily_cap": c["daily"]["cap"],
+                "weekly_cap": c["weekly"]["cap"],
+            }
+        )
     return out
 
 
@@ -140,17 +155,22 @@ def add(args: Any) -> int:
 
 def set_(args: Any) -> int:
     async def action(cfg: Config, store: Store, org_cfg: Organization) -> int:
-        cap = None if args.monthly_cap is None else _cap(args.monthly_cap)
+        caps = {
+            period: _cap(getattr(args, field), field)
+            for field, period in CAP_PERIODS.items()
+            if getattr(args, field) is not None
+        }
         limits = {n: getattr(args, n) for n in LIMIT_NAMES if getattr(args, n) is not None}
         users = RuntimeUsers(store)
         await users.set(org_cfg, args.org, args.user, args.seat, args.workspace, limits)
-        if cap is not None:
+        if caps:
             live = with_users(cfg, {args.org: await users.entries(args.org)})
             spend = Spend(store, SystemClock(), lambda: live)
-            if cap == CLEAR:
-                await spend.clear_cap(args.org, "user", args.user)
-            else:
-                await spend.set_cap(args.org, "user", args.user, cap)
+            for period, cap in caps.items():
+                if cap == CLEAR:
+                    await spend.clear_cap(args.org, "user", args.user, period)
+                else:
+                    await spend.set_cap(args.org, "user", args.user, cap, period)
         _show(await _rows(cfg, store, args.org, args.user), args.format)
         return 0
 

@@ -154,12 +154,8 @@ class ProxyHandler:
         if model_id is not None and (escapes(model_id) or not self._usable(cfg, call)(model_id)):
             # A model the key may not use is as unknown to it as one that does not exist.
             raise Reject(Problem(404, "not_found", f"The model '{model_id}' does not exist."))
-        try:
-            async with asyncio.timeout(cfg.server.client_body_timeout):
-                body = await read_body(request, cfg.server.max_body_bytes)
-        except TimeoutError:
-            problem = Problem(408, "client_timeout", "The request body did not arrive in time.")
-            raise Reject(problem) from None
+        server = cfg.server
+        body = await read_body(request, server.max_body_bytes, server.client_body_timeout)
         if kind == "free":
             if model_id is None:
                 return await passthrough.model_list(self, request, call, cfg)

@@ -182,3 +182,21 @@ def _call(stack, secret: str, method: str, path: str, body: str | None) -> reque
     return requests.request(
         method, stack.url + "/admin" + path, data=body, headers=headers, timeout=10
     )
+
+
+def test_a_users_daily_and_weekly_caps_through_the_users_route(stack):
+    stack.clock.set(ms(2026, 1, 6, 12, 0))
+    bob = stack.key(user="bob")
+    r = admin(stack, "PATCH", "/users/bob", json={"weekly_cap": "0.01", "daily_cap": "5"})
+    assert r.status_code == 200, r.text
+    assert (r.json()["weekly_cap"], r.json()["daily_cap"]) == (C, 5_000_000)
+    chat(stack, bob)
+    stack.wait_settled()
+    with pytest.raises(openai.RateLimitError, match="user 'bob' weekly spend cap"):
+        chat(stack, bob)
+    r = admin(stack, "PATCH", "/users/bob", json={"weekly_cap": "default"})
+    assert r.json()["weekly_cap"] is None  # neither the user nor the tier has one
+    assert r.json()["daily_cap"] == 5_000_000  # untouched
+    chat(stack, bob)
+    r = admin(stack, "PATCH", "/users/bob", json={"daily_cap": "lots"})
+    assert r.status_code == 400 and "daily_cap" in r.text

@@ -117,3 +117,19 @@ def test_bad_caps_are_refused_and_change_nothing(setup, argv, code, message):
         got, _, err = run("caps", "set", "--org", "acme", *argv)
         assert (got, message in err) == (code, True), err
     assert stack.snapshot() == before
+
+
+def test_users_set_daily_cap_and_default(setup):
+    stack, run = setup
+    alice = stack.key(user="alice")
+    out = run.json("users", "set", "--org", "acme", "alice", "--daily-cap", "0.01")
+    assert (out["daily_cap"], out["weekly_cap"]) == (C, None)
+    chat(stack, alice)
+    stack.wait_settled()
+    with pytest.raises(openai.RateLimitError, match="user 'alice' daily spend cap"):
+        chat(stack, alice)
+    out = run.json("users", "set", "--org", "acme", "alice", "--daily-cap", "default")
+    assert out["daily_cap"] == 5 * C  # the tier's, from the YAML
+    chat(stack, alice)
+    code, _, err = run("users", "set", "--org", "acme", "alice", "--weekly-cap", "1e3")
+    assert code == 2 and "--weekly-cap" in err  # as for --monthly-cap

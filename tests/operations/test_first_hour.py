@@ -76,13 +76,14 @@ def test_caps_show_of_one_level(stack, capsys):
         {
             "level": "organization",
             "name": "-",
+            "period": "month",
             "cap": {"usd": "500.00", "micro": 500_000_000},
             "source": "config",
         }
     ]
     code, out, _ = run(capsys, "caps", "show", "--org", "acme", "--workspace", "cc")
     assert code == 0
-    assert out.splitlines()[1].split() == ["workspace", "cc", "200.00", "config"]
+    assert out.splitlines()[1].split() == ["workspace", "cc", "month", "200.00", "config"]
     code, out, _ = run(capsys, "caps", "show", "--org", "acme")
     assert code == 0 and len(out.splitlines()) == 5  # header, org, workspace, tier, user
     code, _, err = run(capsys, "caps", "show", "--org", "acme", "--user", "zed")

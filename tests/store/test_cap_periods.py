@@ -8,6 +8,8 @@ import pytest
 from tollway.config.overlay import with_users
 from tollway.limits.caps import Caps
 from tollway.limits.errors import SpendError, UnknownName
+from tollway.limits.meter import Charge
+from tollway.limits.usage import Usage
 
 from tests.store.test_holds import keys_of
 from tests.support.spendkit import C, World
@@ -151,7 +153,7 @@ async def test_a_model_pattern_given_a_cap_at_run_time_joins_the_config(world, s
         (("workspace", "nope", 1), UnknownName, "unknown workspace 'nope'"),
         (("tier", "gold", 1), UnknownName, "unknown tier 'gold'"),
         (("user", "zoe", 1), UnknownName, "unknown user 'zoe'"),
-        (("galaxy", "x", 1), UnknownName, "unknown cap level 'galaxy'"),
+        (("galaxy", "x", 1), UnknownName, "unknown cap scope 'galaxy'"),
         (("model", "gpt 4o", 1), SpendError, "whitespace"),
         (("model", "a|b", 1), SpendError, "must not contain"),
         (("model", "x" * 201, 1), SpendError, "at most 200"),
@@ -178,3 +180,22 @@ async def test_a_refusal_by_a_daily_cap_takes_nothing(world, store):
     for _ in range(3):
         assert not (await w.request(alice)).admitted
     assert await keys_of(store) == before
+
+
+async def test_requests_in_flight_hold_against_runtime_daily_and_model_caps(world, store):
+    """A burst admitted before any settles: each admission holds its expected cost against
+    the run-time caps of every period, so the cap stops the burst, not the settlements."""
+    w = world
+    dave = await w.principal("dave")
+    await w.caps.set("acme", "user", "dave", 3 * C, "day")
+    admitted = [(await w.meter.admit(dave, f"b{i}", "m", C, C)).admitted for i in range(6)]
+    assert admitted == [True, True, True, False, False, False]  # 0, 1, 2 cents held
+    held = await store.client.hgetall(store.keys.held("acme"))
+    assert int(held["extra:user=dave"]) == 3 * C and int(held["extra:model=m*"]) == 3 * C
+    for i in range(3):  # a failure gives its hold back
+        await w.meter.settle(Charge(dave, f"b{i}", "m", Usage(), 0, False))
+    assert await store.client.hgetall(store.keys.held("acme")) == {}
+    await w.caps.clear("acme", "user", "dave", "day")
+    await w.caps.set("acme", "model", "m*", 2 * C, "week")
+    admitted = [(await w.meter.admit(dave, f"c{i}", "m", C, C)).admitted for i in range(4)]
+    assert admitted == [True, True, False, False]

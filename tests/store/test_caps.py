@@ -175,7 +175,7 @@ async def test_run_time_caps_apply_to_the_next_request_and_clear_back_to_the_con
     ("args", "message"),
     [
         (("nope", "org", None, 1), "unknown organization 'nope'"),
-        (("acme", "team", "x", 1), "unknown cap level 'team'"),
+        (("acme", "team", "x", 1), "unknown cap scope 'team'"),
         (("acme", "user", "zoe", 1), "unknown user 'zoe' in 'acme' (known: alice, bob,"),
         (("acme", "tier", "gold", 1), "unknown tier 'gold' in 'acme' (known: premium, standard)"),
         (("acme", "workspace", "ops", 1), "unknown workspace 'ops'"),
