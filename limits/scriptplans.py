@@ -155,6 +155,33 @@ class MonthFields:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowField:
+    """A field of the day and week hashes that settle.lua adds to: the request's whole
+    cost, or with `extra` only its part past the included usage."""
+
+    field: str
+    extra: bool
+
+
+def window_fields(
+    month_fields: tuple[MonthFields, ...], key_scope: str, caps: tuple[CapPlan, ...]
+) -> tuple[WindowField, ...]:
+    """The day and week hash fields a settlement adds to: what daily and weekly caps and
+    budgets read, and nothing else (nothing reads those hashes' other fields): the part
+    past the included usage of every scope that can carry a cap (organization,
+    workspace, user, model; caps read it, run-time ones included), the key's whole spend
+    (a key's budget reads it), and the field of any other day or week cap of the plan.
+    The month hash keeps every field: reports read it."""
+    key_extra = Fields.extra(key_scope)  # no cap reads it: a key's budget reads its spend
+    out = [WindowField(f.extra, True) for f in month_fields if f.extra != key_extra]
+    out.append(WindowField(Fields.spend(key_scope), False))
+    for c in caps:
+        if c.period != "month" and all(w.field != c.spent for w in out):
+            out.append(WindowField(c.spent, Fields.split(c.spent)[0] == "extra"))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
 class AutoReloadPlan:
     threshold: int
     target: int
@@ -174,6 +201,7 @@ class SettleStatic:
     prepaid: bool
     seat: SeatPlan | None
     month_fields: tuple[MonthFields, ...]
+    window_fields: tuple[WindowField, ...]  # of the day and week hashes
     buckets: tuple[BucketPlan, ...]
     hold_prefix: str
     lot_prefix: str
@@ -270,6 +298,10 @@ def static_parts(cfg: Config, k: Keys, principal: Principal, model: str | None) 
     hp, lp = k.hold_prefix(org), k.lot_prefix(org)
     ledger_fields: tuple[str, ...] = ("model", model or "", "key", principal.key_id)
     ledger_fields += ("user", principal.user or "", "ws", ws)
+    month_fields = tuple(
+        MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
+    )
+    all_caps = (*money.caps, *money.budgets) if money is not None else ()
     return StaticParts(
         specs=tuple(specs),
         bucket_keys=tuple(k.bucket(org, s.scope, s.limit) for s in specs),
@@ -278,9 +310,8 @@ def static_parts(cfg: Config, k: Keys, principal: Principal, model: str | None) 
         settle=SettleStatic(
             prepaid=prepaid,
             seat=seat,
-            month_fields=tuple(
-                MonthFields(Fields.spend(s), Fields.extra(s)) for s in (*scopes, *model_scopes)
-            ),
+            month_fields=month_fields,
+            window_fields=window_fields(month_fields, Scope.key(principal.key_id), all_caps),
             buckets=buckets,
             hold_prefix=hp,
             lot_prefix=lp,

@@ -60,19 +60,14 @@ local K, BUCKETS = named_keys({'hold', 'holds', 'account', 'lots', 'lotexp', 'le
   'month', 'overrides', 'apikey', 'pday', 'pweek', 'held', 'learned', 'session'})
 local PERIOD = {month = K.month, day = K.pday, week = K.pweek}
 
--- What a cap's `spent` field holds in its period (plans.CapPlan.period).
-local function spent_in(c)
-  return num(redis.call('HGET', PERIOD[c.period or 'month'], c.spent))
-end
-
 -- Buckets: the level of each now and what this request takes from it; the first bucket
 -- that cannot admit (the one to wait longest for, or one that never will).
 local function check_buckets()
-  local levels, times, takes = {}, {}, {}
+  local levels, times, deadlines, takes = {}, {}, {}, {}
   local refused, retry = nil, 0
   for i, b in ipairs(plan.buckets) do
-    local level, t = bucket_level(BUCKETS[i], b.rate, now)
-    levels[i], times[i] = level, t
+    local level, t, x = bucket_level(BUCKETS[i], b.rate, now)
+    levels[i], times[i], deadlines[i] = level, t, x
     if b.kind == 'req' then
       takes[i] = b.unit
     elseif b.kind == 'tok' or b.kind == 'in' then
@@ -88,7 +83,8 @@ local function check_buckets()
       end
     end
   end
-  return {levels = levels, times = times, takes = takes, refused = refused, retry = retry}
+  return {levels = levels, times = times, deadlines = deadlines, takes = takes,
+    refused = refused, retry = retry}
 end
 
 local function result(state, admitted, reason, detail, retry_ms)
@@ -104,12 +100,59 @@ local function result(state, admitted, reason, detail, retry_ms)
   return out
 end
 
+-- A field of a hash, read once per script run (false: absent). The checks read the
+-- overrides, held and spend hashes field by field, and take() writes the held hash's new
+-- values from what was read.
+local READ = {}
+local function hget(key, field)
+  local h = READ[key]
+  if not h then
+    h = {}
+    READ[key] = h
+  end
+  local v = h[field]
+  if v == nil then
+    v = redis.call('HGET', key, field) or false
+    h[field] = v
+  end
+  return v or nil
+end
+
+-- An overrides field (the seat's, the extra usage switches: read one by one, as a request
+-- inside its included usage needs only the first).
+local function override(field)
+  return hget(K.overrides, field)
+end
+
+-- The overrides fields past the included usage (the extra usage switches, the caps': a
+-- cap has up to three, its own, its tier's, and per period), read in one HMGET into the
+-- per-run cache before they are checked.
+local function read_cap_overrides(money)
+  local fields = {money.extra.off}
+  extend(fields, money.extra.overrides)
+  for _, c in ipairs(money.caps) do
+    extend(fields, c.overrides)
+  end
+  local cache = READ[K.overrides] or {}
+  READ[K.overrides] = cache
+  local missing = {}
+  for _, f in ipairs(fields) do
+    if cache[f] == nil then
+      missing[#missing + 1] = f
+    end
+  end
+  local values = read_fields(K.overrides, missing)
+  for _, f in ipairs(missing) do
+    cache[f] = values[f] or false
+  end
+end
+
 -- Whether extra usage is on for this user now (plans.ExtraPlan).
 local function extra_usage_on(extra)
-  if redis.call('HGET', K.overrides, extra.off) == '0' then
+  if override(extra.off) == '0' then
     return false
   end
-  local v = first_present(K.overrides, extra.overrides)
+  local v = first_present(override, extra.overrides)
   if v then
     return v == '1'
   end
@@ -136,22 +179,11 @@ local function expected_cost(x)
   return round_micro(plan.cost * ratio * 1000000 + out * x.output_price)
 end
 
--- What requests in flight hold against `field` (held hash). A hold is not tied to a
--- period: it counts against the monthly, weekly and daily caps of its field alike.
-local function held(field)
-  return num(redis.call('HGET', K.held, field))
-end
-
--- A cap's spend in its period plus what requests in flight hold against its field.
-local function committed(c)
-  return spent_in(c) + held(c.spent)
-end
-
 -- max_in_flight ceilings: the scope of the first one reached, or nil; `hold` counts this
 -- request in each.
 local function check_flights(hold)
   for _, f in ipairs(plan.flights) do
-    if held(f.field) >= f.max then
+    if num(hget(K.held, f.field)) >= f.max then
       return f.field
     end
     hold[f.field] = 1
@@ -160,11 +192,16 @@ local function check_flights(hold)
 end
 
 -- Money: a key's budgets, included usage, extra usage, spend caps, credit balance, each
--- against settled + held. Returns the refusal (reason, detail), or nil, '' and the credit
--- to hold; `hold` gets the fields to hold `cost` (or its extra part) against.
+-- against settled + held (what requests in flight hold is not tied to a period: it counts
+-- against the monthly, weekly and daily caps of its field alike). Returns the refusal
+-- (reason, detail), or nil, '' and the credit to hold; `hold` gets the fields to hold
+-- `cost` (or its extra part) against.
 local function check_money(money, cost, hold)
+  local function committed(field, period)
+    return num(hget(PERIOD[period or 'month'], field)) + num(hget(K.held, field))
+  end
   for _, b in ipairs(money.budgets or {}) do
-    if b.cap >= 0 and committed(b) >= b.cap then
+    if b.cap >= 0 and committed(b.spent, b.period) >= b.cap then
       return 'cap', b.label .. '|' .. int(b.cap)
     end
     hold[b.spent] = cost
@@ -172,7 +209,7 @@ local function check_money(money, cost, hold)
   -- A session's budget counts what it settled and what its requests in flight hold.
   local sb = opt(plan.session_budget)
   if sb then
-    if num(redis.call('HGET', K.session, 'cost')) + held(sb.held) >= sb.cap then
+    if num(redis.call('HGET', K.session, 'cost')) + num(hget(K.held, sb.held)) >= sb.cap then
       return 'cap', sb.label .. '|' .. int(sb.cap)
     end
     hold[sb.held] = cost
@@ -181,24 +218,26 @@ local function check_money(money, cost, hold)
   local seat = opt(money.seat)
   if seat then
     local included = seat.included
-    local ov = redis.call('HGET', K.overrides, seat.override)
+    local ov = override(seat.override)
     if ov then
       included = tonumber(ov)
     end
-    local used = committed({spent = seat.spent})
+    local used = committed(seat.spent, 'month')
     hold[seat.spent] = cost
     if used < included and used + cost <= included then
       return nil, '', 0  -- inside the included usage, with what is in flight
     end
     -- Crossing it: the part past the included usage is extra usage.
     extra = cost - math.max(0, included - used)
+    read_cap_overrides(money)
     if not extra_usage_on(money.extra) then
       return 'included', int(included)
     end
   end
+  read_cap_overrides(money)  -- read already when the seat's usage was crossed
   for _, c in ipairs(money.caps) do
-    local cap, label = cap_in_force(K.overrides, c)
-    if cap >= 0 and committed(c) >= cap then
+    local cap, label = cap_in_force(override, c)
+    if cap >= 0 and committed(c.spent, c.period) >= cap then
       return 'cap', label .. '|' .. int(cap)
     end
     hold[c.spent] = extra  -- one hold per field, whatever the caps' periods
@@ -218,7 +257,8 @@ end
 local function take(state, credit, hold)
   local reserved = {}
   for i, b in ipairs(plan.buckets) do
-    bucket_store(BUCKETS[i], state.levels[i] - state.takes[i], state.times[i], b.rate)
+    bucket_store(BUCKETS[i], state.levels[i] - state.takes[i], state.times[i], b.rate, now,
+      state.deadlines[i])
     if b.kind ~= 'req' and state.takes[i] ~= 0 then
       reserved[BUCKETS[i]] = state.takes[i]
     end
@@ -227,12 +267,13 @@ local function take(state, credit, hold)
     redis.call('HINCRBY', K.account, 'held', int(credit))
   end
   for field, amount in pairs(hold) do
-    if amount ~= 0 then
-      redis.call('HINCRBY', K.held, field, int(amount))
-    else
+    if amount == 0 then
       hold[field] = nil
     end
   end
+  add_held(K.held, hold, function(field)  -- every field read: a hold is a read-modify-write
+    return hget(K.held, field)
+  end)
   redis.call('HSET', K.hold, 'c', int(credit), 'b', encode_reserved(reserved),
     'held', encode_reserved(hold), 'est', int(plan.est_tokens))
   redis.call('PEXPIRE', K.hold, int(plan.hold_ttl_ms + 86400000))
@@ -253,13 +294,13 @@ local state = check_buckets()
 if state.refused ~= nil then
   return result(state, 0, 'rate', tostring(state.refused), state.retry)
 end
+local money = opt(plan.money)
 local hold = {}
 local over = check_flights(hold)
 if over then
   return result(state, 0, 'in_flight', over, 1000)
 end
 local credit = 0
-local money = opt(plan.money)
 if money then
   local expect = opt(plan.expect)
   local cost = plan.cost

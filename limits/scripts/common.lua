@@ -38,10 +38,41 @@ local function named_keys(names)
   return k, buckets
 end
 
--- The first of `fields` present in hash `key`: its value and its position (nil if none).
-local function first_present(key, fields)
+-- Reads of several fields of one hash in one HMGET: `fields` is a list (repeats allowed);
+-- returns field -> value (absent fields are missing from the table).
+local function read_fields(key, fields)
+  local list, seen = {}, {}
+  for _, f in ipairs(fields) do
+    if not seen[f] then
+      seen[f] = true
+      list[#list + 1] = f
+    end
+  end
+  local out = {}
+  if #list > 0 then
+    local v = redis.call('HMGET', key, unpack(list))
+    for i, f in ipairs(list) do
+      if v[i] then
+        out[f] = v[i]
+      end
+    end
+  end
+  return out
+end
+
+-- Append the items of list `b` to list `a`.
+local function extend(a, b)
+  for _, x in ipairs(b or {}) do
+    a[#a + 1] = x
+  end
+  return a
+end
+
+-- The first of `fields` for which `get(field)` has a value: that value and its position
+-- (nil if none).
+local function first_present(get, fields)
   for i, f in ipairs(fields) do
-    local v = redis.call('HGET', key, f)
+    local v = get(f)
     if v then
       return v, i
     end
@@ -72,13 +103,14 @@ local function decode_reserved(text)
   return reserved
 end
 
--- Level of a bucket refilled up to `now` (writes nothing). Time never runs backwards: a
--- replica whose clock is behind sees no refill rather than a double one.
+-- Level of a bucket refilled up to `now` (writes nothing), the time of that level, and
+-- the bucket's expiry deadline (field x, 0 when unknown: see bucket_store). Time never
+-- runs backwards: a replica whose clock is behind sees no refill rather than a double one.
 local function bucket_level(key, rate, now)
-  local v = redis.call('HMGET', key, 'l', 't')
+  local v = redis.call('HMGET', key, 'l', 't', 'x')
   local cap = rate * 60000
   if not v[1] then
-    return cap, now
+    return cap, now, 0
   end
   local level, t = tonumber(v[1]), tonumber(v[2])
   if now > t then
@@ -88,20 +120,32 @@ local function bucket_level(key, rate, now)
   if level > cap then
     level = cap
   end
-  return level, t
+  return level, t, num(v[3])
 end
 
--- Store a bucket level; the key expires a minute after the bucket would be full again
--- anyway (a missing bucket is a full one). The margin keeps a key from vanishing under a
--- replica whose clock is a little behind, and under tests that move an injected clock.
-local function bucket_store(key, level, t, rate)
-  redis.call('HSET', key, 'l', int(level), 't', int(t))
+-- How far past what it needs a bucket's expiry is pushed: a busy bucket then costs one
+-- PEXPIRE every ~10 minutes instead of one per write.
+local BUCKET_TTL_SLACK = 600000
+
+-- Store a bucket level. The key must live until a minute after the bucket would be full
+-- again anyway (a missing bucket is a full one; the margin keeps a key from vanishing
+-- under a replica whose clock is a little behind, and under tests that move an injected
+-- clock). Field x keeps the deadline the key's expiry was last set to: the expiry is
+-- pushed (BUCKET_TTL_SLACK past the need) only when this write needs more than x. A key
+-- written by an older version has no x: its first write here sets one.
+local function bucket_store(key, level, t, rate, now, x)
   local cap = rate * 60000
   local full_in = 60000
   if rate > 0 and level < cap then
     full_in = math.ceil((cap - level) / rate) + 60000
   end
-  redis.call('PEXPIRE', key, int(full_in))
+  if now + full_in > x then
+    local ttl = full_in + BUCKET_TTL_SLACK
+    redis.call('HSET', key, 'l', int(level), 't', int(t), 'x', int(now + ttl))
+    redis.call('PEXPIRE', key, int(ttl))
+  else
+    redis.call('HSET', key, 'l', int(level), 't', int(t))
+  end
 end
 
 -- What a bucket must hold to admit a request: a token bucket must be above zero (one unit);
@@ -137,10 +181,10 @@ local function reset_ms(level, rate)
   return math.ceil((cap - level) / rate)
 end
 
--- The cap in force of a plans.CapPlan (-1 unlimited) under the overrides hash, and the
--- label a refusal names it by.
-local function cap_in_force(overrides_key, c)
-  local v, at = first_present(overrides_key, c.overrides)
+-- The cap in force of a plans.CapPlan (-1 unlimited) under the overrides hash (`ov(field)`
+-- its value), and the label a refusal names it by.
+local function cap_in_force(ov, c)
+  local v, at = first_present(ov, c.overrides)
   if v == 'unlimited' then
     return -1, c.labels[at]
   elseif v then
@@ -153,6 +197,52 @@ end
 -- to micro-USD, half up.
 local function round_micro(exact)
   return math.floor((exact + 500000) / 1000000)
+end
+
+-- Add `amounts` (field -> micro-USD or count) to the held hash; fields that reach zero
+-- are deleted. `get` (optional): get(field) is the hash's current value of a field (the
+-- caller reads it, or has read it already). Without it: two fields or fewer take one
+-- HINCRBY each, more one HMGET; then one write (and one delete).
+local function add_held(held_key, amounts, get)
+  local fields = {}
+  for field, amount in pairs(amounts) do
+    if amount ~= 0 then
+      fields[#fields + 1] = field
+    end
+  end
+  if #fields == 0 then
+    return
+  end
+  if not get then
+    if #fields <= 2 then
+      for _, f in ipairs(fields) do
+        if redis.call('HINCRBY', held_key, f, int(amounts[f])) == 0 then
+          redis.call('HDEL', held_key, f)
+        end
+      end
+      return
+    end
+    local current = read_fields(held_key, fields)
+    get = function(f)
+      return current[f]
+    end
+  end
+  local set, gone = {}, {}
+  for _, f in ipairs(fields) do
+    local v = num(get(f)) + amounts[f]
+    if v == 0 then
+      gone[#gone + 1] = f
+    else
+      set[#set + 1] = f
+      set[#set + 1] = int(v)
+    end
+  end
+  if #set > 0 then
+    redis.call('HSET', held_key, unpack(set))
+  end
+  if #gone > 0 then
+    redis.call('HDEL', held_key, unpack(gone))
+  end
 end
 
 -- Give back what hold `hk` reserved, if it exists: its credit hold leaves the account's
@@ -168,11 +258,11 @@ local function give_back(hk, acct_key, held_key, buckets)
   if tonumber(h[1]) ~= 0 then
     redis.call('HINCRBY', acct_key, 'held', int(-tonumber(h[1])))
   end
+  local back = {}
   for field, amount in pairs(decode_reserved(h[3])) do
-    if amount ~= 0 and redis.call('HINCRBY', held_key, field, int(-amount)) == 0 then
-      redis.call('HDEL', held_key, field)
-    end
+    back[field] = -amount
   end
+  add_held(held_key, back)
   local reserved = decode_reserved(h[2])
   if buckets then
     for bkey, amount in pairs(reserved) do

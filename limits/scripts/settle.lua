@@ -24,7 +24,10 @@ ARGV
     prepaid    true: extra spend is debited from credit lots; false: it accrues for invoicing
     seat       {spent, included, override} (plans.SeatPlan) or null
     month_fields  [{spend, extra}, ...]: the month fields the spend and its extra part are
-               added to, one pair per scope (org, ws=W, user=U, key=K)
+               added to, one pair per scope (org, ws=W, user=U, key=K); the first is the
+               organization's (its creation sets the month hash's time-to-live)
+    window_fields [{field, extra}, ...]: the day and week fields the spend (extra: its part
+               past the included usage) is added to (scriptplans.window_fields)
     session    true when the request belongs to a session, session_id its id
     upstream_ms  upstream time (ms): the request started at now - upstream_ms
     day        the settlement's day in the server's time zone (YYYY-MM-DD), for reports
@@ -77,19 +80,23 @@ local function release_hold()
 end
 
 -- Learn from a successful request what admit.lua's expected cost needs: the `quantile`
--- of the latest `window` output token counts on this model (every `every` requests), and the decayed sums of real
--- and estimated input tokens (halved once `window` requests are summed, so the ratio
--- follows the traffic). Requests estimated below `min_estimate` tokens teach nothing
--- about input: their ratio is noise.
+-- of the latest `window` output token counts on this model (every `every` requests), and
+-- the decayed sums of real and estimated input tokens (halved once `window` requests are
+-- summed, so the ratio follows the traffic). Requests estimated below `min_estimate`
+-- tokens teach nothing about input: their ratio is noise. The learned hash and the list
+-- get their time-to-live when the percentile is recomputed (every `every` outputs).
 local function learn(est)
   local l = opt(plan.learn)
   if not plan.ok or not l then
     return
   end
+  local v = redis.call('HMGET', K.learned, l.out_n, l.in_real, l.in_est, l.in_n)
+  local out_n = num(v[1]) + 1
+  local set = {l.out_n, int(out_n)}
   redis.call('LPUSH', K.outputs, int(usage.output_tokens))
   -- The percentile is recomputed on the first output and every `every` outputs after
   -- it (sorting the window on every settlement was most of the cost of learning).
-  if redis.call('HINCRBY', K.learned, l.out_n, 1) % l.every == 1 then
+  if out_n % l.every == 1 then
     redis.call('LTRIM', K.outputs, 0, l.window - 1)
     redis.call('PEXPIRE', K.outputs, int(plan.keep_ms))
     local xs = redis.call('LRANGE', K.outputs, 0, -1)
@@ -97,44 +104,20 @@ local function learn(est)
       xs[i] = tonumber(x)
     end
     table.sort(xs)
-    redis.call('HSET', K.learned, l.out, int(xs[math.max(1, math.ceil(#xs * l.quantile))]))
+    extend(set, {l.out, int(xs[math.max(1, math.ceil(#xs * l.quantile))])})
   end
   if est >= l.min_estimate then
     local real = usage.input_tokens + usage.cache_write_tokens + usage.cache_read_tokens
-    local v = redis.call('HMGET', K.learned, l.in_real, l.in_est, l.in_n)
-    local sum_real, sum_est, n = num(v[1]) + real, num(v[2]) + est, num(v[3]) + 1
+    local sum_real, sum_est, n = num(v[2]) + real, num(v[3]) + est, num(v[4]) + 1
     if n >= l.window then
       sum_real, sum_est, n = math.floor(sum_real / 2), math.floor(sum_est / 2), math.floor(n / 2)
     end
-    redis.call('HSET', K.learned, l.in_real, int(sum_real), l.in_est, int(sum_est),
-      l.in_n, int(n))
+    extend(set, {l.in_real, int(sum_real), l.in_est, int(sum_est), l.in_n, int(n)})
   end
-  redis.call('PEXPIRE', K.learned, int(plan.keep_ms))
-end
-
--- How far this request's extra spend took each cap past its amount: the largest part of
--- `extra` past a cap, recorded per cap in its period's hash at its `overshoot` field (the
--- period's largest).
-local function overshoot(extra)
-  local worst = 0
-  if extra <= 0 then
-    return 0
+  redis.call('HSET', K.learned, unpack(set))
+  if out_n % l.every == 1 then
+    redis.call('PEXPIRE', K.learned, int(plan.keep_ms))
   end
-  local period = {month = K.month, day = K.pday, week = K.pweek}
-  for _, c in ipairs(plan.caps) do
-    local cap = cap_in_force(K.overrides, c)
-    local h = period[c.period or 'month']
-    if cap >= 0 then
-      local past = math.min(num(redis.call('HGET', h, c.spent)) - cap, extra)
-      if past > 0 then
-        worst = math.max(worst, past)
-        if past > num(redis.call('HGET', h, c.overshoot)) then
-          redis.call('HSET', h, c.overshoot, int(past))
-        end
-      end
-    end
-  end
-  return worst
 end
 
 -- Buckets: debit actual tokens less what was reserved (they may go below zero).
@@ -154,29 +137,53 @@ local function debit_buckets(reserved)
       end
       local delta = actual - (reserved[key] or 0)
       if delta ~= 0 then
-        local level, t = bucket_level(key, b.rate, now)
-        bucket_store(key, level - delta, t, b.rate)
+        local level, t, x = bucket_level(key, b.rate, now)
+        bucket_store(key, level - delta, t, b.rate, now, x)
       end
     end
   end
 end
 
--- The part of `cost` inside the user's included usage (plans.SeatPlan).
-local function included_part(cost)
+-- The overrides this settlement reads: the seat's included amount and auto-reload's in one
+-- HMGET; the caps' (`with_caps`, for overshoot) in a second one, only when extra usage
+-- was charged. Returns get(field).
+local function overrides()
+  local fields = {}
   local seat = opt(plan.seat)
-  if not seat or cost <= 0 then
-    return 0
+  if seat then
+    fields[#fields + 1] = seat.override
   end
-  local inc = seat.included
-  local ov = redis.call('HGET', K.overrides, seat.override)
-  if ov then
-    inc = tonumber(ov)
+  if plan.prepaid then
+    local f = plan.reload_fields
+    extend(fields, {f.off, f.threshold, f.target})
   end
-  local left = inc - num(redis.call('HGET', K.month, seat.spent))
-  if left > 0 then
-    return math.min(left, cost)
+  local values = read_fields(K.overrides, fields)
+  local caps_read = false
+  return function(field, with_caps)
+    if with_caps and not caps_read then
+      caps_read = true
+      local more = {}
+      for _, c in ipairs(plan.caps) do
+        extend(more, c.overrides)
+      end
+      for f, v in pairs(read_fields(K.overrides, more)) do
+        values[f] = v
+      end
+    end
+    return values[field]
   end
-  return 0
+end
+
+-- Add `amount` to `field` of hash `key`; `after` records the new value per key and field.
+-- The hash's time-to-live is set when this write created it (`ttl_ms`; `first`: the
+-- first write to that hash in this settlement, whose field is absent only in a new hash).
+local function add(after, key, field, amount, ttl_ms, first)
+  local v = redis.call('HINCRBY', key, field, int(amount))
+  after[key] = after[key] or {}
+  after[key][field] = v
+  if first and v == amount then
+    redis.call('PEXPIRE', key, int(ttl_ms))
+  end
 end
 
 -- Debit `extra` from the credit lots in consumption order; what the lots cannot cover
@@ -206,36 +213,98 @@ local function debit_lots(extra)
   return debits
 end
 
--- Money: add the cost to month-to-date spend at every scope (the extra part too), debit
--- the extra from credit lots when prepaid.
-local function charge(cost, extra)
+-- Money: add the cost to month-to-date spend at every scope and the part past the user's
+-- included usage (`seat`, plans.SeatPlan; the rest is extra) to the extra fields; the day
+-- and week fields (window_fields) likewise; debit the extra from credit lots when
+-- prepaid. Returns included, extra, the ledger's lot debits and the new values written
+-- (key -> field -> value).
+local function charge(cost, ov)
+  local after = {}
   if cost <= 0 then
-    return {}
+    return 0, 0, {}, after
   end
-  for _, h in ipairs({K.month, K.pday, K.pweek}) do
+  local seat = opt(plan.seat)
+  for i, f in ipairs(plan.month_fields) do
+    add(after, K.month, f.spend, cost, plan.keep_ms, i == 1)
+  end
+  local included = 0
+  if seat then
+    local inc = seat.included
+    if ov(seat.override) then
+      inc = tonumber(ov(seat.override))
+    end
+    local before = after[K.month][seat.spent]
+    if before == nil then  -- not one of the month fields: read it
+      before = num(redis.call('HGET', K.month, seat.spent))
+    else
+      before = before - cost
+    end
+    included = math.max(0, math.min(inc - before, cost))
+  end
+  local extra = cost - included
+  if extra > 0 then
     for _, f in ipairs(plan.month_fields) do
-      redis.call('HINCRBY', h, f.spend, int(cost))
-      if extra > 0 then
-        redis.call('HINCRBY', h, f.extra, int(extra))
+      add(after, K.month, f.extra, extra, plan.keep_ms, false)
+    end
+  end
+  -- Day and week spend serve only daily and weekly caps and budgets: kept 40 days.
+  for _, h in ipairs({K.pday, K.pweek}) do
+    local first = true
+    for _, w in ipairs(plan.window_fields) do
+      local amount = w.extra and extra or cost
+      if amount > 0 then
+        add(after, h, w.field, amount, 3456000000, first)
+        first = false
       end
     end
   end
-  redis.call('PEXPIRE', K.month, int(plan.keep_ms))
-  -- Day and week spend serve only daily and weekly caps: kept 40 days.
-  redis.call('PEXPIRE', K.pday, 3456000000)
-  redis.call('PEXPIRE', K.pweek, 3456000000)
+  local debits = {}
   if extra > 0 and plan.prepaid then
-    return debit_lots(extra)
+    debits = debit_lots(extra)
   end
-  return {}
+  return included, extra, debits, after
+end
+
+
+-- How far this request's extra spend took each cap past its amount: the largest part of
+-- `extra` past a cap, recorded per cap in its period's hash at its `overshoot` field (the
+-- period's largest). `after`: the values charge() wrote.
+local function overshoot(extra, ov, after)
+  local worst = 0
+  if extra <= 0 then
+    return 0
+  end
+  local period = {month = K.month, day = K.pday, week = K.pweek}
+  local function cap_ov(field)
+    return ov(field, true)
+  end
+  for _, c in ipairs(plan.caps) do
+    local cap = cap_in_force(cap_ov, c)
+    local h = period[c.period or 'month']
+    if cap >= 0 then
+      local spent = (after[h] or {})[c.spent]
+      if spent == nil then  -- a field this settlement did not write
+        spent = num(redis.call('HGET', h, c.spent))
+      end
+      local past = math.min(spent - cap, extra)
+      if past > 0 then
+        worst = math.max(worst, past)
+        if past > num(redis.call('HGET', h, c.overshoot)) then
+          redis.call('HSET', h, c.overshoot, int(past))
+        end
+      end
+    end
+  end
+  return worst
 end
 
 -- The ledger event of this settlement: debit, usage or fail (see the header).
 local function ledger_event(cost, included, extra, debits)
-if plan.session and cost > 0 then  -- admission needs it: the session budget (admit.lua)
-  redis.call('HINCRBY', K.session, 'cost', int(cost))
-  redis.call('PEXPIRE', K.session, int(plan.keep_ms))
-end
+  if plan.session and cost > 0 then  -- admission needs it: the session budget (admit.lua)
+    if redis.call('HINCRBY', K.session, 'cost', int(cost)) == cost then
+      redis.call('PEXPIRE', K.session, int(plan.keep_ms))  -- a new session hash
+    end
+  end
   local ev = {'type', 'fail', 'ts', int(now), 'rid', rid, 'day', plan.day,
     'up', int(plan.upstream_ms)}
   if plan.ok then
@@ -245,34 +314,29 @@ end
       'in', int(usage.input_tokens), 'out', int(usage.output_tokens),
       'cw', int(usage.cache_write_tokens), 'cr', int(usage.cache_read_tokens),
       'lots', table.concat(debits, ',')}
-    for _, v in ipairs(more) do
-      ev[#ev + 1] = v
-    end
+    extend(ev, more)
   end
   if plan.session then
     ev[#ev + 1] = 'sess'
     ev[#ev + 1] = plan.session_id
   end
-  for _, v in ipairs(plan.ledger_fields) do
-    ev[#ev + 1] = v
-  end
+  extend(ev, plan.ledger_fields)
   redis.call('XADD', K.ledger, '*', unpack(ev))
 end
 
 -- Auto-reload: how much to buy when the balance fell below the threshold. Run-time
--- overrides in the cfg hash win over the config: reload:off = '1' disables it,
+-- overrides in the cfg hash (`ov`) win over the config: reload:off = '1' disables it,
 -- reload:threshold and reload:target (both present) replace the configured pair.
-local function auto_reload(avail)
+local function auto_reload(avail, ov)
   if not plan.prepaid then
     return 0
   end
   local rl = opt(plan.reload)
   local f = plan.reload_fields
-  local ov = redis.call('HMGET', K.overrides, f.off, f.threshold, f.target)
-  if ov[1] == '1' then
+  if ov(f.off) == '1' then
     rl = nil
-  elseif ov[2] and ov[3] then
-    rl = {threshold = tonumber(ov[2]), target = tonumber(ov[3])}
+  elseif ov(f.threshold) and ov(f.target) then
+    rl = {threshold = tonumber(ov(f.threshold)), target = tonumber(ov(f.target))}
   end
   if rl and avail < rl.threshold then
     return rl.target - avail
@@ -290,14 +354,13 @@ local cost = 0
 if plan.ok then
   cost = plan.cost
 end
-local included = included_part(cost)
-local extra = cost - included
-local debits = charge(cost, extra)
-local over = overshoot(extra)
+local ov = overrides()
+local included, extra, debits, after = charge(cost, ov)
+local over = overshoot(extra, ov, after)
 ledger_event(cost, included, extra, debits)
 
 local avail = available(K.account)
-local reload = auto_reload(avail)
+local reload = auto_reload(avail, ov)
 
 local r = {cost = cost, included = included, extra = extra, available = avail,
   reload = reload, overshoot = over, duplicate = false}

@@ -227,10 +227,9 @@ def test_max_in_flight_bounds_the_requests_out_at_once(stack_factory):
 
         try:
             tasks = [asyncio.ensure_future(one()) for _ in range(6)]
-            # Bounded: four refusals come back at once, and the two admitted requests
-            # reach the upstream (they may still be on their way when the refusals are
-            # answered: all six are admitted in one batch when they arrive together).
-            for _ in range(500):
+            for _ in range(2000):  # bounded: four refusals come back at once, and the two
+                # admitted reach the upstream (which may come after the refusals: the six
+                # admissions share one round trip, then only two of them are forwarded)
                 if sum(t.done() for t in tasks) == 4 and len(stack.fake.requests) == 2:
                     break
                 await asyncio.sleep(0.01)

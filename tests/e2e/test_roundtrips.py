@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import redis
 from tollway.limits.credits import Credits
+from tollway.limits.meter import periods
 
 from tests.support.stack import Stack
 
@@ -206,3 +208,64 @@ def test_fifty_concurrent_requests_share_round_trips(metered) -> None:
     assert evalsha >= 2 * n  # and run (background jobs may run a script of theirs too)
     assert debits == ["debit"] * n
     assert trips < 2 * n, f"{trips} round trips for {n} requests"
+
+
+# Commands the two scripts run for one metered request of this module's config (full
+# metering, as the benchmark's: buckets at 3 levels, a seat, extra usage, caps at 3 levels,
+# prepaid credits), by state: inside the seat's included usage, and past it (every money
+# check runs: extra usage, the caps, the credit balance, a lot debited). Measured after
+# issue 18's slimming: 50.4 and 80.4 (before it: 71.4 and 117.5, bench/storecost.py); a
+# change that adds commands fails here.
+MAX_COMMANDS = {"included": 52, "extra": 82}
+
+
+def _script_commands(stack: Stack, request, n: int) -> dict[str, int]:
+    """The commands the scripts ran (MONITOR's ``lua`` client) over `n` requests, by name."""
+    probe = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    counts: dict[str, int] = {}
+    try:
+        with redis.Redis.from_url(stack.redis_url).monitor() as monitor:
+            for _ in range(n):
+                request()
+            stack.wait_settled()
+            probe.echo(END)
+            while True:
+                c = monitor.next_command()
+                if c["command"] == f"ECHO {END}":
+                    break
+                if c["client_type"] == "lua":
+                    name = c["command"].split(" ", 1)[0].upper()
+                    counts[name] = counts.get(name, 0) + 1
+    finally:
+        probe.close()
+    return counts
+
+
+@pytest.mark.parametrize("state", ["included", "extra"])
+def test_commands_per_metered_request_are_bounded(metered, state) -> None:
+    stack, key = metered
+    client = stack.openai(key)
+
+    def request() -> None:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Say hello"}]
+        )
+
+    request()  # warm-up: the key is cached, the output learned
+    stack.wait_settled()
+    if state == "extra":  # alice past her included usage ($0.01)
+        label = periods(int(stack.ledger("acme")[-1]["ts"]), ZoneInfo("UTC"))[0]
+        stack.redis.hincrby(stack.keys.month("acme", label), "spend:user=alice", 10**6)
+        request()
+        stack.wait_settled()
+    n = 10
+    before = len(stack.ledger("acme"))
+    counts = _script_commands(stack, request, n)
+    events = stack.ledger("acme")[before:]
+    assert [e["type"] for e in events] == ["debit"] * n
+    if state == "extra":  # every request was past the included usage, on credit
+        assert all(int(e["extra"]) > 0 and e["lots"] for e in events)
+    else:
+        assert all(int(e["extra"]) == 0 for e in events)
+    per_request = sum(counts.values()) / n
+    assert per_request <= MAX_COMMANDS[state], (per_request, counts)
