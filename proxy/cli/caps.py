@@ -21,12 +21,12 @@ from tollway.config.overlay import with_users
 from tollway.config.schema import Config
 from tollway.limits.capplans import ADJECTIVE, PERIODS
 from tollway.limits.caps import Caps
-from tollway.limits.errors import SpendError, UnknownName
-from tollway.limits.money import format_usd, parse_usd
+from tollway.limits.errors import UnknownName
+from tollway.limits.money import format_usd
 from tollway.limits.seats import UNLIMITED
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
-from tollway.proxy.cli.common import EXIT_USAGE, with_store
+from tollway.proxy.cli.common import EXIT_USAGE, cap_amount, cap_usd, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
@@ -116,19 +116,6 @@ def _where(args: Any) -> tuple[str, str | None]:
     raise AssertionError("argparse requires one scope")
 
 
-def _usd(micro: int | None) -> str:
-    return UNLIMITED if micro is None else format_usd(micro)
-
-
-def _amount(text: str) -> int | str:
-    if text.strip().lower() == UNLIMITED:
-        return UNLIMITED
-    try:
-        return parse_usd(text)
-    except ValueError as e:
-        raise SpendError(f"invalid amount {text!r}: {e}") from None
-
-
 def _rows(caps: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per scope and period: the monthly cap always, a daily or weekly one when
     it is a cap or a run-time override."""
@@ -171,11 +158,11 @@ def caps_show(args: Any) -> int:
     async def action(caps: Caps) -> int:
         rows = _only_level(args, _rows(await caps.in_force(args.org)))
         if args.format == "json":
-            out = [{**r, "cap": {"usd": _usd(r["cap"]), "micro": r["cap"]}} for r in rows]
+            out = [{**r, "cap": {"usd": cap_usd(r["cap"]), "micro": r["cap"]}} for r in rows]
             print(json.dumps(out, indent=2))
             return 0
         cols = ("level", "name", "period", "cap", "source")
-        print_rows([{**r, "cap": _usd(r["cap"])} for r in rows], cols)
+        print_rows([{**r, "cap": cap_usd(r["cap"])} for r in rows], cols)
         return 0
 
     return _run(args, action)
@@ -189,7 +176,7 @@ def _what(args: Any, scope: str, name: str | None) -> str:
 def caps_set(args: Any) -> int:
     async def action(caps: Caps) -> int:
         scope, name = _where(args)
-        amount = UNLIMITED if args.unlimited else _amount(args.amount)
+        amount = UNLIMITED if args.unlimited else cap_amount(args.amount)
         await caps.set(args.org, scope, name, amount, args.period)
         shown = UNLIMITED if amount == UNLIMITED else format_usd(int(amount))
         print(f"{args.org}: {_what(args, scope, name)} set to {shown} (run-time override)")

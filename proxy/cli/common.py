@@ -16,9 +16,11 @@ from typing import Any
 from tollway.config import ConfigError, load_config
 from tollway.config.schema import Config
 from tollway.limits.embedded import data_dir_for
-from tollway.limits.errors import LimitsError, StoreUnavailable
+from tollway.limits.errors import LimitsError, SpendError, StoreUnavailable
 from tollway.limits.history import History
 from tollway.limits.ledgerdb import open_ledger
+from tollway.limits.money import format_usd, parse_usd
+from tollway.limits.seats import UNLIMITED
 from tollway.limits.store import Store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.runtime.locate import config_path, ledger_url, store_url
@@ -61,3 +63,18 @@ def with_store(args: Any, fn: Callable[[Config, Store], Coroutine[Any, Any, int]
         return _fail(str(e), EXIT_REFUSED)
     finally:
         handle.stop()
+
+
+def cap_usd(micro: int | None) -> str:
+    """A cap as the CLI shows it: USD, or "unlimited" where there is none."""
+    return UNLIMITED if micro is None else format_usd(micro)
+
+
+def cap_amount(text: str) -> int | str:
+    """A cap given on the command line: exact micro-USD, or "unlimited"."""
+    if text.strip().lower() == UNLIMITED:
+        return UNLIMITED
+    try:
+        return parse_usd(text)
+    except ValueError as e:
+        raise SpendError(f"invalid amount {text!r}: {e}") from None

@@ -24,12 +24,12 @@ from tollway.config.overlay import with_users
 from tollway.config.schema import Config
 from tollway.limits.clock import SystemClock
 from tollway.limits.increases import LimitIncreases
-from tollway.limits.money import format_usd, parse_usd
-from tollway.limits.spend import UNLIMITED, Spend, SpendError, UnknownName
+from tollway.limits.money import format_usd
+from tollway.limits.spend import Spend, UnknownName
 from tollway.limits.statement import statement_csv
 from tollway.limits.store import Store
 from tollway.limits.users import RuntimeUsers
-from tollway.proxy.cli.common import EXIT_USAGE, with_store
+from tollway.proxy.cli.common import EXIT_USAGE, cap_amount, cap_usd, with_store
 from tollway.proxy.cli.output import fail as _fail
 from tollway.proxy.cli.output import print_rows
 
@@ -97,19 +97,6 @@ def _when(ms: int | None) -> str | None:
     if ms is None:
         return None
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
-
-
-def _usd(micro: int | None) -> str:
-    return UNLIMITED if micro is None else format_usd(micro)
-
-
-def _cap_arg(text: str) -> int | str:
-    if text.strip().lower() == UNLIMITED:
-        return UNLIMITED
-    try:
-        return parse_usd(text)
-    except ValueError as e:
-        raise SpendError(f"invalid amount {text!r}: {e}") from None
 
 
 def _run(args: Any, action: Action) -> int:
@@ -210,7 +197,7 @@ def requests_list(args: Any) -> int:
                 "seat": p.status.seat,
                 "spend": format_usd(p.status.spend),
                 "extra": format_usd(p.status.extra),
-                "cap": _usd(p.status.cap),
+                "cap": cap_usd(p.status.cap),
                 "asked": _when(p.request.asked_ms),
                 "reason": p.request.reason,
             }
@@ -240,7 +227,7 @@ def requests_approve(args: Any) -> int:
         if args.tier:
             r = await increases.approve(args.org, args.user, new_tier=args.tier, note=args.note)
         else:
-            cap = _cap_arg(args.cap)
+            cap = cap_amount(args.cap)
             r = await increases.approve(args.org, args.user, new_cap=cap, note=args.note)
         return _decided(args, r)
 
